@@ -1,0 +1,495 @@
+//! Decisions, delayed outcomes and safety limits: the agent a trading module talks to.
+//!
+//! Readers use snapshots, one writer applies outcomes. [`Agent::decide`] loads
+//! the module's current [`ModuleView`] (an `ArcSwap`, no lock), samples from it
+//! and records the decision as pending. [`Agent::report`] validates an outcome,
+//! settles the pending decision and hands it to the writer thread, which is the
+//! only code that changes learned state. Decisions therefore never wait on
+//! learning; [`Agent::flush`] waits for the writer when a caller needs to.
+
+mod learner;
+mod pending;
+pub mod safety;
+mod view;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand_pcg::Pcg64Mcg;
+use serde::{Deserialize, Serialize};
+
+use crate::space::{Context, ModuleSpace, Spaces};
+
+pub use learner::{eligible_arms, ModuleLearner};
+pub use pending::{Evictions, Tombstone};
+pub use view::{CellView, Choice, ModuleView, ParamView};
+
+use pending::{Lookup, PendingTable};
+
+/// Errors of the agent's API. Each carries the value that was wrong; none of
+/// them leaves any state changed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AgentError {
+    #[error("unknown module {0:?}")]
+    UnknownModule(String),
+    #[error("unknown feature {feature:?} for module {module:?}")]
+    UnknownFeature { module: String, feature: String },
+    #[error("feature {feature:?} is not a finite number: {value}")]
+    NonFiniteFeature { feature: String, value: f64 },
+    #[error("unknown decision_id {0:?}")]
+    UnknownDecision(String),
+    #[error("decision_id {0:?} has expired")]
+    ExpiredDecision(String),
+    #[error("an outcome is already recorded for decision_id {0:?}")]
+    DuplicateOutcome(String),
+    #[error("{field} is not a finite number: {value}")]
+    NonFiniteReward { field: &'static str, value: f64 },
+    #[error("decision_id {0:?}: the outcome has no reward and no trade.return_pct")]
+    MissingReward(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// A decision id, written as 32 hex digits: the agent's run id (64 bits), the
+/// module's index (8 bits) and a counter (56 bits). The module index lets an
+/// outcome find its pending table without a search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DecisionId(pub u128);
+
+impl DecisionId {
+    const COUNTER_BITS: u32 = 56;
+
+    pub fn new(run_id: u64, module: usize, counter: u64) -> DecisionId {
+        let low = ((module as u64 & 0xff) << Self::COUNTER_BITS) | (counter & ((1 << Self::COUNTER_BITS) - 1));
+        DecisionId(((run_id as u128) << 64) | low as u128)
+    }
+
+    pub fn module_index(self) -> usize {
+        ((self.0 >> Self::COUNTER_BITS) & 0xff) as usize
+    }
+}
+
+impl fmt::Display for DecisionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl FromStr for DecisionId {
+    type Err = AgentError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 {
+            return Err(AgentError::UnknownDecision(s.to_string()));
+        }
+        u128::from_str_radix(s, 16).map(DecisionId).map_err(|_| AgentError::UnknownDecision(s.to_string()))
+    }
+}
+
+impl Serialize for DecisionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DecisionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One decision, as served and as logged: enough to learn from its outcome and
+/// to evaluate other policies on it later (propensities, seed, generation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub id: DecisionId,
+    pub module: String,
+    pub context: Context,
+    /// Per declared feature, in the module's order; `None` when not sent.
+    pub features: Vec<Option<f64>>,
+    pub explore: bool,
+    /// Per parameter, in the module's order.
+    pub values: Vec<f64>,
+    pub arms: Vec<usize>,
+    /// Per parameter: the probability that the sampling policy chose that arm.
+    pub propensities: Vec<f64>,
+    /// The probability of the whole choice: the product of `propensities`.
+    pub propensity: f64,
+    pub seed: u64,
+    pub generation: u64,
+    /// Seconds since the Unix epoch, by the agent's clock.
+    pub created_at: f64,
+}
+
+/// What a module reports when its trade closes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub reward: Option<f64>,
+    pub traded: bool,
+    pub return_pct: Option<f64>,
+}
+
+/// An accepted outcome, as handed to the writer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settled {
+    pub decision: Arc<Decision>,
+    pub outcome: Outcome,
+    /// The reward learned from, after derivation and clipping.
+    pub reward: f64,
+}
+
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Seconds since the Unix epoch.
+    fn now(&self) -> f64;
+}
+
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> f64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    }
+}
+
+/// A clock that moves only when told to, for tests of expiry.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(start_secs: f64) -> ManualClock {
+        ManualClock(AtomicU64::new(start_secs.to_bits()))
+    }
+    pub fn advance(&self, secs: f64) {
+        let now = f64::from_bits(self.0.load(Ordering::SeqCst));
+        self.0.store((now + secs).to_bits(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// With a seed, the same sequence of calls gives the same decisions.
+    /// Without one, the run id and seeds come from the OS.
+    pub seed: Option<u64>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions { seed: None, clock: Arc::new(SystemClock) }
+    }
+}
+
+/// Counters for metrics; read with `Relaxed`, they are advisory.
+#[derive(Debug, Default)]
+pub struct ModuleCounters {
+    pub decisions: AtomicU64,
+    pub outcomes: AtomicU64,
+    pub expired: AtomicU64,
+    pub overflowed: AtomicU64,
+    pub rejected_outcomes: AtomicU64,
+}
+
+struct ModuleHandle {
+    space: Arc<ModuleSpace>,
+    view: ArcSwap<ModuleView>,
+    pending: PendingTable,
+    counters: ModuleCounters,
+}
+
+enum WriterMsg {
+    Outcome { module: usize, settled: Settled },
+    Flush(Sender<()>),
+}
+
+struct Inner {
+    handles: Vec<ModuleHandle>,
+    by_name: HashMap<String, usize>,
+    seed: u64,
+    run_id: u64,
+    counter: AtomicU64,
+    clock: Arc<dyn Clock>,
+    tx: Mutex<Option<Sender<WriterMsg>>>,
+    writer: Mutex<Option<JoinHandle<Vec<ModuleLearner>>>>,
+}
+
+/// The agent. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl Agent {
+    /// A cold agent over `spaces`: every incumbent is its seed default.
+    pub fn new(spaces: &Spaces, options: AgentOptions) -> Agent {
+        let learners = spaces.iter().map(|s| ModuleLearner::new(s.clone())).collect();
+        Agent::with_learners(learners, options)
+    }
+
+    /// An agent resuming from learned state, for instance a checkpoint.
+    pub fn with_learners(learners: Vec<ModuleLearner>, options: AgentOptions) -> Agent {
+        let seed = options.seed.unwrap_or_else(rand::random);
+        let handles: Vec<ModuleHandle> = learners
+            .iter()
+            .map(|l| ModuleHandle {
+                space: l.space.clone(),
+                view: ArcSwap::from_pointee(l.view()),
+                pending: PendingTable::new(l.space.pending.capacity, l.space.pending.ttl_secs),
+                counters: ModuleCounters::default(),
+            })
+            .collect();
+        let by_name = handles.iter().enumerate().map(|(i, h)| (h.space.name.clone(), i)).collect();
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            handles,
+            by_name,
+            seed,
+            run_id: splitmix64(seed ^ 0x5eed_5eed_5eed_5eed),
+            counter: AtomicU64::new(0),
+            clock: options.clock,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let writer = std::thread::Builder::new()
+            .name("paramopt-writer".into())
+            .spawn(move || writer_loop(learners, rx, weak))
+            .expect("spawn the writer thread");
+        *inner.writer.lock() = Some(writer);
+        Agent { inner }
+    }
+
+    pub fn modules(&self) -> impl Iterator<Item = &Arc<ModuleSpace>> {
+        self.inner.handles.iter().map(|h| &h.space)
+    }
+
+    pub fn space(&self, module: &str) -> Result<&Arc<ModuleSpace>, AgentError> {
+        Ok(&self.handle(module)?.1.space)
+    }
+
+    fn handle(&self, module: &str) -> Result<(usize, &ModuleHandle), AgentError> {
+        let i = *self.inner.by_name.get(module).ok_or_else(|| AgentError::UnknownModule(module.to_string()))?;
+        Ok((i, &self.inner.handles[i]))
+    }
+
+    /// Chooses every parameter of `module` for one decision in `context`.
+    pub fn decide(
+        &self,
+        module: &str,
+        context: Context,
+        features: &[(&str, f64)],
+        explore: bool,
+    ) -> Result<Arc<Decision>, AgentError> {
+        let (module_index, handle) = self.handle(module)?;
+        let space = &handle.space;
+        let mut feature_values = vec![None; space.features.len()];
+        for &(name, value) in features {
+            let i = space
+                .feature_index(name)
+                .ok_or_else(|| AgentError::UnknownFeature { module: module.to_string(), feature: name.to_string() })?;
+            if !value.is_finite() {
+                return Err(AgentError::NonFiniteFeature { feature: name.to_string(), value });
+            }
+            feature_values[i] = Some(value);
+        }
+
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let seed = splitmix64(self.inner.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = Pcg64Mcg::seed_from_u64(seed);
+        let view = handle.view.load();
+        let choice = view.cells[context.index()].choose(space, explore, &mut rng);
+        let now = self.inner.clock.now();
+        let decision = Arc::new(Decision {
+            id: DecisionId::new(self.inner.run_id, module_index, n),
+            module: space.name.clone(),
+            context,
+            features: feature_values,
+            explore,
+            propensity: choice.propensities.iter().product(),
+            values: choice.values,
+            arms: choice.arms,
+            propensities: choice.propensities,
+            seed,
+            generation: view.generation,
+            created_at: now,
+        });
+        let ev = handle.pending.insert(decision.clone(), now);
+        handle.counters.decisions.fetch_add(1, Ordering::Relaxed);
+        if ev.expired > 0 {
+            handle.counters.expired.fetch_add(ev.expired, Ordering::Relaxed);
+        }
+        if ev.overflowed > 0 {
+            handle.counters.overflowed.fetch_add(ev.overflowed, Ordering::Relaxed);
+            tracing::warn!(module, overflowed = ev.overflowed, "pending decisions full: dropped the oldest");
+        }
+        Ok(decision)
+    }
+
+    /// Accepts the outcome of a pending decision. On an error nothing changes:
+    /// the decision stays pending and can still be reported.
+    pub fn report(&self, decision_id: &str, outcome: Outcome) -> Result<Settled, AgentError> {
+        let id: DecisionId = decision_id.parse()?;
+        let module = id.module_index();
+        let handle =
+            self.inner.handles.get(module).ok_or_else(|| AgentError::UnknownDecision(decision_id.to_string()))?;
+        let now = self.inner.clock.now();
+        let tx = self.inner.tx.lock().clone().ok_or(AgentError::ShuttingDown)?;
+        let settled = handle.pending.settle(id.0, now, |lookup| match lookup {
+            Lookup::Open(decision) => {
+                let reward = resolve_reward(&handle.space, &decision, &outcome)?;
+                Ok(Settled { decision, outcome, reward })
+            }
+            Lookup::Gone(Tombstone::Settled) => Err(AgentError::DuplicateOutcome(decision_id.to_string())),
+            Lookup::Gone(Tombstone::Expired) => Err(AgentError::ExpiredDecision(decision_id.to_string())),
+            Lookup::Unknown => Err(AgentError::UnknownDecision(decision_id.to_string())),
+        });
+        let settled = match settled {
+            Ok(s) => s,
+            Err(e) => {
+                handle.counters.rejected_outcomes.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        if tx.send(WriterMsg::Outcome { module, settled: settled.clone() }).is_err() {
+            handle.pending.reopen(settled.decision.clone());
+            return Err(AgentError::ShuttingDown);
+        }
+        handle.counters.outcomes.fetch_add(1, Ordering::Relaxed);
+        Ok(settled)
+    }
+
+    /// Waits until every outcome accepted before this call has been learned
+    /// and its view published.
+    pub fn flush(&self) {
+        let Some(tx) = self.inner.tx.lock().clone() else { return };
+        let (done_tx, done_rx) = mpsc::channel();
+        if tx.send(WriterMsg::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv();
+        }
+    }
+
+    /// The current view of a module, as decisions see it now.
+    pub fn view(&self, module: &str) -> Result<Arc<ModuleView>, AgentError> {
+        Ok(self.handle(module)?.1.view.load_full())
+    }
+
+    /// The greedy (incumbent) values of a module in a context.
+    pub fn greedy(&self, module: &str, context: Context) -> Result<(Vec<f64>, u64), AgentError> {
+        let view = self.view(module)?;
+        Ok((view.cells[context.index()].params.iter().map(|p| p.incumbent).collect(), view.generation))
+    }
+
+    pub fn pending_count(&self, module: &str) -> Result<usize, AgentError> {
+        Ok(self.handle(module)?.1.pending.len())
+    }
+
+    pub fn counters(&self, module: &str) -> Result<&ModuleCounters, AgentError> {
+        Ok(&self.handle(module)?.1.counters)
+    }
+
+    /// Stops the writer after it has learned everything accepted, and returns
+    /// the learned state.
+    pub fn shutdown(&self) -> Vec<ModuleLearner> {
+        self.inner.tx.lock().take();
+        self.inner.writer.lock().take().map(|w| w.join().expect("writer thread panicked")).unwrap_or_default()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.lock().take();
+        if let Some(w) = self.writer.lock().take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn writer_loop(
+    mut learners: Vec<ModuleLearner>,
+    rx: Receiver<WriterMsg>,
+    inner: std::sync::Weak<Inner>,
+) -> Vec<ModuleLearner> {
+    const MAX_BATCH: usize = 256;
+    let mut touched: Vec<Vec<bool>> = learners.iter().map(|_| vec![false; Context::COUNT]).collect();
+    let mut refresh_all = vec![false; learners.len()];
+    let mut flushes = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut batch = 0;
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Outcome { module, settled } => {
+                    let d = &settled.decision;
+                    let ctx = d.context.index();
+                    refresh_all[module] |= learners[module].apply(ctx, &d.arms, settled.reward);
+                    touched[module][ctx] = true;
+                }
+                WriterMsg::Flush(done) => flushes.push(done),
+            }
+            batch += 1;
+            if batch < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if let Some(inner) = inner.upgrade() {
+            for (m, learner) in learners.iter().enumerate() {
+                if !touched[m].iter().any(|&t| t) {
+                    continue;
+                }
+                let handle = &inner.handles[m];
+                let previous = handle.view.load();
+                handle.view.store(Arc::new(learner.next_view(&previous, &touched[m], refresh_all[m])));
+                touched[m].iter_mut().for_each(|t| *t = false);
+                refresh_all[m] = false;
+            }
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+    learners
+}
+
+/// The reward to learn from: given, or 0 for a skipped trade, or derived from
+/// the trade's return; then clipped by the module's reward setting.
+fn resolve_reward(space: &ModuleSpace, decision: &Decision, outcome: &Outcome) -> Result<f64, AgentError> {
+    if let Some(r) = outcome.reward.filter(|r| !r.is_finite()) {
+        return Err(AgentError::NonFiniteReward { field: "reward", value: r });
+    }
+    if let Some(r) = outcome.return_pct.filter(|r| !r.is_finite()) {
+        return Err(AgentError::NonFiniteReward { field: "trade.return_pct", value: r });
+    }
+    let raw = match (outcome.reward, outcome.traded, outcome.return_pct) {
+        (Some(r), _, _) => r,
+        (None, false, _) => 0.0,
+        (None, true, Some(rp)) => rp * space.reward.scale,
+        (None, true, None) => return Err(AgentError::MissingReward(decision.id.to_string())),
+    };
+    Ok(raw.clamp(-space.reward.clip, space.reward.clip))
+}
+
+/// A fast, well-mixed 64-bit hash (Steele et al.), for seeds and run ids.
+pub fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests;

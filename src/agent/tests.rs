@@ -1,0 +1,185 @@
+use super::*;
+use crate::space::{Regime, Session};
+
+fn agent_with_clock(seed: u64) -> (Agent, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(1_700_000_000.0));
+    let agent = Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(seed), clock: clock.clone() });
+    (agent, clock)
+}
+
+fn ctx() -> Context {
+    Context::new(Session::AsiaPrime, Regime::Volatile)
+}
+
+fn reward(r: f64) -> Outcome {
+    Outcome { reward: Some(r), traded: true, return_pct: None }
+}
+
+#[test]
+fn a_cold_agent_serves_exactly_the_seed_defaults() {
+    let (agent, _) = agent_with_clock(1);
+    for space in Spaces::builtin().iter() {
+        for c in Context::all() {
+            let (greedy, generation) = agent.greedy(&space.name, c).unwrap();
+            assert_eq!(greedy, space.defaults(), "{} {c}", space.name);
+            assert_eq!(generation, 0);
+            let d = agent.decide(&space.name, c, &[], false).unwrap();
+            assert_eq!(d.values, space.defaults());
+            assert_eq!(d.propensity, 1.0);
+            assert_eq!(d.arms, space.params.iter().map(|p| p.default_arm).collect::<Vec<_>>());
+        }
+    }
+}
+
+#[test]
+fn explored_decisions_carry_propensities_seed_and_generation() {
+    let (agent, _) = agent_with_clock(2);
+    let d = agent.decide("crypto", ctx(), &[("volatility_score", 0.85)], true).unwrap();
+    assert_eq!(d.values.len(), 9);
+    assert!(d.propensities.iter().all(|&p| p > 0.0 && p <= 1.0), "{:?}", d.propensities);
+    assert!((d.propensity - d.propensities.iter().product::<f64>()).abs() < 1e-15);
+    assert_eq!(d.features, vec![None, Some(0.85), None]);
+    assert_eq!(d.generation, 0);
+    assert_eq!(d.id.to_string().parse::<DecisionId>().unwrap(), d.id);
+}
+
+#[test]
+fn same_seed_same_calls_same_decisions() {
+    let run = || {
+        let (agent, _) = agent_with_clock(42);
+        let mut out = Vec::new();
+        for i in 0..300 {
+            let c = Context::from_index(i % Context::COUNT).unwrap();
+            let d = agent.decide("stocks", c, &[], true).unwrap();
+            agent.report(&d.id.to_string(), reward(0.001 * (i % 7) as f64 - 0.003)).unwrap();
+            agent.flush();
+            out.push((d.id, d.values.clone(), d.arms.clone(), d.propensities.clone()));
+        }
+        out
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn different_seeds_explore_differently() {
+    let (a, _) = agent_with_clock(1);
+    let (b, _) = agent_with_clock(2);
+    let da: Vec<Vec<f64>> = (0..20).map(|_| a.decide("crypto", ctx(), &[], true).unwrap().values.clone()).collect();
+    let db: Vec<Vec<f64>> = (0..20).map(|_| b.decide("crypto", ctx(), &[], true).unwrap().values.clone()).collect();
+    assert_ne!(da, db);
+}
+
+#[test]
+fn bad_decide_inputs_are_typed_errors() {
+    let (agent, _) = agent_with_clock(3);
+    assert_eq!(agent.decide("forex", ctx(), &[], true).unwrap_err(), AgentError::UnknownModule("forex".into()));
+    assert_eq!(
+        agent.decide("crypto", ctx(), &[("rsi", 0.3)], true).unwrap_err(),
+        AgentError::UnknownFeature { module: "crypto".into(), feature: "rsi".into() }
+    );
+    let err = agent.decide("crypto", ctx(), &[("momentum_score", f64::NAN)], true).unwrap_err();
+    assert!(matches!(err, AgentError::NonFiniteFeature { ref feature, .. } if feature == "momentum_score"), "{err}");
+    assert_eq!(agent.pending_count("crypto").unwrap(), 0, "a refused decision leaves nothing pending");
+    assert_eq!(agent.counters("crypto").unwrap().decisions.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn bad_reports_are_typed_errors_and_change_nothing() {
+    let (agent, clock) = agent_with_clock(4);
+    let d = agent.decide("options", ctx(), &[], true).unwrap();
+    let id = d.id.to_string();
+    let before = agent.view("options").unwrap();
+
+    let unknown = DecisionId::new(7, 1, 99).to_string();
+    assert_eq!(agent.report(&unknown, reward(0.1)).unwrap_err(), AgentError::UnknownDecision(unknown.clone()));
+    assert_eq!(agent.report("not-an-id", reward(0.1)).unwrap_err(), AgentError::UnknownDecision("not-an-id".into()));
+    assert_eq!(
+        agent.report(&id, reward(f64::INFINITY)).unwrap_err(),
+        AgentError::NonFiniteReward { field: "reward", value: f64::INFINITY }
+    );
+    let nan = agent.report(&id, Outcome { reward: None, traded: true, return_pct: Some(f64::NAN) }).unwrap_err();
+    assert!(matches!(nan, AgentError::NonFiniteReward { field: "trade.return_pct", .. }), "{nan}");
+    assert_eq!(
+        agent.report(&id, Outcome { reward: None, traded: true, return_pct: None }).unwrap_err(),
+        AgentError::MissingReward(id.clone())
+    );
+
+    agent.flush();
+    assert_eq!(agent.pending_count("options").unwrap(), 1, "still pending after every refusal");
+    assert_eq!(agent.view("options").unwrap().outcomes, before.outcomes);
+
+    // The decision is still good for a proper report, exactly once.
+    let settled = agent.report(&id, reward(0.02)).unwrap();
+    assert_eq!(settled.reward, 0.02);
+    assert_eq!(agent.report(&id, reward(0.02)).unwrap_err(), AgentError::DuplicateOutcome(id.clone()));
+    agent.flush();
+    assert_eq!(agent.view("options").unwrap().outcomes, 1, "the duplicate was not learned twice");
+
+    // Expiry.
+    let late = agent.decide("options", ctx(), &[], true).unwrap().id.to_string();
+    clock.advance(Spaces::builtin().get("options").unwrap().pending.ttl_secs + 1.0);
+    assert_eq!(agent.report(&late, reward(0.01)).unwrap_err(), AgentError::ExpiredDecision(late.clone()));
+    agent.flush();
+    assert_eq!(agent.view("options").unwrap().outcomes, 1);
+}
+
+#[test]
+fn skipped_trades_count_with_reward_zero_unless_given() {
+    let (agent, _) = agent_with_clock(5);
+    let a = agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string();
+    let b = agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string();
+    let c = agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string();
+    let skipped = agent.report(&a, Outcome { reward: None, traded: false, return_pct: None }).unwrap();
+    assert_eq!(skipped.reward, 0.0);
+    let given = agent.report(&b, Outcome { reward: Some(-0.004), traded: false, return_pct: None }).unwrap();
+    assert_eq!(given.reward, -0.004);
+    let derived = agent.report(&c, Outcome { reward: None, traded: true, return_pct: Some(0.0123) }).unwrap();
+    assert_eq!(derived.reward, 0.0123);
+    agent.flush();
+    assert_eq!(agent.view("crypto").unwrap().outcomes, 3);
+}
+
+#[test]
+fn rewards_are_clipped_by_the_module_setting() {
+    let (agent, _) = agent_with_clock(6);
+    let id = agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string();
+    assert_eq!(agent.report(&id, reward(40.0)).unwrap().reward, 0.5);
+}
+
+#[test]
+fn pending_decisions_are_bounded() {
+    let text = include_str!("../../models/crypto.toml").replace("capacity = 100000", "capacity = 32");
+    let mut spaces = Spaces::default();
+    spaces.insert(ModuleSpace::from_toml_str(&text, "crypto.toml").unwrap()).unwrap();
+    let agent = Agent::new(&spaces, AgentOptions { seed: Some(1), ..Default::default() });
+    let ids: Vec<String> =
+        (0..1000).map(|_| agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string()).collect();
+    assert!(agent.pending_count("crypto").unwrap() <= 32 + 16, "bounded near its capacity");
+    assert!(agent.counters("crypto").unwrap().overflowed.load(Ordering::Relaxed) >= 1000 - 48);
+    // The oldest were dropped and say so; the newest are still open.
+    assert!(matches!(agent.report(&ids[0], reward(0.0)).unwrap_err(), AgentError::ExpiredDecision(_)));
+    assert!(agent.report(&ids[999], reward(0.0)).is_ok());
+}
+
+#[test]
+fn outcomes_move_only_their_own_cell_and_widen_its_trust_region() {
+    let (agent, _) = agent_with_clock(8);
+    let space = agent.space("crypto").unwrap().clone();
+    let first = agent.view("crypto").unwrap();
+    for _ in 0..200 {
+        let d = agent.decide("crypto", ctx(), &[], true).unwrap();
+        agent.report(&d.id.to_string(), reward(0.01)).unwrap();
+    }
+    agent.flush();
+    let after = agent.view("crypto").unwrap();
+    let c = ctx().index();
+    for (p, param) in space.params.iter().enumerate() {
+        let w0 = first.cells[c].params[p].trust.1 - first.cells[c].params[p].trust.0;
+        let w1 = after.cells[c].params[p].trust.1 - after.cells[c].params[p].trust.0;
+        assert!(w1 >= w0 - 1e-12, "{}: {w0} -> {w1}", param.full_name);
+        assert!(w1 <= 2.0 * param.max_step() + 1e-12);
+    }
+    let other = Context::new(Session::UsPrime, Regime::Bullish).index();
+    let untouched: Vec<f64> = after.cells[other].params.iter().map(|p| p.incumbent).collect();
+    assert_eq!(untouched, space.defaults());
+}

@@ -1,0 +1,15 @@
+//! paramopt: an online parameter-learning agent for trading modules.
+//!
+//! A module asks for its parameters in a context (session x regime, plus
+//! numeric features); paramopt answers at once from contextual
+//! Thompson-sampling bandits over each parameter's arms, within safety limits;
+//! the module reports the trade's outcome later and paramopt learns from it.
+//! See ARCHITECTURE.md for the map.
+
+pub mod agent;
+pub mod bandit;
+pub mod space;
+
+pub use agent::{Agent, AgentError, AgentOptions, Decision, DecisionId, Outcome};
+pub use space::{Context, ModuleSpace, Regime, Session, Spaces};
+pub mod eval;

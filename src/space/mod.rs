@@ -1,0 +1,295 @@
+//! Parameter spaces: what each module lets paramopt tune, loaded from `models/*.toml`.
+//!
+//! Two types per config: the `*Spec` structs mirror the TOML with
+//! `deny_unknown_fields`, and [`ModuleSpace`] is the validated form built from
+//! them. The engine only ever sees a `ModuleSpace`, so every range, arm grid
+//! and simplex group it works with has already been checked. This module does
+//! no IO beyond reading the files it is pointed at.
+
+mod context;
+mod spec;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use context::{Context, Regime, Session};
+pub use spec::{
+    FeatureSpec, GroupSpec, LearningSpec, ModuleSpec, ParamSpec, PendingSpec, PolicySpec, RewardSpec, SafetySpec,
+};
+
+/// Why a space could not be loaded. Every variant names where and what.
+#[derive(Debug, thiserror::Error)]
+pub enum SpaceError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: field `{field}` = {value}: {reason}")]
+    Invalid { file: String, field: String, value: String, reason: String },
+    #[error("unknown {field} {value:?}")]
+    UnknownContextValue { field: &'static str, value: String },
+    #[error("{dir}: no module files (*.toml) found")]
+    NoModules { dir: PathBuf },
+    #[error("module {module:?} is defined twice, in {first} and {second}")]
+    DuplicateModule { module: String, first: String, second: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    Continuous,
+    Integer,
+}
+
+/// One tunable parameter, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Parameter {
+    /// `<group>.<name>`, the name on the wire.
+    pub full_name: String,
+    pub group: String,
+    pub name: String,
+    pub default: f64,
+    pub lo: f64,
+    pub hi: f64,
+    pub kind: ParamKind,
+    /// Arm values, strictly increasing, spanning `[lo, hi]`. The default is one of them.
+    pub arms: Vec<f64>,
+    /// Index of the arm equal to `default`.
+    pub default_arm: usize,
+    /// Fraction of the range the incumbent may move per update, and the widest
+    /// the exploration trust region may get.
+    pub max_change_rate: f64,
+    /// Whether this parameter is in a simplex group.
+    pub simplex: bool,
+}
+
+impl Parameter {
+    pub fn range(&self) -> f64 {
+        self.hi - self.lo
+    }
+
+    /// The largest step, in value units, that the incumbent may take at once.
+    pub fn max_step(&self) -> f64 {
+        self.max_change_rate * self.range()
+    }
+
+    /// The interval of values that belong to arm `k`: half-way to each neighbour,
+    /// closed at the range ends. The policy network refines values inside it.
+    pub fn arm_cell(&self, k: usize) -> (f64, f64) {
+        let lo = if k == 0 { self.lo } else { 0.5 * (self.arms[k - 1] + self.arms[k]) };
+        let hi = if k + 1 == self.arms.len() { self.hi } else { 0.5 * (self.arms[k] + self.arms[k + 1]) };
+        (lo, hi)
+    }
+
+    /// The arm whose value is nearest `value`; ties go to the lower arm.
+    pub fn nearest_arm(&self, value: f64) -> usize {
+        let mut best = 0;
+        for (k, &a) in self.arms.iter().enumerate() {
+            if (a - value).abs() < (self.arms[best] - value).abs() {
+                best = k;
+            }
+        }
+        best
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Feature {
+    pub name: String,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Feature {
+    /// Maps the declared range onto [0, 1]; values outside it are clipped, not refused.
+    pub fn normalise(&self, value: f64) -> f64 {
+        ((value - self.lo) / (self.hi - self.lo)).clamp(0.0, 1.0)
+    }
+}
+
+/// Parameters whose served values must sum to 1, each within its own box.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimplexGroup {
+    pub name: String,
+    /// Indices into [`ModuleSpace::params`].
+    pub members: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardSource {
+    ReturnPct,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RewardConfig {
+    pub source: RewardSource,
+    pub scale: f64,
+    pub clip: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LearningConfig {
+    pub prior_mean: f64,
+    pub prior_strength: f64,
+    pub prior_shape: f64,
+    pub prior_noise_sd: f64,
+    pub pooling_strength: f64,
+    pub discount: f64,
+    pub baseline_window: f64,
+    pub pool_refresh_outcomes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SafetyConfig {
+    pub max_change_rate: f64,
+    pub trust_initial: f64,
+    pub trust_growth_outcomes: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingConfig {
+    pub capacity: usize,
+    pub ttl_secs: f64,
+}
+
+/// Settings of the per-module policy network that refines continuous values.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyConfig {
+    pub enabled: bool,
+    pub hidden: usize,
+    pub learning_rate: f64,
+    /// Spread of the Gaussian offset at the start, as a fraction of the arm's cell width.
+    pub initial_spread: f64,
+    /// The spread anneals towards this floor.
+    pub min_spread: f64,
+    /// Outcomes over which the spread halves its distance to the floor.
+    pub spread_half_life: f64,
+    pub batch_size: usize,
+    pub replay_capacity: usize,
+    /// Outcomes between training steps.
+    pub train_every: usize,
+}
+
+/// A module's validated parameter space and settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleSpace {
+    pub name: String,
+    /// Where it was loaded from, for error messages.
+    pub origin: String,
+    pub reward: RewardConfig,
+    pub learning: LearningConfig,
+    pub safety: SafetyConfig,
+    pub pending: PendingConfig,
+    pub policy: PolicyConfig,
+    pub features: Vec<Feature>,
+    pub params: Vec<Parameter>,
+    pub simplex_groups: Vec<SimplexGroup>,
+}
+
+impl ModuleSpace {
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<ModuleSpace, SpaceError> {
+        let spec: ModuleSpec =
+            toml::from_str(text).map_err(|e| SpaceError::Parse { file: origin.to_string(), message: one_line(&e) })?;
+        spec.validate(origin)
+    }
+
+    pub fn load(path: &Path) -> Result<ModuleSpace, SpaceError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SpaceError::Io { file: path.to_path_buf(), source })?;
+        ModuleSpace::from_toml_str(&text, &path.display().to_string())
+    }
+
+    pub fn param_index(&self, full_name: &str) -> Option<usize> {
+        self.params.iter().position(|p| p.full_name == full_name)
+    }
+
+    pub fn feature_index(&self, name: &str) -> Option<usize> {
+        self.features.iter().position(|f| f.name == name)
+    }
+
+    pub fn defaults(&self) -> Vec<f64> {
+        self.params.iter().map(|p| p.default).collect()
+    }
+}
+
+fn one_line(e: &toml::de::Error) -> String {
+    e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// Every module's space, keyed by module name.
+#[derive(Debug, Clone, Default)]
+pub struct Spaces {
+    modules: BTreeMap<String, Arc<ModuleSpace>>,
+}
+
+impl Spaces {
+    /// Loads every `*.toml` in `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Spaces, SpaceError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| SpaceError::Io { file: dir.to_path_buf(), source })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(SpaceError::NoModules { dir: dir.to_path_buf() });
+        }
+        let mut spaces = Spaces::default();
+        for path in paths {
+            spaces.insert(ModuleSpace::load(&path)?)?;
+        }
+        Ok(spaces)
+    }
+
+    /// The three modules shipped in `models/`, compiled in so that tests and
+    /// benchmarks never depend on the working directory.
+    pub fn builtin() -> Spaces {
+        let mut spaces = Spaces::default();
+        for (origin, text) in BUILTIN {
+            let space = ModuleSpace::from_toml_str(text, origin).expect("models/ files are valid");
+            spaces.insert(space).expect("models/ modules are distinct");
+        }
+        spaces
+    }
+
+    pub fn insert(&mut self, space: ModuleSpace) -> Result<(), SpaceError> {
+        if let Some(first) = self.modules.get(&space.name) {
+            return Err(SpaceError::DuplicateModule {
+                module: space.name.clone(),
+                first: first.origin.clone(),
+                second: space.origin.clone(),
+            });
+        }
+        self.modules.insert(space.name.clone(), Arc::new(space));
+        Ok(())
+    }
+
+    pub fn get(&self, module: &str) -> Option<&Arc<ModuleSpace>> {
+        self.modules.get(module)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ModuleSpace>> {
+        self.modules.values()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.modules.keys().map(String::as_str)
+    }
+}
+
+const BUILTIN: [(&str, &str); 3] = [
+    ("models/crypto.toml", include_str!("../../models/crypto.toml")),
+    ("models/options.toml", include_str!("../../models/options.toml")),
+    ("models/stocks.toml", include_str!("../../models/stocks.toml")),
+];
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+module = "toy"
+[reward]
+source = "return_pct"
+scale = 1.0
+clip = 0.5
+[learning]
+prior_mean = 0.0
+prior_strength = 1.0
+prior_shape = 2.0
+prior_noise_sd = 0.02
+pooling_strength = 4.0
+discount = 1.0
+baseline_window = 100.0
+pool_refresh_outcomes = 64
+[safety]
+max_change_rate = 0.25
+trust_initial = 0.4
+trust_growth_outcomes = 25.0
+[pending]
+capacity = 10
+ttl_secs = 60.0
+[[features]]
+name = "f"
+lo = 0.0
+hi = 1.0
+[[groups]]
+name = "g"
+[[groups.parameters]]
+name = "x"
+default = 0.5
+lo = 0.0
+hi = 1.0
+[[groups]]
+name = "w"
+simplex = true
+[[groups.parameters]]
+name = "a"
+default = 0.5
+lo = 0.2
+hi = 0.8
+[[groups.parameters]]
+name = "b"
+default = 0.5
+lo = 0.2
+hi = 0.8
+"#;
+
+fn load_err(text: &str) -> String {
+    ModuleSpace::from_toml_str(text, "models/toy.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_file_loads() {
+    let s = ModuleSpace::from_toml_str(MINIMAL, "models/toy.toml").unwrap();
+    assert_eq!(s.params.len(), 3);
+    assert_eq!(s.params[0].full_name, "g.x");
+    assert_eq!(s.simplex_groups[0].members, vec![1, 2]);
+}
+
+#[test]
+fn lo_above_hi_names_file_field_and_value() {
+    let err = load_err(&MINIMAL.replacen("default = 0.5\nlo = 0.0\nhi = 1.0", "default = 0.5\nlo = 2.0\nhi = 1.0", 1));
+    assert!(err.contains("models/toy.toml"), "{err}");
+    assert!(err.contains("groups[0].parameters[0].lo"), "{err}");
+    assert!(err.contains("= 2"), "{err}");
+}
+
+#[test]
+fn default_outside_range_is_refused() {
+    let err = load_err(&MINIMAL.replacen("default = 0.5\nlo = 0.0", "default = 1.5\nlo = 0.0", 1));
+    assert!(err.contains("groups[0].parameters[0].default"), "{err}");
+    assert!(err.contains("1.5"), "{err}");
+    assert!(err.contains("outside"), "{err}");
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_name() {
+    let err = load_err(&MINIMAL.replacen("clip = 0.5", "clip = 0.5\nclipp = 1.0", 1));
+    assert!(err.contains("models/toy.toml"), "{err}");
+    assert!(err.contains("clipp"), "{err}");
+}
+
+#[test]
+fn empty_group_is_refused() {
+    let text =
+        MINIMAL.replacen("[[groups]]\nname = \"g\"", "[[groups]]\nname = \"empty\"\n[[groups]]\nname = \"g\"", 1);
+    let err = load_err(&text);
+    assert!(err.contains("groups[0].parameters"), "{err}");
+    assert!(err.contains("\"empty\""), "{err}");
+}
+
+#[test]
+fn simplex_defaults_must_sum_to_one() {
+    let err = load_err(&MINIMAL.replacen("name = \"b\"\ndefault = 0.5", "name = \"b\"\ndefault = 0.6", 1));
+    assert!(err.contains("groups[1].parameters[*].default"), "{err}");
+    assert!(err.contains("1.1"), "{err}");
+}
+
+#[test]
+fn integer_parameter_needs_whole_bounds() {
+    let err = load_err(&MINIMAL.replacen(
+        "name = \"x\"\ndefault = 0.5",
+        "name = \"x\"\nkind = \"integer\"\ndefault = 0.5",
+        1,
+    ));
+    assert!(err.contains("whole number"), "{err}");
+    assert!(err.contains("0.5"), "{err}");
+}
+
+#[test]
+fn unknown_kind_and_bad_discount_are_refused() {
+    let err = load_err(&MINIMAL.replacen("name = \"x\"\n", "name = \"x\"\nkind = \"float\"\n", 1));
+    assert!(err.contains("\"float\""), "{err}");
+    let err = load_err(&MINIMAL.replacen("discount = 1.0", "discount = 1.5", 1));
+    assert!(err.contains("learning.discount"), "{err}");
+}
+
+#[test]
+fn builtin_spaces_carry_the_plans_exact_tables() {
+    let spaces = Spaces::builtin();
+    let expect: &[(&str, &str, f64, f64, f64)] = &[
+        ("options", "confidence_thresholds.long_calls", 0.75, 0.65, 0.85),
+        ("options", "confidence_thresholds.bull_spreads", 0.60, 0.50, 0.70),
+        ("options", "confidence_thresholds.protective_puts", 0.40, 0.30, 0.50),
+        ("options", "confidence_thresholds.covered_calls", 0.50, 0.40, 0.60),
+        ("options", "confidence_thresholds.straddles", 0.60, 0.50, 0.70),
+        ("options", "position_sizing.stop_loss_pct", 0.50, 0.30, 0.70),
+        ("options", "position_sizing.profit_target_pct", 1.0, 0.50, 2.0),
+        ("options", "position_sizing.contracts_multiplier", 2.0, 1.0, 5.0),
+        ("options", "position_sizing.max_allocation", 0.30, 0.20, 0.40),
+        ("crypto", "session_confidence.asia_prime", 0.45, 0.35, 0.55),
+        ("crypto", "session_confidence.europe_prime", 0.50, 0.40, 0.60),
+        ("crypto", "session_confidence.us_prime", 0.40, 0.30, 0.50),
+        ("crypto", "position_multipliers.asia_session", 1.2, 0.8, 1.6),
+        ("crypto", "position_multipliers.europe_session", 1.0, 0.8, 1.4),
+        ("crypto", "position_multipliers.us_session", 1.1, 0.8, 1.5),
+        ("crypto", "analysis_weights.momentum", 0.40, 0.20, 0.60),
+        ("crypto", "analysis_weights.volatility", 0.30, 0.15, 0.45),
+        ("crypto", "analysis_weights.volume", 0.30, 0.15, 0.45),
+        ("stocks", "strategy_thresholds.leveraged_etfs", 0.70, 0.60, 0.80),
+        ("stocks", "strategy_thresholds.momentum_amp", 0.75, 0.65, 0.85),
+        ("stocks", "strategy_thresholds.sector_rotation", 0.60, 0.50, 0.70),
+        ("stocks", "strategy_thresholds.volatility_trading", 0.55, 0.45, 0.65),
+        ("stocks", "strategy_thresholds.core_equity", 0.55, 0.45, 0.65),
+        ("stocks", "position_multipliers.leveraged_etfs", 2.5, 1.5, 3.5),
+        ("stocks", "position_multipliers.momentum_amp", 2.0, 1.2, 2.8),
+        ("stocks", "position_multipliers.sector_rotation", 1.5, 1.0, 2.0),
+        ("stocks", "position_multipliers.volatility_trading", 1.8, 1.2, 2.4),
+        ("stocks", "position_multipliers.core_equity", 1.0, 0.8, 1.5),
+        ("stocks", "intelligence_weights.technical", 0.40, 0.25, 0.55),
+        ("stocks", "intelligence_weights.regime", 0.40, 0.25, 0.55),
+        ("stocks", "intelligence_weights.pattern", 0.20, 0.10, 0.35),
+    ];
+    let total: usize = spaces.iter().map(|s| s.params.len()).sum();
+    assert_eq!(total, expect.len(), "every parameter of the plan, and no other");
+    for &(module, name, default, lo, hi) in expect {
+        let space = spaces.get(module).unwrap();
+        let p = &space.params[space.param_index(name).unwrap_or_else(|| panic!("{module} lacks {name}"))];
+        assert_eq!((p.default, p.lo, p.hi), (default, lo, hi), "{module} {name}");
+        assert_eq!(p.arms.len(), 5);
+        assert_eq!(p.arms[p.default_arm], p.default);
+    }
+    let contracts = &spaces.get("options").unwrap().params[7];
+    assert_eq!(contracts.kind, ParamKind::Integer);
+    let simplex: Vec<&str> = spaces.iter().flat_map(|s| s.simplex_groups.iter().map(|g| g.name.as_str())).collect();
+    assert_eq!(simplex, vec!["analysis_weights", "intelligence_weights"]);
+}
+
+#[test]
+fn models_dir_matches_the_compiled_in_copy() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let from_disk = Spaces::load_dir(&dir).unwrap();
+    let names: Vec<&str> = from_disk.names().collect();
+    assert_eq!(names, vec!["crypto", "options", "stocks"]);
+}

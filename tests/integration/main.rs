@@ -1,0 +1,6 @@
+//! The one integration-test binary: public API only.
+
+mod cli;
+mod invariants;
+mod learning;
+mod support;

@@ -1,0 +1,59 @@
+//! Shared drivers for the integration tests.
+
+use std::collections::VecDeque;
+
+use paramopt::agent::{Agent, AgentOptions, Outcome};
+use paramopt::eval::synthetic::SyntheticEnv;
+use paramopt::space::{Context, ModuleSpace, Spaces};
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+
+pub fn agent(seed: u64) -> Agent {
+    Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(seed), ..Default::default() })
+}
+
+pub fn agent_for(space: ModuleSpace, seed: u64) -> Agent {
+    let mut spaces = Spaces::default();
+    spaces.insert(space).unwrap();
+    Agent::new(&spaces, AgentOptions { seed: Some(seed), ..Default::default() })
+}
+
+pub fn reward(r: f64) -> Outcome {
+    Outcome { reward: Some(r), traded: true, return_pct: None }
+}
+
+/// Runs `n` decisions against `env` in the contexts `contexts` picks, with up
+/// to `open` outcomes outstanding, reported in random order. The writer is
+/// flushed after each report, as it keeps up when decisions come at trading
+/// speed rather than in a tight loop; that also makes the run deterministic.
+pub fn drive(
+    agent: &Agent,
+    space: &ModuleSpace,
+    env: &SyntheticEnv,
+    n: usize,
+    open: usize,
+    rng: &mut Pcg64Mcg,
+    mut contexts: impl FnMut(&mut Pcg64Mcg) -> Context,
+) {
+    let mut outstanding: VecDeque<(String, f64)> = VecDeque::new();
+    for _ in 0..n {
+        let ctx = contexts(rng);
+        let d = agent.decide(&space.name, ctx, &[], true).unwrap();
+        let r = env.sample(space, ctx, &d.values, &d.features, rng);
+        outstanding.push_back((d.id.to_string(), r));
+        while outstanding.len() > open {
+            let i = rng.random_range(0..outstanding.len());
+            let (id, r) = outstanding.swap_remove_back(i).unwrap();
+            agent.report(&id, reward(r)).unwrap();
+            agent.flush();
+        }
+    }
+    for (id, r) in outstanding {
+        agent.report(&id, reward(r)).unwrap();
+    }
+    agent.flush();
+}
+
+pub fn rng(seed: u64) -> Pcg64Mcg {
+    Pcg64Mcg::seed_from_u64(seed)
+}
