@@ -1,1 +1,112 @@
-fn main() {}
+//! `decide` and `report` on the crypto module with all 12 contexts warm.
+//!
+//! Run: `cargo bench --bench agent`. Besides criterion's estimates it prints
+//! per-call percentiles from 200,000 individually timed calls.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, BatchSize, Criterion};
+use paramopt::agent::{Agent, AgentOptions, Outcome};
+use paramopt::space::{Context, Spaces};
+
+const FEATURES: [(&str, f64); 3] = [("momentum_score", 0.72), ("volatility_score", 0.85), ("volume_score", 0.63)];
+
+/// An agent that has learned from 6,000 outcomes spread over every context.
+fn warm_agent() -> Agent {
+    let agent = Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(1), ..Default::default() });
+    for i in 0..6_000u64 {
+        let ctx = Context::from_index((i % 12) as usize).unwrap();
+        let d = agent.decide("crypto", ctx, &FEATURES, true).unwrap();
+        let reward = 0.01 * ((i * 7919) % 13) as f64 / 13.0 - 0.004;
+        agent.report(&d.id.to_string(), Outcome { reward: Some(reward), traded: true, return_pct: None }).unwrap();
+    }
+    agent.flush();
+    agent
+}
+
+fn bench(c: &mut Criterion) {
+    let agent = warm_agent();
+    let mut i = 0usize;
+    c.bench_function("decide/crypto/explore", |b| {
+        b.iter(|| {
+            i += 1;
+            let ctx = Context::from_index(i % 12).unwrap();
+            black_box(agent.decide("crypto", ctx, &FEATURES, true).unwrap())
+        })
+    });
+    c.bench_function("decide/crypto/greedy", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(agent.decide("crypto", Context::from_index(i % 12).unwrap(), &FEATURES, false).unwrap())
+        })
+    });
+    c.bench_function("report/crypto", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                agent.decide("crypto", Context::from_index(i % 12).unwrap(), &FEATURES, true).unwrap().id.to_string()
+            },
+            |id| black_box(agent.report(&id, Outcome { reward: Some(0.001), traded: true, return_pct: None }).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    agent.flush();
+
+    // The writer's work per outcome: learn, move incumbents, rebuild the cell's view.
+    let mut learner = agent.shutdown().into_iter().find(|l| l.space.name == "crypto").unwrap();
+    let mut view = learner.view();
+    let arms: Vec<usize> = learner.space.params.iter().map(|p| p.default_arm).collect();
+    let mut touched = vec![false; 12];
+    c.bench_function("learn/crypto (writer, per outcome)", |b| {
+        b.iter(|| {
+            i += 1;
+            let ctx = i % 12;
+            let all = learner.apply(ctx, &arms, 0.001 * (i % 7) as f64);
+            touched[ctx] = true;
+            view = learner.next_view(&view, &touched, all);
+            touched[ctx] = false;
+        })
+    });
+}
+
+/// Times calls one by one: what a client waits for, tail included.
+fn percentiles() {
+    let agent = warm_agent();
+    let n = 200_000;
+    let mut decide_ns = Vec::with_capacity(n);
+    let mut report_ns = Vec::with_capacity(n);
+    for i in 0..n {
+        let ctx = Context::from_index(i % 12).unwrap();
+        let t = Instant::now();
+        let d = agent.decide("crypto", ctx, &FEATURES, true).unwrap();
+        decide_ns.push(t.elapsed().as_nanos() as u64);
+        let id = d.id.to_string();
+        let t = Instant::now();
+        agent.report(&id, Outcome { reward: Some(0.001 * (i % 5) as f64), traded: true, return_pct: None }).unwrap();
+        report_ns.push(t.elapsed().as_nanos() as u64);
+    }
+    let t = Instant::now();
+    agent.flush();
+    let drain = t.elapsed();
+    for (name, v) in [("decide", &mut decide_ns), ("report", &mut report_ns)] {
+        v.sort_unstable();
+        let q = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0;
+        println!(
+            "{name:<7} n={n} p50={:.2}us p90={:.2}us p99={:.2}us p99.9={:.2}us",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999)
+        );
+    }
+    println!("writer backlog drained {:.1} ms after the last report", drain.as_secs_f64() * 1e3);
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    percentiles();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -419,18 +419,25 @@ impl Drop for Inner {
     }
 }
 
+/// Under load the writer publishes at most this often, so rebuilding views
+/// (propensities are numerical integrals) costs a bounded share of a core.
+/// Views lag outcomes by at most this much; trades close hours apart.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(5);
+
 fn writer_loop(
     mut learners: Vec<ModuleLearner>,
     rx: Receiver<WriterMsg>,
     inner: std::sync::Weak<Inner>,
 ) -> Vec<ModuleLearner> {
-    const MAX_BATCH: usize = 256;
     let mut touched: Vec<Vec<bool>> = learners.iter().map(|_| vec![false; Context::COUNT]).collect();
     let mut refresh_all = vec![false; learners.len()];
     let mut flushes = Vec::new();
-    while let Ok(first) = rx.recv() {
+    let mut last_publish = Instant::now() - PUBLISH_INTERVAL;
+    let mut open = true;
+    while open {
+        let Ok(first) = rx.recv() else { break };
         let mut next = Some(first);
-        let mut batch = 0;
+        let deadline = last_publish + PUBLISH_INTERVAL;
         while let Some(msg) = next.take() {
             match msg {
                 WriterMsg::Outcome { module, settled } => {
@@ -441,10 +448,24 @@ fn writer_loop(
                 }
                 WriterMsg::Flush(done) => flushes.push(done),
             }
-            batch += 1;
-            if batch < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
+            next = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    None
+                }
+                Err(TryRecvError::Empty) if flushes.is_empty() => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(m) => Some(m),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            open = false;
+                            None
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty) => None,
+            };
         }
         if let Some(inner) = inner.upgrade() {
             for (m, learner) in learners.iter().enumerate() {
@@ -458,6 +479,7 @@ fn writer_loop(
                 refresh_all[m] = false;
             }
         }
+        last_publish = Instant::now();
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
