@@ -54,18 +54,20 @@ fn bench(c: &mut Criterion) {
     agent.flush();
 
     // The writer's work per outcome: learn, move incumbents, rebuild the cell's view.
+    let decisions: Vec<_> = (0..1024)
+        .map(|k| agent.decide("crypto", Context::from_index(k % 12).unwrap(), &FEATURES, true).unwrap())
+        .collect();
     let mut learner = agent.shutdown().into_iter().find(|l| l.space.name == "crypto").unwrap();
     let mut view = learner.view();
-    let arms: Vec<usize> = learner.space.params.iter().map(|p| p.default_arm).collect();
     let mut touched = vec![false; 12];
     c.bench_function("learn/crypto (writer, per outcome)", |b| {
         b.iter(|| {
             i += 1;
-            let ctx = i % 12;
-            let all = learner.apply(ctx, &arms, 0.001 * (i % 7) as f64);
-            touched[ctx] = true;
-            view = learner.next_view(&view, &touched, all);
-            touched[ctx] = false;
+            let d = &decisions[i % decisions.len()];
+            let applied = learner.apply(d, 0.001 * (i % 7) as f64).unwrap();
+            touched[d.context.index()] = true;
+            view = learner.next_view(&view, &touched, applied.refresh_all || applied.policy_changed);
+            touched[d.context.index()] = false;
         })
     });
 }

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use crate::bandit::{thompson_propensities, BanditSettings, ModuleStats, Nig};
+use crate::policy::{PolicyError, PolicySnapshot, PolicyTrainer, Sample};
 use crate::space::{Context, ModuleSpace, Parameter};
 
 use super::safety::{project_simplex, trust_box, trust_width};
 use super::view::{CellView, ModuleView, ParamView};
+use super::Decision;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ModuleLearner {
     pub space: Arc<ModuleSpace>,
     pub settings: BanditSettings,
@@ -20,11 +22,30 @@ pub struct ModuleLearner {
     pub generation: u64,
     pub outcomes: u64,
     pub reward_sum: f64,
+    /// The policy network, when the module refines continuous values.
+    pub policy: Option<PolicyTrainer>,
+    policy_snapshot: Option<Arc<PolicySnapshot>>,
     outcomes_since_refresh: u64,
 }
 
+/// What the writer learned from one outcome.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    /// Every cell's view must be rebuilt (the pooled prior was refreshed).
+    pub refresh_all: bool,
+    /// The policy network's weights changed.
+    pub policy_changed: bool,
+}
+
 impl ModuleLearner {
-    pub fn new(space: Arc<ModuleSpace>) -> ModuleLearner {
+    /// A cold learner. `seed` initialises the policy network.
+    pub fn new(space: Arc<ModuleSpace>, seed: u64) -> Result<ModuleLearner, PolicyError> {
+        let policy = if space.policy.enabled { Some(PolicyTrainer::new(&space, seed)?) } else { None };
+        ModuleLearner::with_policy(space, policy)
+    }
+
+    /// A cold bandit with the given policy network (or none).
+    pub fn with_policy(space: Arc<ModuleSpace>, policy: Option<PolicyTrainer>) -> Result<ModuleLearner, PolicyError> {
         let l = &space.learning;
         let settings = BanditSettings {
             prior: Nig::prior(l.prior_mean, l.prior_strength, l.prior_shape, l.prior_noise_sd),
@@ -33,7 +54,7 @@ impl ModuleLearner {
             baseline_decay: 1.0 - 1.0 / l.baseline_window,
         };
         let arms: Vec<usize> = space.params.iter().map(|p| p.arms.len()).collect();
-        ModuleLearner {
+        Ok(ModuleLearner {
             stats: ModuleStats::new(Context::COUNT, &arms),
             incumbents: vec![space.defaults(); Context::COUNT],
             settings,
@@ -41,23 +62,40 @@ impl ModuleLearner {
             generation: 0,
             outcomes: 0,
             reward_sum: 0.0,
+            policy_snapshot: policy.as_ref().map(PolicyTrainer::snapshot).transpose()?,
+            policy,
             outcomes_since_refresh: 0,
-        }
+        })
     }
 
-    /// Learns from one outcome. Returns true when every cell's view must be
-    /// rebuilt (the pooled prior was refreshed), false when only `context`'s.
-    pub fn apply(&mut self, context: usize, arms: &[usize], reward: f64) -> bool {
-        self.stats.record(&self.settings, context, arms, reward);
+    /// Learns from one decision's outcome: the bandit from its arms, the policy
+    /// network from its offsets.
+    pub fn apply(&mut self, decision: &Decision, reward: f64) -> Result<Applied, PolicyError> {
+        let context = decision.context.index();
+        // The chosen arms' advantages as believed before this outcome: the
+        // part of the reward the network's offsets did not cause.
+        let arm_effect: f64 =
+            decision.arms.iter().enumerate().map(|(p, &k)| self.stats.posterior(&self.settings, context, p, k).m).sum();
+        let advantage = self.stats.record(&self.settings, context, &decision.arms, reward);
         self.outcomes += 1;
         self.reward_sum += reward;
         self.move_incumbents(context);
         self.outcomes_since_refresh += 1;
-        if self.outcomes_since_refresh >= self.space.learning.pool_refresh_outcomes {
+        let refresh_all = self.outcomes_since_refresh >= self.space.learning.pool_refresh_outcomes;
+        if refresh_all {
             self.outcomes_since_refresh = 0;
-            return true;
         }
-        false
+        let mut policy_changed = false;
+        if let Some(trainer) = self.policy.as_mut() {
+            let scaled = (advantage - arm_effect) / self.space.learning.prior_noise_sd;
+            if let Some(sample) = policy_sample(&self.space, trainer, decision, scaled) {
+                if let Some(snapshot) = trainer.observe(sample)? {
+                    self.policy_snapshot = Some(snapshot);
+                    policy_changed = true;
+                }
+            }
+        }
+        Ok(Applied { refresh_all, policy_changed })
     }
 
     /// Each incumbent steps towards the arm with the best posterior mean among
@@ -140,6 +178,7 @@ impl ModuleLearner {
             generation: self.generation,
             outcomes: self.outcomes,
             cells: (0..Context::COUNT).map(|c| Arc::new(self.cell_view(c))).collect(),
+            policy: self.policy_snapshot.clone(),
         }
     }
 
@@ -155,6 +194,7 @@ impl ModuleLearner {
             cells: (0..Context::COUNT)
                 .map(|c| if touched[c] { Arc::new(self.cell_view(c)) } else { previous.cells[c].clone() })
                 .collect(),
+            policy: self.policy_snapshot.clone(),
         }
     }
 
@@ -170,6 +210,26 @@ impl ModuleLearner {
             })
             .expect("at least two arms")
     }
+}
+
+/// The training sample of an explored, refined decision; `None` otherwise.
+fn policy_sample(space: &ModuleSpace, trainer: &PolicyTrainer, d: &Decision, advantage: f64) -> Option<Sample> {
+    if !d.explore {
+        return None;
+    }
+    let layout = &trainer.layout;
+    let mut input = Vec::with_capacity(layout.input_dim);
+    layout.encode(space, d.context, &d.features, &d.arms, &mut input);
+    let offsets: Vec<Option<f64>> = layout.refined.iter().map(|&p| d.offsets.get(p).copied().flatten()).collect();
+    if offsets.iter().all(Option::is_none) {
+        return None;
+    }
+    Some(Sample {
+        input,
+        offsets: offsets.iter().map(|o| o.unwrap_or(0.0) as f32).collect(),
+        mask: offsets.iter().map(|o| if o.is_some() { 1.0 } else { 0.0 }).collect(),
+        advantage: advantage as f32,
+    })
 }
 
 /// Arms inside the trust region, plus the nearest arm beyond each edge so the

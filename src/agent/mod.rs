@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::space::{Context, ModuleSpace, Spaces};
 
-pub use learner::{eligible_arms, ModuleLearner};
+pub use learner::{eligible_arms, Applied, ModuleLearner};
 pub use pending::{Evictions, Tombstone};
 pub use view::{CellView, Choice, ModuleView, ParamView};
 
@@ -124,6 +124,12 @@ pub struct Decision {
     pub propensities: Vec<f64>,
     /// The probability of the whole choice: the product of `propensities`.
     pub propensity: f64,
+    /// Per parameter: the policy network's offset inside the arm's cell, in
+    /// units of the cell's half-width, where it refined the value.
+    pub offsets: Vec<Option<f64>>,
+    /// Log density of the drawn offsets under the network's Gaussian policy;
+    /// 0 when nothing was drawn.
+    pub offset_log_density: f64,
     pub seed: u64,
     pub generation: u64,
     /// Seconds since the Unix epoch, by the agent's clock.
@@ -237,8 +243,16 @@ pub struct Agent {
 impl Agent {
     /// A cold agent over `spaces`: every incumbent is its seed default.
     pub fn new(spaces: &Spaces, options: AgentOptions) -> Agent {
-        let learners = spaces.iter().map(|s| ModuleLearner::new(s.clone())).collect();
-        Agent::with_learners(learners, options)
+        let seed = options.seed.unwrap_or_else(rand::random);
+        let learners = spaces
+            .iter()
+            .map(|s| {
+                // Building a network for a validated space only allocates
+                // tensors of the shapes the space dictates; it cannot fail.
+                ModuleLearner::new(s.clone(), module_seed(seed, &s.name)).expect("a validated space builds its network")
+            })
+            .collect();
+        Agent::with_learners(learners, AgentOptions { seed: Some(seed), ..options })
     }
 
     /// An agent resuming from learned state, for instance a checkpoint.
@@ -312,7 +326,14 @@ impl Agent {
         let seed = splitmix64(self.inner.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut rng = Pcg64Mcg::seed_from_u64(seed);
         let view = handle.view.load();
-        let choice = view.cells[context.index()].choose(space, explore, &mut rng);
+        let choice = view.cells[context.index()].choose(
+            space,
+            view.policy.as_deref(),
+            context,
+            &feature_values,
+            explore,
+            &mut rng,
+        );
         let now = self.inner.clock.now();
         let decision = Arc::new(Decision {
             id: DecisionId::new(self.inner.run_id, module_index, n),
@@ -324,6 +345,8 @@ impl Agent {
             values: choice.values,
             arms: choice.arms,
             propensities: choice.propensities,
+            offsets: choice.offsets,
+            offset_log_density: choice.offset_log_density,
             seed,
             generation: view.generation,
             created_at: now,
@@ -398,6 +421,11 @@ impl Agent {
         Ok(self.handle(module)?.1.pending.len())
     }
 
+    /// Every decision of `module` still waiting for its outcome, oldest id first.
+    pub fn open_decisions(&self, module: &str) -> Result<Vec<Arc<Decision>>, AgentError> {
+        Ok(self.handle(module)?.1.pending.open_decisions())
+    }
+
     pub fn counters(&self, module: &str) -> Result<&ModuleCounters, AgentError> {
         Ok(&self.handle(module)?.1.counters)
     }
@@ -442,9 +470,16 @@ fn writer_loop(
             match msg {
                 WriterMsg::Outcome { module, settled } => {
                     let d = &settled.decision;
-                    let ctx = d.context.index();
-                    refresh_all[module] |= learners[module].apply(ctx, &d.arms, settled.reward);
-                    touched[module][ctx] = true;
+                    match learners[module].apply(d, settled.reward) {
+                        Ok(applied) => {
+                            refresh_all[module] |= applied.refresh_all || applied.policy_changed;
+                            touched[module][d.context.index()] = true;
+                        }
+                        // The bandit has learned; only the network's step failed.
+                        Err(e) => {
+                            tracing::error!(module = %d.module, decision = %d.id, error = %e, "policy training step failed")
+                        }
+                    }
                 }
                 WriterMsg::Flush(done) => flushes.push(done),
             }
@@ -503,6 +538,13 @@ fn resolve_reward(space: &ModuleSpace, decision: &Decision, outcome: &Outcome) -
         (None, true, None) => return Err(AgentError::MissingReward(decision.id.to_string())),
     };
     Ok(raw.clamp(-space.reward.clip, space.reward.clip))
+}
+
+/// A module's own seed, derived from the agent's seed and the module's name
+/// (FNV-1a, stable across builds).
+pub fn module_seed(seed: u64, module: &str) -> u64 {
+    let h = module.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    splitmix64(seed ^ h)
 }
 
 /// A fast, well-mixed 64-bit hash (Steele et al.), for seeds and run ids.

@@ -139,10 +139,6 @@ impl PendingTable {
         self.shards.iter().map(|s| s.lock().open.len()).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Every open decision, for persisting across a restart.
     pub fn open_decisions(&self) -> Vec<Arc<Decision>> {
         let mut all: Vec<Arc<Decision>> =

@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use rand_distr::StandardNormal;
+
 use crate::bandit::sample_argmax;
-use crate::space::ModuleSpace;
+use crate::policy::{gaussian_log_density, offset_value, refine_box, PolicySnapshot};
+use crate::space::{Context, ModuleSpace};
 
 use super::safety::project_simplex;
 
@@ -37,23 +40,44 @@ pub struct ModuleView {
     pub generation: u64,
     pub outcomes: u64,
     pub cells: Vec<Arc<CellView>>,
+    /// The policy network's weights, when the module refines values.
+    pub policy: Option<Arc<PolicySnapshot>>,
 }
 
-/// Values chosen for one decision, before any refinement.
+/// Values chosen for one decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
     pub values: Vec<f64>,
     pub arms: Vec<usize>,
     pub propensities: Vec<f64>,
+    /// Per parameter: the policy network's offset, where it refined the value.
+    pub offsets: Vec<Option<f64>>,
+    /// Log density of the drawn offsets (0 when none were drawn).
+    pub offset_log_density: f64,
 }
 
 impl CellView {
-    /// Thompson sampling, one arm per parameter, then the simplex projection.
-    /// Without exploration: the incumbents, with propensity 1.
-    pub fn choose<R: Rng + ?Sized>(&self, space: &ModuleSpace, explore: bool, rng: &mut R) -> Choice {
+    /// Thompson sampling, one arm per parameter; the policy network's offset
+    /// inside each continuous parameter's arm cell; then the simplex
+    /// projection. Without exploration: the incumbents, moved by the
+    /// network's mean offset only, with propensity 1.
+    pub fn choose<R: Rng + ?Sized>(
+        &self,
+        space: &ModuleSpace,
+        policy: Option<&PolicySnapshot>,
+        context: Context,
+        features: &[Option<f64>],
+        explore: bool,
+        rng: &mut R,
+    ) -> Choice {
         let n = self.params.len();
-        let mut choice =
-            Choice { values: Vec::with_capacity(n), arms: Vec::with_capacity(n), propensities: Vec::with_capacity(n) };
+        let mut choice = Choice {
+            values: Vec::with_capacity(n),
+            arms: Vec::with_capacity(n),
+            propensities: Vec::with_capacity(n),
+            offsets: vec![None; n],
+            offset_log_density: 0.0,
+        };
         for pv in &self.params {
             if explore {
                 let i = sample_argmax(&pv.means, &pv.sds, rng);
@@ -66,16 +90,52 @@ impl CellView {
                 choice.propensities.push(1.0);
             }
         }
-        if explore {
-            self.project_groups(space, &mut choice.values);
+        if let Some(policy) = policy {
+            self.refine(space, policy, context, features, explore, rng, &mut choice);
         }
+        self.project_groups(space, explore, &mut choice.values);
         choice
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn refine<R: Rng + ?Sized>(
+        &self,
+        space: &ModuleSpace,
+        policy: &PolicySnapshot,
+        context: Context,
+        features: &[Option<f64>],
+        explore: bool,
+        rng: &mut R,
+        choice: &mut Choice,
+    ) {
+        let mut input = Vec::with_capacity(policy.layout.input_dim);
+        policy.layout.encode(space, context, features, &choice.arms, &mut input);
+        let means = policy.means(&input);
+        for (&p, &mean) in policy.layout.refined.iter().zip(&means) {
+            let (param, pv, arm) = (&space.params[p], &self.params[p], choice.arms[p]);
+            let Some(bounds) = refine_box(param, arm, pv.trust) else { continue };
+            let (u, anchor) = if explore {
+                let z: f64 = rng.sample(StandardNormal);
+                let u = mean + policy.spread * z;
+                choice.offset_log_density += gaussian_log_density(u, mean, policy.spread);
+                (u, param.arms[arm])
+            } else {
+                (mean, pv.incumbent)
+            };
+            choice.offsets[p] = Some(u);
+            choice.values[p] = offset_value(param, arm, anchor, u, bounds);
+        }
+    }
+
     /// Projects each simplex group onto {sum = 1} within its trust boxes. The
-    /// incumbents are feasible, so the set is never empty.
-    pub fn project_groups(&self, space: &ModuleSpace, values: &mut [f64]) {
+    /// incumbents are feasible, so the set is never empty; a greedy group left
+    /// exactly at its incumbents is not touched, so a cold agent serves the
+    /// defaults bit for bit.
+    pub fn project_groups(&self, space: &ModuleSpace, explore: bool, values: &mut [f64]) {
         for group in &space.simplex_groups {
+            if !explore && group.members.iter().all(|&p| values[p] == self.params[p].incumbent) {
+                continue;
+            }
             let mut y: Vec<f64> = group.members.iter().map(|&p| values[p]).collect();
             let lo: Vec<f64> = group.members.iter().map(|&p| self.params[p].trust.0).collect();
             let hi: Vec<f64> = group.members.iter().map(|&p| self.params[p].trust.1).collect();

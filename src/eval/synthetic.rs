@@ -10,7 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_pcg::Pcg64Mcg;
 
-use crate::space::{Context, ModuleSpace};
+use crate::agent::safety::project_simplex;
+use crate::space::{Context, ModuleSpace, ParamKind};
 
 #[derive(Debug, Clone)]
 pub struct SyntheticEnv {
@@ -63,6 +64,44 @@ impl SyntheticEnv {
             peak: 0.01,
             noise_sd: 0.01,
         }
+    }
+
+    /// Optima between arm values, moving with feature `feature`: in each
+    /// context a continuous parameter's optimum sits between two grid points
+    /// (never nearer than a fifth of the spacing to either), and shifts by
+    /// `slope` of its range across the feature's range. Integer parameters keep
+    /// their optimum on an arm. Simplex groups are projected back to feasibility.
+    pub fn between_arms(space: &ModuleSpace, seed: u64, feature: usize, slope: f64) -> SyntheticEnv {
+        let mut env = SyntheticEnv::on_arms(space, seed);
+        let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0xbe7e_e4);
+        for optima in env.optimum.iter_mut() {
+            for (p, param) in space.params.iter().enumerate() {
+                if param.kind == ParamKind::Integer {
+                    continue;
+                }
+                let k = rng.random_range(0..param.arms.len() - 1);
+                let t = rng.random_range(0.2..0.8);
+                optima[p] = param.arms[k] + t * (param.arms[k + 1] - param.arms[k]);
+            }
+            for group in &space.simplex_groups {
+                let mut y: Vec<f64> = group.members.iter().map(|&p| optima[p]).collect();
+                let lo: Vec<f64> = group.members.iter().map(|&p| space.params[p].lo).collect();
+                let hi: Vec<f64> = group.members.iter().map(|&p| space.params[p].hi).collect();
+                project_simplex(&mut y, &lo, &hi);
+                for (&p, v) in group.members.iter().zip(y) {
+                    optima[p] = v;
+                }
+            }
+        }
+        env.driving_feature = Some(feature);
+        env.feature_slope =
+            space.params.iter().map(|p| if p.kind == ParamKind::Integer || p.simplex { 0.0 } else { slope }).collect();
+        env
+    }
+
+    /// Feature values for one decision: each uniform over its declared range.
+    pub fn draw_features<R: Rng + ?Sized>(space: &ModuleSpace, rng: &mut R) -> Vec<(String, f64)> {
+        space.features.iter().map(|f| (f.name.clone(), rng.random_range(f.lo..f.hi))).collect()
     }
 
     /// Expected reward of `values` in `context` with feature values `features`.

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use paramopt::eval::synthetic::SyntheticEnv;
-use paramopt::space::{Context, Regime, Session, Spaces};
+use paramopt::space::{Context, Regime, Session};
 use rand::Rng;
 
-use crate::support::{agent, agent_for, drive, reward, rng};
+use crate::support::{agent_for, bandit_agent, drive, reward, rng, spaces};
 
 /// Arm index of each incumbent, per context.
 fn greedy_arms(agent: &paramopt::Agent, module: &str) -> Vec<Vec<usize>> {
@@ -29,13 +29,13 @@ fn optimal_arms(env: &SyntheticEnv, space: &paramopt::ModuleSpace) -> Vec<Vec<us
 /// the greedy choice is the best arm for every parameter in every context.
 #[test]
 fn greedy_choice_converges_to_the_best_arm_in_every_context() {
-    let spaces = Spaces::builtin();
+    let spaces = spaces(false);
     let space = spaces.get("crypto").unwrap().clone();
     let mut env = SyntheticEnv::on_arms(&space, 11);
     env.penalty = 0.2;
     let optimal = optimal_arms(&env, &space);
     assert!(optimal.iter().any(|o| o != &optimal[0]), "the best arms differ by context");
-    let agent = agent(11);
+    let agent = bandit_agent(11);
     let mut r = rng(11);
     drive(&agent, &space, &env, 36_000, 64, &mut r, |r| {
         Context::from_index(r.random_range(0..Context::COUNT)).unwrap()
@@ -51,12 +51,12 @@ fn greedy_choice_converges_to_the_best_arm_in_every_context() {
 /// of the switch, and stays there.
 #[test]
 fn follows_a_switch_of_the_best_arm() {
-    let spaces = Spaces::builtin();
+    let spaces = spaces(false);
     let space = spaces.get("crypto").unwrap().clone();
     let ctx = Context::new(Session::EuropePrime, Regime::Sideways);
     let mut env = SyntheticEnv::on_arms(&space, 5);
     env.penalty = 0.2;
-    let agent = agent(5);
+    let agent = bandit_agent(5);
     let mut r = rng(5);
     drive(&agent, &space, &env, 3_000, 16, &mut r, |_| ctx);
     let before = greedy_arms(&agent, "crypto")[ctx.index()].clone();
@@ -98,11 +98,11 @@ fn follows_a_switch_of_the_best_arm() {
 /// nothing is counted twice, and the agent still learns the best arm.
 #[test]
 fn delayed_feedback_with_hundreds_open_and_concurrent_reports() {
-    let spaces = Spaces::builtin();
+    let spaces = spaces(false);
     let space = spaces.get("options").unwrap().clone();
     let mut env = SyntheticEnv::on_arms(&space, 3);
     env.penalty = 0.2;
-    let agent = agent(3);
+    let agent = bandit_agent(3);
     let ctx = Context::new(Session::UsPrime, Regime::Bullish);
     let mut r = rng(3);
     let rounds = 20;
@@ -152,7 +152,7 @@ fn delayed_feedback_with_hundreds_open_and_concurrent_reports() {
 /// advantages over each cell's running mean reward.
 #[test]
 fn a_cold_context_borrows_from_the_module() {
-    let spaces = Spaces::builtin();
+    let spaces = spaces(false);
     let space = spaces.get("stocks").unwrap().clone();
     let agent = agent_for((*space).clone(), 9);
     let warm = Context::new(Session::UsPrime, Regime::Bullish);

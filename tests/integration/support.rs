@@ -12,6 +12,24 @@ pub fn agent(seed: u64) -> Agent {
     Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(seed), ..Default::default() })
 }
 
+/// The shipped spaces with the policy network on or off (it ships off).
+pub fn spaces(policy: bool) -> Spaces {
+    let mut spaces = Spaces::default();
+    for (origin, text) in [
+        ("models/crypto.toml", include_str!("../../models/crypto.toml")),
+        ("models/options.toml", include_str!("../../models/options.toml")),
+        ("models/stocks.toml", include_str!("../../models/stocks.toml")),
+    ] {
+        let text = if policy { text.replacen("enabled = false", "enabled = true", 1) } else { text.to_string() };
+        spaces.insert(ModuleSpace::from_toml_str(&text, origin).unwrap()).unwrap();
+    }
+    spaces
+}
+
+pub fn bandit_agent(seed: u64) -> Agent {
+    Agent::new(&spaces(false), AgentOptions { seed: Some(seed), ..Default::default() })
+}
+
 pub fn agent_for(space: ModuleSpace, seed: u64) -> Agent {
     let mut spaces = Spaces::default();
     spaces.insert(space).unwrap();

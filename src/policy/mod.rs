@@ -1,0 +1,161 @@
+//! The policy network: a small candle MLP per module that refines continuous
+//! values inside the arm Thompson sampling chose.
+//!
+//! Five arms per parameter are a coarse grid, and session x regime cannot see
+//! numeric features such as `volatility_score`. The network reads the context,
+//! the features and the chosen arms, and outputs for every continuous
+//! parameter the mean of a Gaussian offset inside the arm's cell; the spread is
+//! annealed. Training (a normalised advantage function with a baseline, on
+//! mini-batches from a bounded replay buffer; see `trainer.rs`) runs on the writer thread;
+//! decisions read an inference copy of the weights in `ndarray`, because a
+//! candle call costs tens of microseconds for a network this small.
+
+mod trainer;
+
+use std::sync::Arc;
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use ndarray::{Array1, Array2};
+
+use crate::space::{Context, ModuleSpace, ParamKind, Parameter, Regime, Session};
+
+pub use trainer::{PolicyTrainer, Sample};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy network for module {module:?}: {source}")]
+    Candle {
+        module: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("policy weights for module {module:?}: {reason}")]
+    Weights { module: String, reason: String },
+}
+
+/// Which inputs and outputs the network has for a module.
+#[derive(Debug, Clone)]
+pub struct PolicyLayout {
+    /// Indices of the parameters the network refines: every continuous one.
+    pub refined: Vec<usize>,
+    pub features: usize,
+    pub input_dim: usize,
+}
+
+impl PolicyLayout {
+    pub fn new(space: &ModuleSpace) -> PolicyLayout {
+        let refined: Vec<usize> =
+            space.params.iter().enumerate().filter(|(_, p)| p.kind == ParamKind::Continuous).map(|(i, _)| i).collect();
+        let features = space.features.len();
+        PolicyLayout {
+            input_dim: Session::ALL.len() + Regime::ALL.len() + 2 * features + refined.len(),
+            refined,
+            features,
+        }
+    }
+
+    /// Session and regime one-hot; each feature normalised to [0, 1] by its
+    /// declared range (0.5 and a missing flag when not sent); each refined
+    /// parameter's chosen arm as its position in [0, 1].
+    pub fn encode(
+        &self,
+        space: &ModuleSpace,
+        context: Context,
+        features: &[Option<f64>],
+        arms: &[usize],
+        out: &mut Vec<f32>,
+    ) {
+        out.clear();
+        out.extend(Session::ALL.iter().map(|&s| f32::from(u8::from(s == context.session))));
+        out.extend(Regime::ALL.iter().map(|&r| f32::from(u8::from(r == context.regime))));
+        for (f, value) in space.features.iter().zip(features) {
+            match value {
+                Some(v) => out.extend([f.normalise(*v) as f32, 0.0]),
+                None => out.extend([0.5, 1.0]),
+            }
+        }
+        for &p in &self.refined {
+            let k = space.params[p].arms.len();
+            out.push(arms[p] as f32 / (k - 1) as f32);
+        }
+        debug_assert_eq!(out.len(), self.input_dim);
+    }
+}
+
+/// Network shape, from the module's `[policy]` settings.
+#[derive(Debug, Clone, Copy)]
+pub struct MlpConfig {
+    pub input: usize,
+    pub hidden: usize,
+    pub output: usize,
+}
+
+/// input -> tanh(hidden) -> head. The head holds, per refined parameter, the
+/// offset mean and the advantage's curvature, then
+/// one value; see `trainer.rs`.
+#[derive(Debug)]
+pub struct PolicyMlp {
+    hidden: Linear,
+    output: Linear,
+}
+
+impl PolicyMlp {
+    pub fn new(cfg: &MlpConfig, vb: VarBuilder) -> candle_core::Result<PolicyMlp> {
+        Ok(PolicyMlp {
+            hidden: candle_nn::linear(cfg.input, cfg.hidden, vb.pp("hidden"))?,
+            output: candle_nn::linear(cfg.hidden, cfg.output, vb.pp("output"))?,
+        })
+    }
+}
+
+impl Module for PolicyMlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.output.forward(&self.hidden.forward(x)?.tanh()?)
+    }
+}
+
+/// What decisions read: an `ndarray` copy of the weights and the current spread.
+#[derive(Debug, Clone)]
+pub struct PolicySnapshot {
+    pub layout: Arc<PolicyLayout>,
+    w1: Array2<f32>,
+    b1: Array1<f32>,
+    w2: Array2<f32>,
+    b2: Array1<f32>,
+    /// Standard deviation of the offset, in units of the arm's half-cell.
+    pub spread: f64,
+    pub train_steps: u64,
+}
+
+impl PolicySnapshot {
+    /// The offset means, one per refined parameter; beyond +-1 the value
+    /// serves the cell's edge.
+    pub fn means(&self, input: &[f32]) -> Vec<f64> {
+        let x = ndarray::ArrayView1::from(input);
+        let h = (self.w1.dot(&x) + &self.b1).mapv(f32::tanh);
+        (self.w2.dot(&h) + &self.b2).iter().map(|&v| f64::from(v)).collect()
+    }
+}
+
+/// Maps an offset `u` (1 = the cell's upper edge, -1 = its lower edge) to a
+/// value around `anchor`, using `arm`'s cell widths, then clips to `bounds`.
+pub fn offset_value(param: &Parameter, arm: usize, anchor: f64, u: f64, bounds: (f64, f64)) -> f64 {
+    let (cell_lo, cell_hi) = param.arm_cell(arm);
+    let a = param.arms[arm];
+    let v = if u >= 0.0 { anchor + u * (cell_hi - a) } else { anchor + u * (a - cell_lo) };
+    v.clamp(bounds.0, bounds.1)
+}
+
+/// The box a refined value must stay in: the arm's cell within the trust region.
+/// `None` when they do not meet (an arm beyond the region, served at its edge).
+pub fn refine_box(param: &Parameter, arm: usize, trust: (f64, f64)) -> Option<(f64, f64)> {
+    let (lo, hi) = param.arm_cell(arm);
+    let (lo, hi) = (lo.max(trust.0), hi.min(trust.1));
+    (hi > lo).then_some((lo, hi))
+}
+
+pub fn gaussian_log_density(x: f64, mean: f64, sd: f64) -> f64 {
+    let z = (x - mean) / sd;
+    -0.5 * z * z - sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
+}
