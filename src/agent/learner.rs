@@ -219,17 +219,19 @@ fn policy_sample(space: &ModuleSpace, trainer: &PolicyTrainer, d: &Decision, adv
     }
     let layout = &trainer.layout;
     let mut input = Vec::with_capacity(layout.input_dim);
-    layout.encode(space, d.context, &d.features, &d.arms, &mut input);
-    let offsets: Vec<Option<f64>> = layout.refined.iter().map(|&p| d.offsets.get(p).copied().flatten()).collect();
-    if offsets.iter().all(Option::is_none) {
+    layout.encode(space, d.context, &d.features, &mut input);
+    let (mut offsets, mut mask) = (vec![0.0; layout.heads], vec![0.0; layout.heads]);
+    for (i, &p) in layout.refined.iter().enumerate() {
+        if let Some(u) = d.offsets.get(p).copied().flatten() {
+            let head = layout.head(i, d.arms[p]);
+            offsets[head] = u as f32;
+            mask[head] = 1.0;
+        }
+    }
+    if mask.iter().all(|&m| m == 0.0) {
         return None;
     }
-    Some(Sample {
-        input,
-        offsets: offsets.iter().map(|o| o.unwrap_or(0.0) as f32).collect(),
-        mask: offsets.iter().map(|o| if o.is_some() { 1.0 } else { 0.0 }).collect(),
-        advantage: advantage as f32,
-    })
+    Some(Sample { input, offsets, mask, advantage: advantage as f32 })
 }
 
 /// Arms inside the trust region, plus the nearest arm beyond each edge so the

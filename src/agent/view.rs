@@ -109,8 +109,8 @@ impl CellView {
         choice: &mut Choice,
     ) {
         let mut input = Vec::with_capacity(policy.layout.input_dim);
-        policy.layout.encode(space, context, features, &choice.arms, &mut input);
-        let means = policy.means(&input);
+        policy.layout.encode(space, context, features, &mut input);
+        let means = policy.means(&input, &choice.arms);
         for (&p, &mean) in policy.layout.refined.iter().zip(&means) {
             let (param, pv, arm) = (&space.params[p], &self.params[p], choice.arms[p]);
             let Some(bounds) = refine_box(param, arm, pv.trust) else { continue };

@@ -35,10 +35,20 @@ pub enum PolicyError {
 }
 
 /// Which inputs and outputs the network has for a module.
+///
+/// Inputs are the context and the features only. Outputs are one head per
+/// (refined parameter, arm): the offset that arm wants as a function of the
+/// inputs. Feeding the chosen arms in as inputs instead would make a small
+/// network learn every arm x context interaction itself; with a head per arm
+/// it only learns how each arm's best offset moves with the features.
 #[derive(Debug, Clone)]
 pub struct PolicyLayout {
     /// Indices of the parameters the network refines: every continuous one.
     pub refined: Vec<usize>,
+    /// Per refined parameter: the index of its arm 0's head.
+    pub first_head: Vec<usize>,
+    /// Number of (parameter, arm) heads.
+    pub heads: usize,
     pub features: usize,
     pub input_dim: usize,
 }
@@ -47,25 +57,30 @@ impl PolicyLayout {
     pub fn new(space: &ModuleSpace) -> PolicyLayout {
         let refined: Vec<usize> =
             space.params.iter().enumerate().filter(|(_, p)| p.kind == ParamKind::Continuous).map(|(i, _)| i).collect();
+        let mut first_head = Vec::with_capacity(refined.len());
+        let mut heads = 0;
+        for &p in &refined {
+            first_head.push(heads);
+            heads += space.params[p].arms.len();
+        }
         let features = space.features.len();
         PolicyLayout {
-            input_dim: Session::ALL.len() + Regime::ALL.len() + 2 * features + refined.len(),
+            input_dim: Session::ALL.len() + Regime::ALL.len() + 2 * features,
             refined,
+            first_head,
+            heads,
             features,
         }
     }
 
+    /// The head of refined parameter number `i` (in `refined`) at `arm`.
+    pub fn head(&self, i: usize, arm: usize) -> usize {
+        self.first_head[i] + arm
+    }
+
     /// Session and regime one-hot; each feature normalised to [0, 1] by its
-    /// declared range (0.5 and a missing flag when not sent); each refined
-    /// parameter's chosen arm as its position in [0, 1].
-    pub fn encode(
-        &self,
-        space: &ModuleSpace,
-        context: Context,
-        features: &[Option<f64>],
-        arms: &[usize],
-        out: &mut Vec<f32>,
-    ) {
+    /// declared range (0.5 and a missing flag when not sent).
+    pub fn encode(&self, space: &ModuleSpace, context: Context, features: &[Option<f64>], out: &mut Vec<f32>) {
         out.clear();
         out.extend(Session::ALL.iter().map(|&s| f32::from(u8::from(s == context.session))));
         out.extend(Regime::ALL.iter().map(|&r| f32::from(u8::from(r == context.regime))));
@@ -74,10 +89,6 @@ impl PolicyLayout {
                 Some(v) => out.extend([f.normalise(*v) as f32, 0.0]),
                 None => out.extend([0.5, 1.0]),
             }
-        }
-        for &p in &self.refined {
-            let k = space.params[p].arms.len();
-            out.push(arms[p] as f32 / (k - 1) as f32);
         }
         debug_assert_eq!(out.len(), self.input_dim);
     }
@@ -91,9 +102,9 @@ pub struct MlpConfig {
     pub output: usize,
 }
 
-/// input -> tanh(hidden) -> head. The head holds, per refined parameter, the
-/// offset mean and the advantage's curvature, then
-/// one value; see `trainer.rs`.
+/// input -> tanh(hidden) -> output. The output holds, per (parameter, arm)
+/// head, the offset mean, then per head the advantage's curvature, then one
+/// value; see `trainer.rs`.
 #[derive(Debug)]
 pub struct PolicyMlp {
     hidden: Linear,
@@ -129,12 +140,20 @@ pub struct PolicySnapshot {
 }
 
 impl PolicySnapshot {
-    /// The offset means, one per refined parameter; beyond +-1 the value
-    /// serves the cell's edge.
-    pub fn means(&self, input: &[f32]) -> Vec<f64> {
+    /// The offset means of the chosen arms, one per refined parameter; beyond
+    /// +-1 the value serves the cell's edge.
+    pub fn means(&self, input: &[f32], arms: &[usize]) -> Vec<f64> {
         let x = ndarray::ArrayView1::from(input);
         let h = (self.w1.dot(&x) + &self.b1).mapv(f32::tanh);
-        (self.w2.dot(&h) + &self.b2).iter().map(|&v| f64::from(v)).collect()
+        self.layout
+            .refined
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let head = self.layout.head(i, arms[p]);
+                f64::from(self.w2.row(head).dot(&h) + self.b2[head])
+            })
+            .collect()
     }
 }
 

@@ -35,9 +35,9 @@ const STEPS_KEY: &str = "paramopt.train_steps";
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub input: Vec<f32>,
-    /// Per refined parameter: the offset drawn (0 where not refined).
+    /// Per (parameter, arm) head: the offset drawn at the chosen arm's head, 0 elsewhere.
     pub offsets: Vec<f32>,
-    /// Per refined parameter: 1 where an offset was drawn.
+    /// Per head: 1 at the chosen arms' heads where an offset was drawn.
     pub mask: Vec<f32>,
     /// What the offsets earned beyond the baseline, in units of the module's
     /// prior noise sd.
@@ -77,7 +77,7 @@ impl PolicyTrainer {
     pub fn new(space: &ModuleSpace, seed: u64) -> Result<PolicyTrainer, PolicyError> {
         let layout = Arc::new(PolicyLayout::new(space));
         let mut trainer = PolicyTrainer::empty(space, layout.clone(), seed)?;
-        let (hidden, input, output) = (space.policy.hidden, layout.input_dim, 2 * layout.refined.len() + 1);
+        let (hidden, input, output) = (space.policy.hidden, layout.input_dim, 2 * layout.heads + 1);
         let mut init_rng = Pcg64Mcg::seed_from_u64(seed);
         let bound = 1.0 / (input as f32).sqrt();
         let w1 = Array2::random_using((hidden, input), Uniform::new(-bound, bound).expect("bound > 0"), &mut init_rng);
@@ -98,8 +98,7 @@ impl PolicyTrainer {
         let candle = |source| PolicyError::Candle { module: space.name.clone(), source };
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let cfg =
-            MlpConfig { input: layout.input_dim, hidden: space.policy.hidden, output: 2 * layout.refined.len() + 1 };
+        let cfg = MlpConfig { input: layout.input_dim, hidden: space.policy.hidden, output: 2 * layout.heads + 1 };
         let net = PolicyMlp::new(&cfg, vb).map_err(candle)?;
         let params = ParamsAdamW { lr: space.policy.learning_rate, weight_decay: 0.0, ..Default::default() };
         let optimizer = AdamW::new(varmap.all_vars(), params).map_err(candle)?;
@@ -147,7 +146,7 @@ impl PolicyTrainer {
     }
 
     fn train_step(&mut self) -> Result<(), PolicyError> {
-        let (b, d, p) = (self.cfg.batch_size, self.layout.input_dim, self.layout.refined.len());
+        let (b, d, p) = (self.cfg.batch_size, self.layout.input_dim, self.layout.heads);
         let (mut x, mut u, mut m) = (Vec::with_capacity(b * d), Vec::with_capacity(b * p), Vec::with_capacity(b * p));
         let mut y = Vec::with_capacity(b);
         for _ in 0..b {
@@ -199,8 +198,8 @@ impl PolicyTrainer {
             w1: get2("hidden.weight")?,
             b1: get1("hidden.bias")?,
             // Decisions need only the offset means: the head's first rows.
-            w2: get2("output.weight")?.slice_move(ndarray::s![..self.layout.refined.len(), ..]),
-            b2: get1("output.bias")?.slice_move(ndarray::s![..self.layout.refined.len()]),
+            w2: get2("output.weight")?.slice_move(ndarray::s![..self.layout.heads, ..]),
+            b2: get1("output.bias")?.slice_move(ndarray::s![..self.layout.heads]),
             spread: self.spread(),
             train_steps: self.train_steps,
         }))
