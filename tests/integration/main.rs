@@ -3,4 +3,5 @@
 mod cli;
 mod invariants;
 mod learning;
+mod store;
 mod support;
