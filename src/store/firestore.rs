@@ -388,6 +388,9 @@ impl FirestoreStore {
     where
         for<'de> T: Deserialize<'de> + Send,
     {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let module = module.to_string();
         self.db
             .fluent()
@@ -670,6 +673,9 @@ impl Store for FirestoreStore {
 
     async fn list_decisions(&self, module: &str, since: f64, limit: usize) -> StoreResult<Vec<DecisionLogRecord>> {
         validate_module(module)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let parent = self.parent(DECISIONS, module)?;
         self.db
             .fluent()

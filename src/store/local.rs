@@ -469,10 +469,16 @@ impl Store for LocalStore {
 
     async fn health(&self) -> StoreHealth {
         let started = Instant::now();
+        // Create, write, fsync and remove a file of its own: proves the
+        // directory takes durable writes without touching any data.
         let probe = self
             .run(|inner| {
-                let path = inner.root.join(".health");
-                write_atomic(&path, b"ok")
+                let path = inner.root.join(format!(".health-probe-{}", std::process::id()));
+                let result = File::create(&path)
+                    .and_then(|mut f| f.write_all(b"ok").and_then(|_| f.sync_all()))
+                    .map_err(|e| io("write", &path, e));
+                let _ = fs::remove_file(&path);
+                result
             })
             .await;
         StoreHealth {

@@ -463,6 +463,7 @@ async fn trades_round_trip_with_their_decision_context(b: Backend) {
     let expected: Vec<TradeRecord> = trades.iter().rev().cloned().chain([anonymous]).collect();
     assert_eq!(listed, expected, "newest first, each once, every field intact");
     assert_eq!(b.store.list_trades("crypto", 2).await.unwrap(), expected[..2]);
+    assert!(b.store.list_trades("crypto", 0).await.unwrap().is_empty());
     assert!(b.store.list_trades("stocks", 10).await.unwrap().is_empty());
 }
 
@@ -494,7 +495,7 @@ async fn parameter_effectiveness_rows_upsert(b: Backend) {
     b.store.put_parameter_effectiveness(&[stocks.clone()]).await.unwrap();
     // The same key again replaces its row.
     let updated = effectiveness(p, 0.45, None, 0.69);
-    b.store.put_parameter_effectiveness(&[updated.clone()]).await.unwrap();
+    b.store.put_parameter_effectiveness(std::slice::from_ref(&updated)).await.unwrap();
     let listed = b.store.list_parameter_effectiveness("crypto").await.unwrap();
     let expected = vec![rows[3].clone(), rows[1].clone(), updated, rows[2].clone()];
     assert_eq!(listed, expected, "by parameter, context, value; one row per key");
@@ -767,14 +768,16 @@ async fn open_store_reads_urls_and_names_bad_ones() {
 async fn firestore_emulator_enforces_the_document_limit() {
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Doc {
-        text: String,
+        a: String,
+        b: String,
     }
     let host = emulator::host();
     emulator::clear(&host, "paramopt-limit");
     let options = FirestoreOptions { emulator_host: Some(host), ..FirestoreOptions::new("paramopt-limit") };
     let store = FirestoreStore::connect(options).await.unwrap();
     let write = |len: usize| {
-        let doc = Doc { text: "x".repeat(len) };
+        // Two fields, each under the per-field limit: only the document's is at stake.
+        let doc = Doc { a: "x".repeat(len / 2), b: "y".repeat(len / 2) };
         let db = store.db().clone();
         async move {
             db.fluent()
@@ -788,9 +791,9 @@ async fn firestore_emulator_enforces_the_document_limit() {
         }
     };
     write(900 * 1024).await.expect("a document under 1 MiB is accepted");
-    let err = write(1100 * 1024).await.expect_err("a document over 1 MiB is refused");
-    eprintln!("the emulator refused a 1.1 MiB document: {err}");
+    let err = write(1200 * 1024).await.expect_err("a document over 1 MiB is refused");
+    eprintln!("the emulator refused a 1.2 MiB document: {err}");
     // Live stats are one document: too large a payload is refused before sending.
-    let err = store.merge_increment("huge", &ModuleStats::new(12, &vec![400; 20])).await.unwrap_err();
+    let err = store.merge_increment("huge", &ModuleStats::new(12, &[400; 20])).await.unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { .. }) && err.to_string().contains("huge"), "{err}");
 }
