@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod bandit;
 pub mod space;
+pub mod store;
 
 pub use agent::{Agent, AgentError, AgentOptions, Decision, DecisionId, Outcome};
 pub use space::{Context, ModuleSpace, Regime, Session, Spaces};

@@ -28,6 +28,15 @@ pub struct ModuleLearner {
     outcomes_since_refresh: u64,
 }
 
+/// What the bandit learned from one reward.
+#[derive(Debug, Clone, Copy)]
+pub struct Learned {
+    /// Every cell's view must be rebuilt (the pooled prior was refreshed).
+    pub refresh_all: bool,
+    /// The reward's advantage beyond what the chosen arms are believed to earn.
+    pub beyond_arms: f64,
+}
+
 /// What the writer learned from one outcome.
 #[derive(Debug, Clone, Copy)]
 pub struct Applied {
@@ -71,12 +80,27 @@ impl ModuleLearner {
     /// Learns from one decision's outcome: the bandit from its arms, the policy
     /// network from its offsets.
     pub fn apply(&mut self, decision: &Decision, reward: f64) -> Result<Applied, PolicyError> {
-        let context = decision.context.index();
+        let learned = self.learn(decision.context.index(), &decision.arms, reward);
+        let mut policy_changed = false;
+        if let Some(trainer) = self.policy.as_mut() {
+            let scaled = learned.beyond_arms / self.space.learning.prior_noise_sd;
+            if let Some(sample) = policy_sample(&self.space, trainer, decision, scaled) {
+                if let Some(snapshot) = trainer.observe(sample)? {
+                    self.policy_snapshot = Some(snapshot);
+                    policy_changed = true;
+                }
+            }
+        }
+        Ok(Applied { refresh_all: learned.refresh_all, policy_changed })
+    }
+
+    /// The bandit's part of learning from a reward for `arms` in `context`.
+    pub fn learn(&mut self, context: usize, arms: &[usize], reward: f64) -> Learned {
         // The chosen arms' advantages as believed before this outcome: the
         // part of the reward the network's offsets did not cause.
         let arm_effect: f64 =
-            decision.arms.iter().enumerate().map(|(p, &k)| self.stats.posterior(&self.settings, context, p, k).m).sum();
-        let advantage = self.stats.record(&self.settings, context, &decision.arms, reward);
+            arms.iter().enumerate().map(|(p, &k)| self.stats.posterior(&self.settings, context, p, k).m).sum();
+        let advantage = self.stats.record(&self.settings, context, arms, reward);
         self.outcomes += 1;
         self.reward_sum += reward;
         self.move_incumbents(context);
@@ -85,17 +109,7 @@ impl ModuleLearner {
         if refresh_all {
             self.outcomes_since_refresh = 0;
         }
-        let mut policy_changed = false;
-        if let Some(trainer) = self.policy.as_mut() {
-            let scaled = (advantage - arm_effect) / self.space.learning.prior_noise_sd;
-            if let Some(sample) = policy_sample(&self.space, trainer, decision, scaled) {
-                if let Some(snapshot) = trainer.observe(sample)? {
-                    self.policy_snapshot = Some(snapshot);
-                    policy_changed = true;
-                }
-            }
-        }
-        Ok(Applied { refresh_all, policy_changed })
+        Learned { refresh_all, beyond_arms: advantage - arm_effect }
     }
 
     /// Each incumbent steps towards the arm with the best posterior mean among

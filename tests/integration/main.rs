@@ -4,4 +4,5 @@ mod cli;
 mod invariants;
 mod learning;
 mod policy;
+mod store;
 mod support;

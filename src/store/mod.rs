@@ -1,0 +1,221 @@
+//! Persistence: checkpoints of learned state, the trading plan's collections
+//! (`trades`, `parameter_effectiveness`, `ml_learning_events`,
+//! `ml_optimization_data`), the decision log for off-policy evaluation, and the
+//! shared "live stats" that replicas merge their posterior increments into.
+//!
+//! [`Store`] is the one interface; [`open_store`] picks a backend from a URL:
+//! - [`LocalStore`] (`data/`, `local:///path`): the embedded default. No
+//!   server; atomic file writes, append-only JSON lines.
+//! - [`FirestoreStore`] (`firestore://PROJECT_ID`): production. Honours
+//!   `FIRESTORE_EMULATOR_HOST`, else Google's standard credentials.
+//!
+//! The store is a layer the agent calls from its background writer; nothing
+//! here runs on the decision path. Every operation is async (tokio) so a slow
+//! Firestore never blocks a thread the caller needs; the local backend runs its
+//! file IO on tokio's blocking pool.
+
+pub mod checkpoint;
+pub mod firestore;
+pub mod local;
+pub mod records;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::bandit::ModuleStats;
+
+pub use self::checkpoint::{Checkpoint, CheckpointKind, CheckpointMeta, FORMAT_VERSION};
+pub use self::firestore::{FirestoreOptions, FirestoreStore};
+pub use self::local::LocalStore;
+pub use self::records::{
+    DecisionLogRecord, LearningEvent, LearningEventKind, OptimizationData, ParameterEffectiveness, PerformancePoint,
+    TradeRecord,
+};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What went wrong in a store operation, naming the value, path or document
+/// at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid store URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid { what: &'static str, value: String, reason: String },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} has format version {found}, newer than this build's {supported}")]
+    UnsupportedVersion { what: String, found: u32, supported: u32 },
+    #[error("stats of module {module:?} do not fit the stored live stats: {detail}")]
+    ShapeMismatch { module: String, detail: String },
+    #[error("{what} is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { what: String, size: usize, limit: usize },
+    #[error("firestore {op}: {source}")]
+    Firestore {
+        op: String,
+        #[source]
+        source: Box<::firestore::errors::FirestoreError>,
+    },
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed: the backend was
+    /// unreachable or slow, rather than the request or the data being wrong.
+    /// The agent's writer retries these with backoff.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Firestore { source, .. } => match source.as_ref() {
+                ::firestore::errors::FirestoreError::DatabaseError(e) => e.retry_possible,
+                ::firestore::errors::FirestoreError::NetworkError(_) => true,
+                _ => false,
+            },
+            StoreError::Io { .. } | StoreError::Task(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The answer to a health probe, for `/healthz` and metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreHealth {
+    pub kind: String,
+    pub healthy: bool,
+    /// What failed, when unhealthy.
+    pub detail: Option<String>,
+    /// How long the probe took.
+    pub latency_ms: f64,
+}
+
+/// Storage of everything paramopt learns and records. Object safe: callers
+/// hold an `Arc<dyn Store>`.
+///
+/// Generations are per module, allocated by the store, strictly increasing
+/// and never reused or deleted (a crashed writer may leave a gap). Lists of
+/// history are newest first unless said otherwise.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// `"local"` or `"firestore"`.
+    fn kind(&self) -> &'static str;
+    /// Where the data lives, for logs: a directory or a project.
+    fn location(&self) -> String;
+    /// Probes the backend; never fails, reports the fault instead.
+    async fn health(&self) -> StoreHealth;
+
+    /// Stores `checkpoint` as its module's next generation and returns that
+    /// generation. `checkpoint.generation` is ignored: the store allocates it,
+    /// safely against concurrent writers. Readers never see a partial checkpoint.
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<u64>;
+    async fn get_checkpoint(&self, module: &str, generation: u64) -> StoreResult<Option<Checkpoint>>;
+    async fn latest_checkpoint(&self, module: &str) -> StoreResult<Option<Checkpoint>>;
+    /// Every generation of `module`, newest first, without the bulky state.
+    async fn list_checkpoints(&self, module: &str) -> StoreResult<Vec<CheckpointMeta>>;
+
+    /// Stores one trade. With a `decision_id` the write is idempotent (a retry
+    /// replaces rather than duplicates).
+    async fn put_trade(&self, trade: &TradeRecord) -> StoreResult<()>;
+    /// The newest `limit` trades of `module`, newest first.
+    async fn list_trades(&self, module: &str, limit: usize) -> StoreResult<Vec<TradeRecord>>;
+
+    /// Inserts or replaces rows, keyed by module, parameter, value and context.
+    async fn put_parameter_effectiveness(&self, rows: &[ParameterEffectiveness]) -> StoreResult<()>;
+    /// Every row of `module`, ordered by parameter, context and value.
+    async fn list_parameter_effectiveness(&self, module: &str) -> StoreResult<Vec<ParameterEffectiveness>>;
+
+    async fn put_learning_event(&self, event: &LearningEvent) -> StoreResult<()>;
+    /// The newest `limit` learning events of `module`, newest first.
+    async fn list_learning_events(&self, module: &str, limit: usize) -> StoreResult<Vec<LearningEvent>>;
+
+    /// Replaces the module's optimization document.
+    async fn put_optimization_data(&self, data: &OptimizationData) -> StoreResult<()>;
+    async fn get_optimization_data(&self, module: &str) -> StoreResult<Option<OptimizationData>>;
+
+    /// Appends decisions to the log; idempotent per decision id on Firestore.
+    async fn append_decisions(&self, records: &[DecisionLogRecord]) -> StoreResult<()>;
+    /// Records the reward of a logged decision. `NotFound` if it was never logged.
+    async fn settle_decision(&self, module: &str, decision_id: &str, reward: f64, settled_at: f64) -> StoreResult<()>;
+    /// Decisions of `module` created at or after `since` (epoch seconds),
+    /// oldest first, at most `limit`, each with its reward once settled.
+    async fn list_decisions(&self, module: &str, since: f64, limit: usize) -> StoreResult<Vec<DecisionLogRecord>>;
+
+    /// Atomically adds a replica's posterior increment (see
+    /// [`ModuleStats::since`]) to the module's shared live stats and returns
+    /// the merged total. No concurrent increment is lost.
+    async fn merge_increment(&self, module: &str, increment: &ModuleStats) -> StoreResult<ModuleStats>;
+    /// The module's shared live stats, if any replica has merged into them.
+    async fn live_stats(&self, module: &str) -> StoreResult<Option<ModuleStats>>;
+}
+
+/// Opens the store a URL names:
+/// - `firestore://PROJECT_ID`, optionally `?emulator=HOST:PORT`;
+/// - `local:///abs/path`, `local://rel/path`, or a bare path such as `data/`.
+pub async fn open_store(url: &str) -> StoreResult<Arc<dyn Store>> {
+    let url = url.trim();
+    if let Some(rest) = url.strip_prefix("firestore://") {
+        let options = FirestoreOptions::from_url_tail(url, rest)?;
+        return Ok(Arc::new(FirestoreStore::connect(options).await?));
+    }
+    let path = url.strip_prefix("local://").or_else(|| url.strip_prefix("file://")).unwrap_or(url);
+    if path.is_empty() {
+        return Err(StoreError::InvalidUrl { url: url.to_string(), reason: "no directory given".into() });
+    }
+    if path.contains("://") {
+        return Err(StoreError::InvalidUrl {
+            url: url.to_string(),
+            reason: "unknown scheme; use firestore://PROJECT or local:///path".into(),
+        });
+    }
+    Ok(Arc::new(LocalStore::open(path)?))
+}
+
+/// Module names become file names and document ids, so they are restricted
+/// to what is safe in both.
+pub fn validate_module(module: &str) -> StoreResult<()> {
+    let ok = !module.is_empty()
+        && module.len() <= 64
+        && module.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            what: "module name",
+            value: module.to_string(),
+            reason: "use 1-64 of [A-Za-z0-9_-]".into(),
+        })
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// `secs` since the epoch as an RFC 3339 UTC timestamp with milliseconds,
+/// the plan's format (`2025-05-31T10:30:00Z`).
+pub fn rfc3339(secs: f64) -> String {
+    let ms = (secs * 1000.0).round() as i64;
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t.to_string(),
+        Err(_) => format!("{secs}"),
+    }
+}

@@ -1,0 +1,240 @@
+//! The records of the trading plan's collections, and the decision log.
+//!
+//! Field names are the plan's (`ml-parameter-optimization-plan.md`), so the
+//! documents researchers already query keep their shape; what paramopt adds
+//! (module name, context, creation time, generation) is additive. Every type
+//! here maps to a Firestore document as it is: no arrays of arrays, no
+//! unsigned integers beyond `i64` (the seed travels as a string).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::agent::Decision;
+use crate::space::{Context, ModuleSpace, Regime, Session};
+
+/// A free-form JSON object, as the plan's nested trade fields are.
+pub type Object = Map<String, Value>;
+
+/// One trade in the plan's enhanced schema. The module reports the trade's
+/// own fields; [`TradeRecord::fill_from_decision`] adds the parameter context
+/// (`entry_parameters`, `module_specific_params`, `market_context`) from the
+/// decision that produced it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TradeRecord {
+    pub module_name: String,
+    /// The decision this trade followed, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+    /// Seconds since the Unix epoch; listings order by it.
+    pub created_at: f64,
+    pub symbol: String,
+    pub side: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profit_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub return_pct: Option<f64>,
+    /// The reward paramopt learned from, after derivation and clipping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward: Option<f64>,
+    pub entry_parameters: Object,
+    pub module_specific_params: Object,
+    pub exit_analysis: Object,
+    pub market_context: Object,
+    pub parameter_performance: Object,
+}
+
+impl TradeRecord {
+    /// Fills the parameter context from `decision`: every parameter's value
+    /// (`entry_parameters`), the features sent (`module_specific_params`), and
+    /// the context, generation and exploration flag (`market_context`).
+    /// Fields the module sent itself are kept unless paramopt's value replaces
+    /// them.
+    pub fn fill_from_decision(&mut self, decision: &Decision, space: &ModuleSpace) {
+        self.module_name = decision.module.clone();
+        self.decision_id = Some(decision.id.to_string());
+        for (p, v) in space.params.iter().zip(&decision.values) {
+            self.entry_parameters.insert(p.full_name.clone(), Value::from(*v));
+        }
+        for (f, v) in space.features.iter().zip(&decision.features) {
+            if let Some(v) = v {
+                self.module_specific_params.insert(f.name.clone(), Value::from(*v));
+            }
+        }
+        let c = &mut self.market_context;
+        c.insert("session".into(), decision.context.session.as_str().into());
+        c.insert("regime".into(), decision.context.regime.as_str().into());
+        c.insert("policy_generation".into(), decision.generation.into());
+        c.insert("explore".into(), decision.explore.into());
+        c.insert("propensity".into(), Value::from(decision.propensity));
+    }
+}
+
+/// One row of `parameter_effectiveness`: how a parameter value has done, in
+/// one context or (with no session/regime) over all of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParameterEffectiveness {
+    pub module_name: String,
+    /// The parameter, `group.name`.
+    pub parameter_type: String,
+    pub parameter_value: f64,
+    pub success_rate: f64,
+    pub avg_return: f64,
+    pub sample_size: u64,
+    /// RFC 3339.
+    pub last_updated: String,
+    #[serde(default)]
+    pub session: Option<Session>,
+    #[serde(default)]
+    pub regime: Option<Regime>,
+}
+
+impl ParameterEffectiveness {
+    /// The row's identity: one row per module, parameter, value and context.
+    pub fn key(&self) -> String {
+        format!(
+            "{}__{}__{}__{}__{}",
+            self.module_name,
+            self.parameter_type,
+            self.parameter_value,
+            self.session.map_or("all", Session::as_str),
+            self.regime.map_or("all", Regime::as_str)
+        )
+    }
+}
+
+/// What happened to a model, in `ml_learning_events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LearningEventKind {
+    Checkpoint,
+    Rollback,
+    Promotion,
+    TradeOutcomeProcessed,
+    /// Any other event name, kept as written.
+    #[serde(untagged)]
+    Other(String),
+}
+
+/// One row of `ml_learning_events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearningEvent {
+    /// The plan's model name, e.g. `crypto.bandit`.
+    pub model_name: String,
+    pub module_name: String,
+    pub learning_event: LearningEventKind,
+    /// Parameter values (`group.name` -> value, or per context) before and after.
+    pub parameters_before: Value,
+    pub parameters_after: Value,
+    pub performance_impact: f64,
+    pub confidence_change: f64,
+    /// RFC 3339.
+    pub timestamp: String,
+    /// Seconds since the Unix epoch; listings order by it.
+    pub created_at: f64,
+    /// The checkpoint generation the event produced, if any.
+    #[serde(default)]
+    pub generation: Option<u64>,
+}
+
+/// One point of a module's performance history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerformancePoint {
+    pub generation: u64,
+    /// RFC 3339.
+    pub timestamp: String,
+    pub outcome_count: u64,
+    pub mean_reward: f64,
+}
+
+/// The one `ml_optimization_data` document of a module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizationData {
+    pub module_name: String,
+    /// Context (`session/regime`) -> parameter (`group.name`) -> value.
+    pub optimized_parameters: BTreeMap<String, BTreeMap<String, f64>>,
+    pub performance_history: Vec<PerformancePoint>,
+    pub optimization_generation: u64,
+    /// RFC 3339.
+    pub last_optimization: String,
+    pub performance_improvement: f64,
+}
+
+/// One decision as logged for off-policy evaluation: what was chosen, with
+/// which probability, from which seed and policy generation; later its reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionLogRecord {
+    pub decision_id: String,
+    pub module: String,
+    pub context: Context,
+    /// The features sent, by name. (A map, not a list with gaps: Firestore
+    /// drops nulls from arrays.)
+    pub features: BTreeMap<String, f64>,
+    pub explore: bool,
+    /// Per parameter, in the module's order (see the checkpoint's `parameter_names`).
+    pub values: Vec<f64>,
+    pub arms: Vec<u32>,
+    pub propensities: Vec<f64>,
+    pub propensity: f64,
+    /// A string: Firestore's integers are signed 64-bit.
+    #[serde(with = "u64_string")]
+    pub seed: u64,
+    pub generation: u64,
+    /// Seconds since the Unix epoch.
+    pub created_at: f64,
+    #[serde(default)]
+    pub reward: Option<f64>,
+    #[serde(default)]
+    pub settled_at: Option<f64>,
+}
+
+impl DecisionLogRecord {
+    /// The log record of decision `d`, made in `space`.
+    pub fn new(d: &Decision, space: &ModuleSpace) -> Self {
+        DecisionLogRecord {
+            decision_id: d.id.to_string(),
+            module: d.module.clone(),
+            context: d.context,
+            features: space
+                .features
+                .iter()
+                .zip(&d.features)
+                .filter_map(|(f, v)| Some((f.name.clone(), (*v)?)))
+                .collect(),
+            explore: d.explore,
+            values: d.values.clone(),
+            arms: d.arms.iter().map(|&a| a as u32).collect(),
+            propensities: d.propensities.clone(),
+            propensity: d.propensity,
+            seed: d.seed,
+            generation: d.generation,
+            created_at: d.created_at,
+            reward: None,
+            settled_at: None,
+        }
+    }
+}
+
+mod u64_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
