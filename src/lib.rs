@@ -15,3 +15,4 @@ pub use agent::{Agent, AgentError, AgentOptions, Decision, DecisionId, Outcome};
 pub use space::{Context, ModuleSpace, Regime, Session, Spaces};
 pub mod eval;
 pub mod policy;
+pub mod runtime;

@@ -2,6 +2,7 @@
 //! outcome changes them. Only the writer thread holds a `ModuleLearner`; it
 //! publishes immutable [`ModuleView`]s for decisions to read.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::bandit::{thompson_propensities, BanditSettings, ModuleStats, Nig};
@@ -24,6 +25,10 @@ pub struct ModuleLearner {
     pub reward_sum: f64,
     /// The policy network, when the module refines continuous values.
     pub policy: Option<PolicyTrainer>,
+    /// Every journaled outcome up to this sequence number has been learned.
+    pub journal_seq: u64,
+    /// Journaled outcomes learned ahead of a gap (reports race to the writer).
+    journal_ahead: BTreeSet<u64>,
     policy_snapshot: Option<Arc<PolicySnapshot>>,
     outcomes_since_refresh: u64,
 }
@@ -72,6 +77,8 @@ impl ModuleLearner {
             outcomes: 0,
             reward_sum: 0.0,
             policy_snapshot: policy.as_ref().map(PolicyTrainer::snapshot).transpose()?,
+            journal_seq: 0,
+            journal_ahead: BTreeSet::new(),
             policy,
             outcomes_since_refresh: 0,
         })
@@ -92,6 +99,19 @@ impl ModuleLearner {
             }
         }
         Ok(Applied { refresh_all: learned.refresh_all, policy_changed })
+    }
+
+    /// Records that journaled outcome `seq` is being learned, keeping
+    /// `journal_seq` at the end of the gapless prefix: what a checkpoint may
+    /// claim so that replay after a crash skips nothing.
+    pub fn mark_journaled(&mut self, seq: u64) {
+        if seq <= self.journal_seq {
+            return;
+        }
+        self.journal_ahead.insert(seq);
+        while self.journal_ahead.remove(&(self.journal_seq + 1)) {
+            self.journal_seq += 1;
+        }
     }
 
     /// The bandit's part of learning from a reward for `arms` in `context`.

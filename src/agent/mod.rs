@@ -57,6 +57,15 @@ pub enum AgentError {
     MissingReward(String),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// The outcome could not be made durable, so it was not accepted.
+    #[error("could not record the outcome durably: {0}")]
+    Journal(String),
+}
+
+/// Where accepted outcomes are made durable before `report` acknowledges
+/// them. Sequence numbers are per module, start at 1 and have no gaps.
+pub trait Journal: Send + Sync + fmt::Debug {
+    fn append(&self, module: &str, settled: &Settled) -> std::io::Result<u64>;
 }
 
 /// A decision id, written as 32 hex digits: the agent's run id (64 bits), the
@@ -193,11 +202,13 @@ pub struct AgentOptions {
     /// Without one, the run id and seeds come from the OS.
     pub seed: Option<u64>,
     pub clock: Arc<dyn Clock>,
+    /// When set, `report` appends each outcome here before acknowledging it.
+    pub journal: Option<Arc<dyn Journal>>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        AgentOptions { seed: None, clock: Arc::new(SystemClock) }
+        AgentOptions { seed: None, clock: Arc::new(SystemClock), journal: None }
     }
 }
 
@@ -218,9 +229,18 @@ struct ModuleHandle {
     counters: ModuleCounters,
 }
 
+/// Work for the writer thread on the learners it owns.
+pub type WriterTask = Box<dyn FnOnce(&mut [ModuleLearner]) + Send>;
+
 enum WriterMsg {
-    Outcome { module: usize, settled: Settled },
+    Outcome {
+        module: usize,
+        settled: Settled,
+        seq: Option<u64>,
+    },
     Flush(Sender<()>),
+    /// Runs on the writer; afterwards every module's view is republished.
+    Run(WriterTask),
 }
 
 struct Inner {
@@ -230,6 +250,7 @@ struct Inner {
     run_id: u64,
     counter: AtomicU64,
     clock: Arc<dyn Clock>,
+    journal: Option<Arc<dyn Journal>>,
     tx: Mutex<Option<Sender<WriterMsg>>>,
     writer: Mutex<Option<JoinHandle<Vec<ModuleLearner>>>>,
 }
@@ -276,6 +297,7 @@ impl Agent {
             run_id: splitmix64(seed ^ 0x5eed_5eed_5eed_5eed),
             counter: AtomicU64::new(0),
             clock: options.clock,
+            journal: options.journal,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
         });
@@ -388,8 +410,22 @@ impl Agent {
                 return Err(e);
             }
         };
-        if tx.send(WriterMsg::Outcome { module, settled: settled.clone() }).is_err() {
-            handle.pending.reopen(settled.decision.clone());
+        let seq = match &self.inner.journal {
+            Some(journal) => match journal.append(&handle.space.name, &settled) {
+                Ok(seq) => Some(seq),
+                Err(e) => {
+                    handle.pending.reopen(settled.decision.clone());
+                    tracing::error!(module = %handle.space.name, decision = %id, error = %e, "journal append failed");
+                    return Err(AgentError::Journal(e.to_string()));
+                }
+            },
+            None => None,
+        };
+        if tx.send(WriterMsg::Outcome { module, settled: settled.clone(), seq }).is_err() {
+            // Journaled outcomes are learned on the next start.
+            if seq.is_none() {
+                handle.pending.reopen(settled.decision.clone());
+            }
             return Err(AgentError::ShuttingDown);
         }
         handle.counters.outcomes.fetch_add(1, Ordering::Relaxed);
@@ -404,6 +440,28 @@ impl Agent {
         if tx.send(WriterMsg::Flush(done_tx)).is_ok() {
             let _ = done_rx.recv();
         }
+    }
+
+    /// Runs `task` on the writer thread, after every outcome accepted before
+    /// this call, and returns its result; views are republished afterwards.
+    /// This is how checkpoints read, and rollbacks replace, learned state
+    /// without a second writer.
+    pub fn with_writer<R: Send + 'static>(
+        &self,
+        task: impl FnOnce(&mut [ModuleLearner]) -> R + Send + 'static,
+    ) -> Result<R, AgentError> {
+        let tx = self.inner.tx.lock().clone().ok_or(AgentError::ShuttingDown)?;
+        let (done_tx, done_rx) = mpsc::channel();
+        let run: WriterTask = Box::new(move |learners| {
+            let _ = done_tx.send(task(learners));
+        });
+        tx.send(WriterMsg::Run(run)).map_err(|_| AgentError::ShuttingDown)?;
+        done_rx.recv().map_err(|_| AgentError::ShuttingDown)
+    }
+
+    /// Index of `module` in the learners `with_writer` tasks receive.
+    pub fn module_index(&self, module: &str) -> Result<usize, AgentError> {
+        Ok(self.handle(module)?.0)
     }
 
     /// The current view of a module, as decisions see it now.
@@ -468,8 +526,11 @@ fn writer_loop(
         let deadline = last_publish + PUBLISH_INTERVAL;
         while let Some(msg) = next.take() {
             match msg {
-                WriterMsg::Outcome { module, settled } => {
+                WriterMsg::Outcome { module, settled, seq } => {
                     let d = &settled.decision;
+                    if let Some(seq) = seq {
+                        learners[module].mark_journaled(seq);
+                    }
                     match learners[module].apply(d, settled.reward) {
                         Ok(applied) => {
                             refresh_all[module] |= applied.refresh_all || applied.policy_changed;
@@ -482,6 +543,13 @@ fn writer_loop(
                     }
                 }
                 WriterMsg::Flush(done) => flushes.push(done),
+                WriterMsg::Run(task) => {
+                    task(&mut learners);
+                    refresh_all.iter_mut().for_each(|r| *r = true);
+                    touched.iter_mut().for_each(|t| t[0] = true);
+                    // Whoever waits on the task should see its effect at once.
+                    last_publish -= PUBLISH_INTERVAL;
+                }
             }
             next = match rx.try_recv() {
                 Ok(m) => Some(m),

@@ -102,6 +102,10 @@ pub struct Checkpoint {
     /// The policy network's weights, safetensors bytes; opaque here.
     #[serde(default, with = "b64")]
     pub policy_weights: Option<Vec<u8>>,
+    /// Every journaled outcome up to this sequence number is in `stats`:
+    /// replay after a restart starts after it.
+    #[serde(default)]
+    pub journal_seq: u64,
 }
 
 impl Checkpoint {
@@ -133,6 +137,7 @@ impl Checkpoint {
             stats: learner.stats.clone(),
             incumbents: learner.incumbents.clone(),
             policy_weights,
+            journal_seq: learner.journal_seq,
         }
     }
 
@@ -179,6 +184,7 @@ impl Checkpoint {
         learner.generation = self.generation;
         learner.outcomes = self.outcome_count;
         learner.reward_sum = self.reward_sum;
+        learner.journal_seq = self.journal_seq;
         Ok(learner)
     }
 

@@ -16,6 +16,7 @@
 
 pub mod checkpoint;
 pub mod firestore;
+pub mod journal;
 pub mod local;
 pub mod records;
 
@@ -30,6 +31,7 @@ use crate::bandit::ModuleStats;
 
 pub use self::checkpoint::{Checkpoint, CheckpointKind, CheckpointMeta, FORMAT_VERSION};
 pub use self::firestore::{FirestoreOptions, FirestoreStore};
+pub use self::journal::FileJournal;
 pub use self::local::LocalStore;
 pub use self::records::{
     DecisionLogRecord, LearningEvent, LearningEventKind, OptimizationData, ParameterEffectiveness, PerformancePoint,

@@ -4,5 +4,6 @@ mod cli;
 mod invariants;
 mod learning;
 mod policy;
+mod runtime;
 mod store;
 mod support;

@@ -332,6 +332,7 @@ fn big_checkpoint() -> Checkpoint {
         stats,
         incumbents: (0..contexts).map(|_| (0..params).map(|_| rng.random()).collect()).collect(),
         policy_weights: Some(weights),
+        journal_seq: 77,
     }
 }
 
