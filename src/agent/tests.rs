@@ -3,7 +3,7 @@ use crate::space::{Regime, Session};
 
 fn agent_with_clock(seed: u64) -> (Agent, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(1_700_000_000.0));
-    let agent = Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(seed), clock: clock.clone() });
+    let agent = Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(seed), clock: clock.clone(), journal: None });
     (agent, clock)
 }
 
