@@ -456,7 +456,10 @@ impl Agent {
             let _ = done_tx.send(task(learners));
         });
         tx.send(WriterMsg::Run(run)).map_err(|_| AgentError::ShuttingDown)?;
-        done_rx.recv().map_err(|_| AgentError::ShuttingDown)
+        let result = done_rx.recv().map_err(|_| AgentError::ShuttingDown)?;
+        // Returns once decisions see the task's effect, not merely once it ran.
+        self.flush();
+        Ok(result)
     }
 
     /// Index of `module` in the learners `with_writer` tasks receive.
