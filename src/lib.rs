@@ -13,3 +13,4 @@ pub mod space;
 pub use agent::{Agent, AgentError, AgentOptions, Decision, DecisionId, Outcome};
 pub use space::{Context, ModuleSpace, Regime, Session, Spaces};
 pub mod eval;
+pub mod service;

@@ -3,4 +3,5 @@
 mod cli;
 mod invariants;
 mod learning;
+mod service;
 mod support;
