@@ -57,7 +57,7 @@ struct ServeCli {
     #[arg(long, env = "PARAMOPT_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// A TOML file whose `[serve]` table sets addr, token, log_json,
-    /// request_timeout_secs and body_limit_bytes.
+    /// request_timeout_secs, body_limit_bytes and workers.
     #[arg(long, env = "PARAMOPT_CONFIG")]
     config: Option<PathBuf>,
     /// Log JSON lines instead of human-readable text.
@@ -69,6 +69,9 @@ struct ServeCli {
     /// Largest request body accepted [default: 65536].
     #[arg(long, env = "PARAMOPT_BODY_LIMIT_BYTES")]
     body_limit_bytes: Option<usize>,
+    /// Tokio worker threads [default: one per core].
+    #[arg(long, env = "PARAMOPT_WORKERS")]
+    workers: Option<usize>,
     /// Seed for reproducible decisions (tests); random by default.
     #[arg(long, env = "PARAMOPT_SEED")]
     seed: Option<u64>,
@@ -130,13 +133,18 @@ fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
         log_json: cli.log_json,
         request_timeout_secs: cli.request_timeout_secs,
         body_limit_bytes: cli.body_limit_bytes,
+        workers: cli.workers,
     };
     let settings = ServeSettings::resolve(args, file)?;
     init_logging("info,tower_http=info", settings.log_json);
     let spaces = Spaces::load_dir(models).with_context(|| format!("loading spaces from {}", models.display()))?;
     let agent = Agent::new(&spaces, AgentOptions { seed: cli.seed, ..Default::default() });
     let state = AppState::new(agent, settings.options.clone(), Hooks::default());
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.workers {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(settings.addr).await.with_context(|| format!("binding {}", settings.addr))?;

@@ -39,6 +39,7 @@ pub struct ServeFile {
     pub log_json: Option<bool>,
     pub request_timeout_secs: Option<f64>,
     pub body_limit_bytes: Option<usize>,
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -71,12 +72,16 @@ pub struct ServeArgs {
     pub log_json: bool,
     pub request_timeout_secs: Option<f64>,
     pub body_limit_bytes: Option<usize>,
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
     pub addr: SocketAddr,
     pub log_json: bool,
+    /// Tokio worker threads; `None` is one per core. The agent's learning
+    /// thread comes on top, so fewer workers than cores can lower tail latency.
+    pub workers: Option<usize>,
     pub options: ServiceOptions,
 }
 
@@ -121,8 +126,19 @@ impl ServeSettings {
                 })
             }
         };
+        let workers = match args.workers.or(file.workers) {
+            Some(n) if !(1..=256).contains(&n) => {
+                return Err(ConfigError::Invalid {
+                    field: "workers",
+                    value: n.to_string(),
+                    reason: "must be within 1..256",
+                })
+            }
+            w => w,
+        };
         Ok(ServeSettings {
             addr,
+            workers,
             log_json: args.log_json || file.log_json.unwrap_or(false),
             options: ServiceOptions { token, body_limit, request_timeout },
         })
