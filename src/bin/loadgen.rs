@@ -38,6 +38,9 @@ struct Args {
     /// The `paramopt` binary to start [default: the one next to this program].
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Tokio worker threads of a started server (`paramopt serve --workers`) [default: one per core].
+    #[arg(long)]
+    server_workers: Option<usize>,
     /// Model files for a started server.
     #[arg(long, default_value = "models")]
     models: PathBuf,
@@ -217,6 +220,31 @@ fn stats(mut v: Vec<u32>) -> Stats {
     }
 }
 
+/// CPU seconds used so far by the whole machine (busy time) and by `pids`,
+/// from /proc: on a shared machine, what others ran during the measurement
+/// is part of the figures' context.
+#[cfg(target_os = "linux")]
+fn cpu_seconds(pids: &[u32]) -> Option<(f64, f64)> {
+    let tick = 100.0; // USER_HZ, 100 on every Linux ABI in use
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<f64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = cpu.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum::<f64>();
+    let mut ours = 0.0;
+    for pid in pids {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after_comm = &text[text.rfind(')')? + 2..];
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        ours += f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    }
+    Some((busy / tick, ours / tick))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpu_seconds(_pids: &[u32]) -> Option<(f64, f64)> {
+    None
+}
+
 /// A started `paramopt serve`, stopped with SIGTERM on drop.
 struct Spawned(Child);
 
@@ -236,9 +264,12 @@ fn spawn_server(args: &Args) -> Result<(Spawned, SocketAddr)> {
     if !bin.exists() {
         bail!("{} not found: build it first (cargo build --release), or pass --server-bin or --url", bin.display());
     }
-    let mut child = Command::new(&bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--models"])
-        .arg(&args.models)
+    let mut command = Command::new(&bin);
+    command.args(["serve", "--addr", "127.0.0.1:0", "--models"]).arg(&args.models);
+    if let Some(w) = args.server_workers {
+        command.args(["--workers", &w.to_string()]);
+    }
+    let mut child = command
         .env_remove("PARAMOPT_TOKEN")
         .env_remove("PARAMOPT_CONFIG")
         .stdout(Stdio::piped())
@@ -306,7 +337,18 @@ fn main() -> Result<()> {
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let until = measure_from + Duration::from_secs_f64(args.duration);
     let budget = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(args.max_decisions as i64));
-    let tallies: Vec<Tally> = rt.block_on(async {
+    let mut pids = vec![std::process::id()];
+    pids.extend(_spawned.as_ref().map(|s: &Spawned| s.0.id()));
+    let cpu_at = |t: Instant| {
+        let pids = pids.clone();
+        async move {
+            tokio::time::sleep_until(t.into()).await;
+            cpu_seconds(&pids)
+        }
+    };
+    let (tallies, cpu_start, cpu_end) = rt.block_on(async {
+        let cpu_start = tokio::spawn(cpu_at(measure_from));
+        let cpu_end = tokio::spawn(cpu_at(until));
         let tasks: Vec<_> = (0..args.connections)
             .map(|i| {
                 tokio::spawn(worker(i, addr, auth.clone(), measure_from, until, budget.clone(), !args.no_outcomes))
@@ -316,7 +358,7 @@ fn main() -> Result<()> {
         for t in tasks {
             out.push(t.await??);
         }
-        anyhow::Ok(out)
+        anyhow::Ok((out, cpu_start.await?, cpu_end.await?))
     })?;
     let measured = (Instant::now().min(until) - measure_from).as_secs_f64().max(1e-9);
 
@@ -329,6 +371,15 @@ fn main() -> Result<()> {
     let requests = all.len() as f64;
     let (d, o, a) = (stats(decide), stats(outcome), stats(all));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    // Cores' worth of CPU used during the measurement by this generator plus
+    // the server it started, and by everything else on the machine.
+    let (ours_cores, others_cores) = match (cpu_start, cpu_end) {
+        (Some((b0, o0)), Some((b1, o1))) => {
+            let ours = (o1 - o0) / measured;
+            (ours, ((b1 - b0) / measured - ours).max(0.0))
+        }
+        _ => (f64::NAN, f64::NAN),
+    };
     if args.json {
         let s = |s: &Stats| serde_json::json!({"p50_ms": s.p50, "p99_ms": s.p99, "p99_9_ms": s.p999, "max_ms": s.max});
         println!(
@@ -337,7 +388,8 @@ fn main() -> Result<()> {
                 "target": target, "connections": args.connections, "cores": cores,
                 "seconds": measured, "decisions": decisions, "outcomes": outcome_count(&tallies),
                 "decisions_per_sec": decisions / measured, "requests_per_sec": requests / measured,
-                "errors": errors, "decide": s(&d), "outcome": s(&o), "all": s(&a),
+                "errors": errors, "cpu_cores_used": ours_cores, "cpu_cores_used_by_others": others_cores,
+                "decide": s(&d), "outcome": s(&o), "all": s(&a),
             })
         );
     } else {
@@ -346,6 +398,9 @@ fn main() -> Result<()> {
             "measured {measured:.1} s after {:.1} s warm-up: {decisions:.0} decisions + {} outcomes, {errors} errors",
             args.warmup,
             outcome_count(&tallies)
+        );
+        println!(
+            "cpu: {ours_cores:.2} cores used by generator + server, {others_cores:.2} by other processes (of {cores})"
         );
         println!("throughput: {:.0} decisions/s ({:.0} requests/s)", decisions / measured, requests / measured);
         println!("{:<9} {:>8} {:>8} {:>8} {:>8}", "latency", "p50 ms", "p99 ms", "p99.9 ms", "max ms");
