@@ -308,7 +308,7 @@ fn in_process_server() -> Result<SocketAddr> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !(args.duration > 0.0 && args.duration <= 600.0) || !(0.0..=60.0).contains(&args.warmup) {
+    if !(args.duration > 0.0 && args.duration <= 600.0 && (0.0..=60.0).contains(&args.warmup)) {
         bail!("--duration must be in (0, 600] and --warmup in [0, 60] seconds");
     }
     let mut _spawned = None;

@@ -563,10 +563,22 @@ async fn request_ids_are_set_or_propagated() {
 
 // ---------------------------------------------------------------- bad input
 
-/// Everything a bad request must not change.
+/// Everything a bad request must not change, per module.
+#[derive(Debug, PartialEq)]
+struct ModuleState {
+    module: String,
+    pending: usize,
+    decisions: u64,
+    outcomes: u64,
+    generation: u64,
+    learned: u64,
+    /// Greedy values in every context.
+    greedy: Vec<Vec<f64>>,
+}
+
 #[derive(Debug, PartialEq)]
 struct Snapshot {
-    modules: Vec<(String, usize, u64, u64, u64, u64, Vec<Vec<f64>>)>,
+    modules: Vec<ModuleState>,
 }
 
 fn snapshot(agent: &Agent) -> Snapshot {
@@ -577,15 +589,15 @@ fn snapshot(agent: &Agent) -> Snapshot {
             let c = agent.counters(&s.name).unwrap();
             let view = agent.view(&s.name).unwrap();
             let greedy = Context::all().map(|ctx| agent.greedy(&s.name, ctx).unwrap().0).collect();
-            (
-                s.name.clone(),
-                agent.pending_count(&s.name).unwrap(),
-                c.decisions.load(std::sync::atomic::Ordering::SeqCst),
-                c.outcomes.load(std::sync::atomic::Ordering::SeqCst),
-                view.generation,
-                view.outcomes,
+            ModuleState {
+                module: s.name.clone(),
+                pending: agent.pending_count(&s.name).unwrap(),
+                decisions: c.decisions.load(std::sync::atomic::Ordering::SeqCst),
+                outcomes: c.outcomes.load(std::sync::atomic::Ordering::SeqCst),
+                generation: view.generation,
+                learned: view.outcomes,
                 greedy,
-            )
+            }
         })
         .collect();
     Snapshot { modules }
