@@ -16,3 +16,4 @@ pub use space::{Context, ModuleSpace, Regime, Session, Spaces};
 pub mod eval;
 pub mod policy;
 pub mod runtime;
+pub mod service;

@@ -6,7 +6,12 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use paramopt::eval::simulate::{self, SimulateOptions};
+use paramopt::runtime::{Runtime, RuntimeOptions};
+use paramopt::service::config::{ServeArgs, ServeFile, ServeSettings};
+use paramopt::service::persist::RuntimeHooks;
+use paramopt::service::{server, AppState, Hooks};
 use paramopt::space::Spaces;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "paramopt", version, about = "Online parameter learning for trading modules")]
@@ -39,14 +44,73 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the HTTP API (API.md) until SIGINT or SIGTERM.
+    Serve(ServeCli),
+}
+
+/// Each setting comes from the flag, else its environment variable, else the
+/// `[serve]` table of the config file, else the default.
+#[derive(clap::Args)]
+struct ServeCli {
+    /// Address to listen on [default: 127.0.0.1:8700]; port 0 picks a free one.
+    #[arg(long, env = "PARAMOPT_ADDR")]
+    addr: Option<String>,
+    /// Require `Authorization: Bearer <token>` on every /v1 request.
+    #[arg(long, env = "PARAMOPT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A TOML file whose `[serve]` table sets addr, token, log_json,
+    /// request_timeout_secs, body_limit_bytes and workers.
+    #[arg(long, env = "PARAMOPT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "PARAMOPT_LOG_JSON")]
+    log_json: bool,
+    /// Longest a request may take [default: 10].
+    #[arg(long, env = "PARAMOPT_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: Option<f64>,
+    /// Largest request body accepted [default: 65536].
+    #[arg(long, env = "PARAMOPT_BODY_LIMIT_BYTES")]
+    body_limit_bytes: Option<usize>,
+    /// Tokio worker threads [default: one per core].
+    #[arg(long, env = "PARAMOPT_WORKERS")]
+    workers: Option<usize>,
+    /// Seed for reproducible decisions (tests); random by default.
+    #[arg(long, env = "PARAMOPT_SEED")]
+    seed: Option<u64>,
+    /// Where checkpoints and the plan's collections go: `data/` (the embedded
+    /// default), `local:///path` or `firestore://PROJECT_ID`.
+    #[arg(long, env = "PARAMOPT_STORE")]
+    store: Option<String>,
+    /// Directory of the outcome journal (always local) [default: data].
+    #[arg(long, env = "PARAMOPT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Checkpoint a module after this many new outcomes.
+    #[arg(long, env = "PARAMOPT_CHECKPOINT_EVERY_OUTCOMES", default_value_t = 1000)]
+    checkpoint_every_outcomes: u64,
+    /// ...or this many seconds after its last checkpoint, if it learned since.
+    #[arg(long, env = "PARAMOPT_CHECKPOINT_EVERY_SECS", default_value_t = 60.0)]
+    checkpoint_every_secs: f64,
+}
+
+fn init_logging(default_filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        return serve(&cli.models, args);
+    }
+    init_logging("warn", false);
     let spaces =
         || Spaces::load_dir(&cli.models).with_context(|| format!("loading spaces from {}", cli.models.display()));
     match &cli.command {
@@ -68,7 +132,71 @@ fn main() -> Result<()> {
                 print!("{}", simulate::table(&report));
             }
         }
+        Command::Serve(_) => unreachable!("handled above"),
     }
+    Ok(())
+}
+
+fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
+    let file = match &cli.config {
+        Some(path) => ServeFile::load(path)?,
+        None => ServeFile::default(),
+    };
+    let args = ServeArgs {
+        addr: cli.addr.clone(),
+        store: cli.store.clone(),
+        data_dir: cli.data_dir.clone(),
+        token: cli.token.clone(),
+        log_json: cli.log_json,
+        request_timeout_secs: cli.request_timeout_secs,
+        body_limit_bytes: cli.body_limit_bytes,
+        workers: cli.workers,
+    };
+    let settings = ServeSettings::resolve(args, file)?;
+    init_logging("info,tower_http=info", settings.log_json);
+    let spaces = Spaces::load_dir(models).with_context(|| format!("loading spaces from {}", models.display()))?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.workers {
+        builder.worker_threads(n);
+    }
+    let tokio_rt = builder.enable_all().build().context("starting tokio")?;
+    let options = RuntimeOptions {
+        store: settings.store.clone(),
+        data_dir: settings.data_dir.clone(),
+        seed: cli.seed,
+        checkpoint_every_outcomes: cli.checkpoint_every_outcomes,
+        checkpoint_every_secs: cli.checkpoint_every_secs,
+    };
+    let learning = tokio_rt
+        .block_on(Runtime::start(spaces.clone(), options))
+        .with_context(|| format!("opening the store {}", settings.store))?;
+    tokio_rt.spawn(learning.clone().run_checkpointer());
+    let persist = Arc::new(RuntimeHooks::new(learning.clone(), tokio_rt.handle().clone()));
+    let hooks = Hooks { checkpoints: Some(persist.clone()), outcomes: persist };
+    let state = AppState::new(learning.agent.clone(), settings.options.clone(), hooks);
+    let runtime = tokio_rt;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(settings.addr).await.with_context(|| format!("binding {}", settings.addr))?;
+        let local = listener.local_addr()?;
+        tracing::info!(
+            addr = %local,
+            store = %settings.store,
+            auth = settings.options.token.is_some(),
+            modules = ?spaces.names().collect::<Vec<_>>(),
+            "listening"
+        );
+        // One line on stdout, for scripts that start the server on port 0.
+        println!("paramopt listening on http://{local}");
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        server::serve(listener, state.clone(), server::shutdown_signal()).await.context("serving")?;
+        anyhow::Ok(())
+    })?;
+    // The final checkpoint waits on the store through this runtime's handle.
+    let errors = std::thread::scope(|s| s.spawn(|| server::finish(&state)).join().expect("shutdown thread"));
+    drop(runtime);
+    anyhow::ensure!(errors.is_empty(), "shutdown hooks failed: {errors:?}");
     Ok(())
 }
 

@@ -5,5 +5,6 @@ mod invariants;
 mod learning;
 mod policy;
 mod runtime;
+mod service;
 mod store;
 mod support;

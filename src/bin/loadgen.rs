@@ -1,0 +1,422 @@
+//! Load generator for `paramopt serve`: concurrent decide + outcome traffic
+//! over keep-alive loopback connections, bounded in time and count, printing
+//! throughput and latency percentiles.
+//!
+//! By default it starts the `paramopt` binary that sits next to it
+//! (`target/release/paramopt`) on a free loopback port and stops it with
+//! SIGTERM afterwards; `--url` targets a server already running, and
+//! `--in-process` runs the service inside this process instead. Each
+//! connection loops: decide, then report that decision's outcome, so every
+//! decision gets an outcome and the pending table stays small. Latency is
+//! measured per request from just before it is written to when its whole
+//! answer has been read. See BENCHMARKS.md for figures.
+//!
+//! Reproduce: `cargo build --release && target/release/loadgen`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{header, Request};
+use hyper_util::rt::TokioIo;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Concurrent decide + outcome load against paramopt serve")]
+struct Args {
+    /// Target a running server (http://host:port, loopback only) instead of starting one.
+    #[arg(long)]
+    url: Option<String>,
+    /// Run the service in this process instead of starting the `paramopt` binary.
+    #[arg(long, conflicts_with = "url")]
+    in_process: bool,
+    /// The `paramopt` binary to start [default: the one next to this program].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Tokio worker threads of a started server (`paramopt serve --workers`) [default: one per core].
+    #[arg(long)]
+    server_workers: Option<usize>,
+    /// Model files for a started server.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Bearer token for --url servers that require one.
+    #[arg(long, env = "PARAMOPT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Concurrent keep-alive connections, each with one request in flight.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of unmeasured load first (connections, caches, allocator warm up).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Stop after this many measured decisions, whichever comes first.
+    #[arg(long, default_value_t = 5_000_000)]
+    max_decisions: u64,
+    /// Tokio worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Decisions only, no outcomes: isolates the HTTP and decide path from learning.
+    #[arg(long)]
+    no_outcomes: bool,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one connection measured.
+#[derive(Default)]
+struct Tally {
+    decide_us: Vec<u32>,
+    outcome_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+const CONTEXTS: [(&str, &str); 6] = [
+    ("asia_prime", "bullish"),
+    ("europe_prime", "bearish"),
+    ("us_prime", "sideways"),
+    ("asia_prime", "volatile"),
+    ("europe_prime", "bullish"),
+    ("us_prime", "bearish"),
+];
+
+/// A realistic mix of request bodies: all three modules, six contexts, features where declared.
+fn decision_bodies() -> Vec<Bytes> {
+    let mut out = Vec::new();
+    for (i, (session, regime)) in CONTEXTS.iter().enumerate() {
+        let x = 0.1 + 0.13 * i as f64;
+        out.push(Bytes::from(format!(
+            r#"{{"module":"crypto","context":{{"session":"{session}","regime":"{regime}"}},"features":{{"momentum_score":{x:.2},"volatility_score":0.85,"volume_score":0.63}}}}"#
+        )));
+        out.push(Bytes::from(format!(
+            r#"{{"module":"stocks","context":{{"session":"{session}","regime":"{regime}"}},"features":{{"technical_confidence":0.82,"regime_confidence":{x:.2}}}}}"#
+        )));
+        out.push(Bytes::from(format!(
+            r#"{{"module":"options","context":{{"session":"{session}","regime":"{regime}"}}}}"#
+        )));
+    }
+    out
+}
+
+fn decision_id(body: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = br#""decision_id":""#;
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    std::str::from_utf8(body.get(at..at + 32)?).ok()
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn post(
+    sender: &mut SendRequest<Full<Bytes>>,
+    host: &str,
+    auth: Option<&str>,
+    path: &str,
+    body: Bytes,
+) -> Result<(u16, Bytes)> {
+    let mut req = Request::post(path)
+        .header(header::HOST, host)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))?;
+    if let Some(a) = auth {
+        req.headers_mut().insert(header::AUTHORIZATION, a.parse()?);
+    }
+    sender.ready().await?;
+    let res = sender.send_request(req).await?;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+async fn worker(
+    index: usize,
+    addr: SocketAddr,
+    auth: Option<String>,
+    measure_from: Instant,
+    until: Instant,
+    budget: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    outcomes: bool,
+) -> Result<Tally> {
+    let host = addr.to_string();
+    let bodies = decision_bodies();
+    let mut sender = connect(addr).await?;
+    let mut tally = Tally::default();
+    let mut n = index * 7;
+    while Instant::now() < until {
+        let measured = Instant::now() >= measure_from;
+        if measured && budget.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) <= 0 {
+            break;
+        }
+        n += 1;
+        let t0 = Instant::now();
+        let (status, body) =
+            post(&mut sender, &host, auth.as_deref(), "/v1/decisions", bodies[n % bodies.len()].clone()).await?;
+        let t1 = Instant::now();
+        let Some(id) = decision_id(&body).filter(|_| status == 200) else {
+            tally.errors += 1;
+            tally.first_error.get_or_insert_with(|| format!("decide {status}: {}", String::from_utf8_lossy(&body)));
+            continue;
+        };
+        if !outcomes {
+            if measured {
+                tally.decide_us.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
+            }
+            continue;
+        }
+        let reward = ((n % 21) as f64 - 10.0) / 1000.0;
+        let outcome = Bytes::from(format!(r#"{{"decision_id":"{id}","reward":{reward}}}"#));
+        let t2 = Instant::now();
+        let (status, body) = post(&mut sender, &host, auth.as_deref(), "/v1/outcomes", outcome).await?;
+        let t3 = Instant::now();
+        if status != 200 {
+            tally.errors += 1;
+            tally.first_error.get_or_insert_with(|| format!("outcome {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        if measured {
+            tally.decide_us.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
+            tally.outcome_us.push((t3 - t2).as_micros().min(u32::MAX as u128) as u32);
+        }
+    }
+    Ok(tally)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+fn stats(mut v: Vec<u32>) -> Stats {
+    v.sort_unstable();
+    Stats {
+        p50: percentile(&v, 50.0),
+        p99: percentile(&v, 99.0),
+        p999: percentile(&v, 99.9),
+        max: v.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
+    }
+}
+
+/// CPU seconds used so far by the whole machine (busy time) and by `pids`,
+/// from /proc: on a shared machine, what others ran during the measurement
+/// is part of the figures' context.
+#[cfg(target_os = "linux")]
+fn cpu_seconds(pids: &[u32]) -> Option<(f64, f64)> {
+    let tick = 100.0; // USER_HZ, 100 on every Linux ABI in use
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<f64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = cpu.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum::<f64>();
+    let mut ours = 0.0;
+    for pid in pids {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after_comm = &text[text.rfind(')')? + 2..];
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        ours += f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    }
+    Some((busy / tick, ours / tick))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpu_seconds(_pids: &[u32]) -> Option<(f64, f64)> {
+    None
+}
+
+/// A started `paramopt serve`, stopped with SIGTERM on drop.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(args: &Args) -> Result<(Spawned, SocketAddr)> {
+    use std::io::BufRead;
+    let bin = match &args.server_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("paramopt"),
+    };
+    if !bin.exists() {
+        bail!("{} not found: build it first (cargo build --release), or pass --server-bin or --url", bin.display());
+    }
+    let mut command = Command::new(&bin);
+    command.args(["serve", "--addr", "127.0.0.1:0", "--models"]).arg(&args.models);
+    if let Some(w) = args.server_workers {
+        command.args(["--workers", &w.to_string()]);
+    }
+    let mut child = command
+        .env_remove("PARAMOPT_TOKEN")
+        .env_remove("PARAMOPT_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+    let spawned = Spawned(child);
+    let addr = line.trim().rsplit("http://").next().unwrap_or("").parse().with_context(|| {
+        format!("the server did not print its address (got {line:?}); is {} a paramopt with `serve`?", bin.display())
+    })?;
+    Ok((spawned, addr))
+}
+
+fn in_process_server() -> Result<SocketAddr> {
+    use paramopt::service::{server, AppState, Hooks, ServiceOptions};
+    // The same logging as `paramopt serve`, so request spans cost what they cost there.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let agent = paramopt::Agent::new(&paramopt::Spaces::builtin(), Default::default());
+    let state = AppState::new(agent, ServiceOptions::default(), Hooks::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("server runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send addr");
+            server::serve(listener, state, std::future::pending()).await.expect("serve");
+        });
+    });
+    Ok(rx.recv()?)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !(args.duration > 0.0 && args.duration <= 600.0 && (0.0..=60.0).contains(&args.warmup)) {
+        bail!("--duration must be in (0, 600] and --warmup in [0, 60] seconds");
+    }
+    let mut _spawned = None;
+    let (addr, target) = match (&args.url, args.in_process) {
+        (Some(url), _) => {
+            let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+            let addr: SocketAddr =
+                hostport.parse().with_context(|| format!("--url {url:?}: expected http://IP:PORT"))?;
+            if !addr.ip().is_loopback() {
+                bail!("--url {url}: this load generator only targets loopback addresses");
+            }
+            (addr, format!("server at {url}"))
+        }
+        (None, true) => (in_process_server()?, "in-process service".to_string()),
+        (None, false) => {
+            let (child, addr) = spawn_server(&args)?;
+            _spawned = Some(child);
+            (addr, "paramopt serve child process".to_string())
+        }
+    };
+    let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
+
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads.max(1)).enable_all().build()?;
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let until = measure_from + Duration::from_secs_f64(args.duration);
+    let budget = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(args.max_decisions as i64));
+    let mut pids = vec![std::process::id()];
+    pids.extend(_spawned.as_ref().map(|s: &Spawned| s.0.id()));
+    let cpu_at = |t: Instant| {
+        let pids = pids.clone();
+        async move {
+            tokio::time::sleep_until(t.into()).await;
+            cpu_seconds(&pids)
+        }
+    };
+    let (tallies, cpu_start, cpu_end) = rt.block_on(async {
+        let cpu_start = tokio::spawn(cpu_at(measure_from));
+        let cpu_end = tokio::spawn(cpu_at(until));
+        let tasks: Vec<_> = (0..args.connections)
+            .map(|i| {
+                tokio::spawn(worker(i, addr, auth.clone(), measure_from, until, budget.clone(), !args.no_outcomes))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await??);
+        }
+        anyhow::Ok((out, cpu_start.await?, cpu_end.await?))
+    })?;
+    let measured = (Instant::now().min(until) - measure_from).as_secs_f64().max(1e-9);
+
+    let errors: u64 = tallies.iter().map(|t| t.errors).sum();
+    let first_error = tallies.iter().find_map(|t| t.first_error.clone());
+    let decide: Vec<u32> = tallies.iter().flat_map(|t| t.decide_us.iter().copied()).collect();
+    let outcome: Vec<u32> = tallies.iter().flat_map(|t| t.outcome_us.iter().copied()).collect();
+    let decisions = decide.len() as f64;
+    let all: Vec<u32> = decide.iter().chain(&outcome).copied().collect();
+    let requests = all.len() as f64;
+    let (d, o, a) = (stats(decide), stats(outcome), stats(all));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    // Cores' worth of CPU used during the measurement by this generator plus
+    // the server it started, and by everything else on the machine.
+    let (ours_cores, others_cores) = match (cpu_start, cpu_end) {
+        (Some((b0, o0)), Some((b1, o1))) => {
+            let ours = (o1 - o0) / measured;
+            (ours, ((b1 - b0) / measured - ours).max(0.0))
+        }
+        _ => (f64::NAN, f64::NAN),
+    };
+    if args.json {
+        let s = |s: &Stats| serde_json::json!({"p50_ms": s.p50, "p99_ms": s.p99, "p99_9_ms": s.p999, "max_ms": s.max});
+        println!(
+            "{}",
+            serde_json::json!({
+                "target": target, "connections": args.connections, "cores": cores,
+                "seconds": measured, "decisions": decisions, "outcomes": outcome_count(&tallies),
+                "decisions_per_sec": decisions / measured, "requests_per_sec": requests / measured,
+                "errors": errors, "cpu_cores_used": ours_cores, "cpu_cores_used_by_others": others_cores,
+                "decide": s(&d), "outcome": s(&o), "all": s(&a),
+            })
+        );
+    } else {
+        println!("target: {target}, {} keep-alive connections, {cores} cores", args.connections);
+        println!(
+            "measured {measured:.1} s after {:.1} s warm-up: {decisions:.0} decisions + {} outcomes, {errors} errors",
+            args.warmup,
+            outcome_count(&tallies)
+        );
+        println!(
+            "cpu: {ours_cores:.2} cores used by generator + server, {others_cores:.2} by other processes (of {cores})"
+        );
+        println!("throughput: {:.0} decisions/s ({:.0} requests/s)", decisions / measured, requests / measured);
+        println!("{:<9} {:>8} {:>8} {:>8} {:>8}", "latency", "p50 ms", "p99 ms", "p99.9 ms", "max ms");
+        for (name, s) in [("decide", &d), ("outcome", &o), ("all", &a)] {
+            println!("{name:<9} {:>8.3} {:>8.3} {:>8.3} {:>8.3}", s.p50, s.p99, s.p999, s.max);
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("first error: {e}");
+    }
+    if errors > 0 {
+        bail!("{errors} requests failed");
+    }
+    Ok(())
+}
+
+fn outcome_count(tallies: &[Tally]) -> usize {
+    tallies.iter().map(|t| t.outcome_us.len()).sum()
+}

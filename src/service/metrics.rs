@@ -1,0 +1,229 @@
+//! Prometheus text exposition for `/metrics`, from lock-free counters.
+//!
+//! Request metrics are fixed arrays of atomics indexed by route and status,
+//! so recording one costs a few relaxed increments and never a lock: the
+//! decision path must stay fast. Agent figures (decisions, outcomes, pending)
+//! are read from the agent when scraped, not duplicated here.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::agent::Agent;
+
+use super::store::CheckpointStore;
+
+/// The routes of the contract, as matched by the router; latency is kept per route.
+pub const ROUTES: [&str; 11] = [
+    "/v1/decisions",
+    "/v1/outcomes",
+    "/v1/parameters/{module}",
+    "/v1/modules",
+    "/v1/checkpoints",
+    "/v1/checkpoints/{module}/{generation}",
+    "/v1/checkpoints/{module}",
+    "/v1/rollback",
+    "/healthz",
+    "/metrics",
+    "unmatched",
+];
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Status codes are counted in an array of this size; real codes are 100..=599.
+const STATUSES: usize = 600;
+
+struct RouteMetrics {
+    /// Cumulative counts are computed at render time; these are per bucket (last = +Inf).
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+    statuses: Box<[AtomicU64]>,
+}
+
+impl RouteMetrics {
+    fn new() -> Self {
+        RouteMetrics {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            statuses: (0..STATUSES).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+pub struct Metrics {
+    routes: Vec<RouteMetrics>,
+    store_errors: AtomicU64,
+    connections: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            routes: ROUTES.iter().map(|_| RouteMetrics::new()).collect(),
+            store_errors: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Index of a matched route in [`ROUTES`]; anything else is `unmatched`.
+    pub fn route_index(matched: Option<&str>) -> usize {
+        matched.and_then(|m| ROUTES.iter().position(|r| *r == m)).unwrap_or(ROUTES.len() - 1)
+    }
+
+    pub fn observe(&self, route: usize, status: u16, seconds: f64) {
+        let r = &self.routes[route];
+        let bucket = BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(BUCKETS.len());
+        r.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        r.sum_nanos.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        r.count.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = r.statuses.get(status as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_accepted(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connections_accepted(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The whole exposition, in the Prometheus text format 0.0.4.
+    pub fn render(&self, agent: &Agent, store: Option<&dyn CheckpointStore>) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let modules: Vec<String> = agent.modules().map(|s| s.name.clone()).collect();
+        let per_module = |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&str) -> String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for m in &modules {
+                let _ = writeln!(out, "{name}{{module=\"{m}\"}} {}", f(m));
+            }
+        };
+        let counter = |m: &str, pick: fn(&crate::agent::ModuleCounters) -> &AtomicU64| {
+            agent.counters(m).map(|c| pick(c).load(Ordering::Relaxed).to_string()).unwrap_or_else(|_| "NaN".into())
+        };
+        per_module(&mut out, "paramopt_decisions_total", "counter", "Decisions served.", &|m| {
+            counter(m, |c| &c.decisions)
+        });
+        per_module(&mut out, "paramopt_outcomes_total", "counter", "Outcomes accepted.", &|m| {
+            counter(m, |c| &c.outcomes)
+        });
+        per_module(&mut out, "paramopt_outcomes_rejected_total", "counter", "Outcomes refused by the agent.", &|m| {
+            counter(m, |c| &c.rejected_outcomes)
+        });
+        per_module(
+            &mut out,
+            "paramopt_decisions_expired_total",
+            "counter",
+            "Pending decisions dropped after their TTL.",
+            &|m| counter(m, |c| &c.expired),
+        );
+        per_module(
+            &mut out,
+            "paramopt_decisions_overflowed_total",
+            "counter",
+            "Pending decisions dropped because the table was full.",
+            &|m| counter(m, |c| &c.overflowed),
+        );
+        per_module(&mut out, "paramopt_pending_decisions", "gauge", "Decisions waiting for their outcome.", &|m| {
+            agent.pending_count(m).map(|n| n.to_string()).unwrap_or_else(|_| "NaN".into())
+        });
+        per_module(&mut out, "paramopt_policy_generation", "gauge", "Generation of the served policy.", &|m| {
+            agent.view(m).map(|v| v.generation.to_string()).unwrap_or_else(|_| "NaN".into())
+        });
+        per_module(
+            &mut out,
+            "paramopt_checkpoint_age_seconds",
+            "gauge",
+            "Seconds since the newest checkpoint; NaN while no store is configured or none exists.",
+            &|m| match store.and_then(|s| s.checkpoint_age_secs(m)) {
+                Some(age) => format!("{age}"),
+                None => "NaN".into(),
+            },
+        );
+        let _ = writeln!(
+            out,
+            "# HELP paramopt_store_configured Whether a checkpoint store is configured.\n\
+             # TYPE paramopt_store_configured gauge\nparamopt_store_configured {}",
+            u8::from(store.is_some())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP paramopt_store_errors_total Failed store operations.\n\
+             # TYPE paramopt_store_errors_total counter\nparamopt_store_errors_total {}",
+            self.store_errors()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP paramopt_connections_accepted_total TCP connections accepted.\n\
+             # TYPE paramopt_connections_accepted_total counter\nparamopt_connections_accepted_total {}",
+            self.connections_accepted()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP paramopt_uptime_seconds Seconds since the service started.\n\
+             # TYPE paramopt_uptime_seconds gauge\nparamopt_uptime_seconds {}",
+            self.started.elapsed().as_secs_f64()
+        );
+
+        let _ = writeln!(
+            out,
+            "# HELP paramopt_http_requests_total HTTP requests answered, by route and status.\n\
+             # TYPE paramopt_http_requests_total counter"
+        );
+        for (route, r) in ROUTES.iter().zip(&self.routes) {
+            for (status, c) in r.statuses.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(out, "paramopt_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP paramopt_http_request_duration_seconds Time to answer an HTTP request, by route.\n\
+             # TYPE paramopt_http_request_duration_seconds histogram"
+        );
+        for (route, r) in ROUTES.iter().zip(&self.routes) {
+            let count = r.count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            for (i, b) in BUCKETS.iter().enumerate() {
+                cumulative += r.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "paramopt_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {cumulative}"
+                );
+            }
+            cumulative += r.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "paramopt_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(
+                out,
+                "paramopt_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                r.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+            );
+            let _ = writeln!(out, "paramopt_http_request_duration_seconds_count{{route=\"{route}\"}} {cumulative}");
+        }
+        out
+    }
+}

@@ -1,0 +1,153 @@
+//! The service's hooks backed by the runtime: checkpoint routes, rollback,
+//! the final checkpoint, and the trades collection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+
+use crate::runtime::{self, Runtime, RuntimeError};
+use crate::store::{now_secs, CheckpointMeta, StoreError as BackendError, TradeRecord};
+
+use super::store::{
+    CheckpointStore, CheckpointSummary, OutcomeRecord, OutcomeSink, RollbackTarget, SinkFuture, StoreError,
+};
+
+/// Checkpoints and trades through a [`Runtime`]. Its blocking methods run on
+/// tokio's blocking pool (the service's contract) and wait on `handle`.
+pub struct RuntimeHooks {
+    runtime: Arc<Runtime>,
+    handle: Handle,
+}
+
+impl RuntimeHooks {
+    pub fn new(runtime: Arc<Runtime>, handle: Handle) -> RuntimeHooks {
+        RuntimeHooks { runtime, handle }
+    }
+}
+
+fn summary(m: &CheckpointMeta) -> CheckpointSummary {
+    CheckpointSummary {
+        module: m.module.clone(),
+        generation: m.generation,
+        parent: m.parent,
+        created_at: m.created_at,
+        outcomes: m.outcome_count,
+        mean_reward: (m.outcome_count > 0).then_some(m.mean_reward),
+    }
+}
+
+fn backend(e: BackendError) -> StoreError {
+    match e {
+        BackendError::NotFound { what } => StoreError::NotFound(format!("{what} not found")),
+        e if e.is_transient() => StoreError::Unavailable("the store is unavailable; retry later".into()),
+        e => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn runtime_error(e: RuntimeError) -> StoreError {
+    match e {
+        RuntimeError::Store(e) => backend(e),
+        e @ RuntimeError::UnknownGeneration { .. } => StoreError::NotFound(e.to_string()),
+        e @ RuntimeError::UnknownModule(_) => StoreError::Invalid(e.to_string()),
+        e => StoreError::Internal(e.to_string()),
+    }
+}
+
+impl CheckpointStore for RuntimeHooks {
+    fn kind(&self) -> &'static str {
+        self.runtime.store.kind()
+    }
+
+    fn healthy(&self) -> bool {
+        self.runtime.status.store_healthy.load(Ordering::Relaxed)
+    }
+
+    fn list(&self, module: &str) -> Result<Vec<CheckpointSummary>, StoreError> {
+        let metas = self.handle.block_on(self.runtime.store.list_checkpoints(module)).map_err(backend)?;
+        Ok(metas.iter().map(summary).collect())
+    }
+
+    fn get(&self, module: &str, generation: u64) -> Result<serde_json::Value, StoreError> {
+        let cp = self
+            .handle
+            .block_on(self.runtime.store.get_checkpoint(module, generation))
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::NotFound(format!("module {module:?} has no generation {generation}")))?;
+        serde_json::to_value(&cp).map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
+    fn create(&self, module: &str) -> Result<CheckpointSummary, StoreError> {
+        let meta = self.handle.block_on(self.runtime.checkpoint(module)).map_err(runtime_error)?;
+        Ok(summary(&meta))
+    }
+
+    fn rollback(&self, module: &str, to: RollbackTarget) -> Result<CheckpointSummary, StoreError> {
+        let target = match to {
+            RollbackTarget::Generation(g) => runtime::RollbackTarget::Generation(g),
+            RollbackTarget::Defaults => runtime::RollbackTarget::Defaults,
+        };
+        let meta = self.handle.block_on(self.runtime.rollback(module, target)).map_err(runtime_error)?;
+        Ok(summary(&meta))
+    }
+
+    fn checkpoint_age_secs(&self, module: &str) -> Option<f64> {
+        self.runtime.status.checkpoint_age(module, now_secs())
+    }
+
+    fn on_shutdown(&self) -> Result<(), StoreError> {
+        self.handle.block_on(self.runtime.final_checkpoint());
+        Ok(())
+    }
+}
+
+impl OutcomeSink for RuntimeHooks {
+    /// The outcome itself is already durable (the journal took it before the
+    /// agent accepted it); the trade record follows in the background, so a
+    /// slow or absent Firestore never turns an accepted outcome into an error.
+    fn record(&self, record: OutcomeRecord) -> SinkFuture<'_> {
+        if let Some(trade) = record.trade {
+            let Some(space) = self.runtime.spaces.get(&record.decision.module).cloned() else {
+                return Box::pin(std::future::ready(Ok(())));
+            };
+            let store = self.runtime.store.clone();
+            let status = self.runtime.status.clone();
+            self.handle.spawn(async move {
+                let mut row = TradeRecord {
+                    module_name: record.decision.module.clone(),
+                    decision_id: None,
+                    created_at: record.received_at,
+                    symbol: trade.symbol.unwrap_or_default(),
+                    side: trade.side.unwrap_or_default(),
+                    quantity: trade.quantity,
+                    price: trade.price,
+                    strategy: trade.strategy,
+                    confidence: trade.confidence,
+                    profit_loss: trade.profit_loss,
+                    exit_reason: trade.exit_reason,
+                    return_pct: trade.return_pct,
+                    reward: Some(record.reward),
+                    entry_parameters: trade.entry_parameters.unwrap_or_default(),
+                    module_specific_params: trade.module_specific_params.unwrap_or_default(),
+                    exit_analysis: trade.exit_analysis.unwrap_or_default(),
+                    market_context: trade.market_context.unwrap_or_default(),
+                    parameter_performance: trade.parameter_performance.unwrap_or_default(),
+                };
+                row.fill_from_decision(&record.decision, &space);
+                let mut delay = std::time::Duration::from_millis(200);
+                for attempt in 1..=6 {
+                    match store.put_trade(&row).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            status.store_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(decision = ?row.decision_id, attempt, error = %e, "trade write failed");
+                            tokio::time::sleep(delay).await;
+                            delay *= 2;
+                        }
+                    }
+                }
+            });
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}

@@ -1,0 +1,211 @@
+//! The handlers of API.md. Each validates everything it can before calling the
+//! agent or a store, so a refused request leaves no trace in learned state.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::agent::Outcome;
+
+use super::error::ApiError;
+use super::extract::{JsonBody, PathParams, QueryPairs};
+use super::store::{CheckpointStore, OutcomeRecord, StoreError};
+use super::wire::{
+    context_json, ContextBody, DecisionRequest, DecisionResponse, NamedValues, OutcomeRequest, OutcomeResponse,
+    ParametersResponse, RollbackRequest,
+};
+use super::AppState;
+
+/// Serialises `value` as the 200 answer.
+fn json<T: Serialize>(value: &T) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("serialising the answer: {e}")))?;
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: impl Into<axum::body::Body>) -> Response {
+    let mut response = (StatusCode::OK, body.into()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `POST /v1/decisions`.
+pub async fn decide(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<DecisionRequest>,
+) -> Result<Response, ApiError> {
+    let agent = state.agent();
+    // The module first: the other checks depend on its declared features.
+    let space = agent.space(&req.module)?.clone();
+    let context = req
+        .context
+        .as_ref()
+        .ok_or_else(|| ApiError::Invalid("context is missing; expected {\"session\": …, \"regime\": …}".into()))?
+        .resolve("context.")?;
+    let features: Vec<(&str, f64)> = req.features.iter().flatten().map(|(k, v)| (k.as_str(), *v)).collect();
+    let decision = agent.decide(&req.module, context, &features, req.explore.unwrap_or(true))?;
+    tracing::debug!(decision_id = %decision.id, module = %decision.module, %context, "decided");
+    json(&DecisionResponse { decision: &decision, space: &space })
+}
+
+/// `POST /v1/outcomes`.
+pub async fn report(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<OutcomeRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(trade) = &req.trade {
+        trade.validate()?;
+    }
+    let outcome = Outcome {
+        reward: req.reward,
+        traded: req.traded.unwrap_or(true),
+        return_pct: req.trade.as_ref().and_then(|t| t.return_pct),
+    };
+    let agent = state.agent();
+    let settled = agent.report(&req.decision_id, outcome)?;
+    let mut trade = req.trade;
+    if let Some(trade) = &mut trade {
+        let space = agent.space(&settled.decision.module)?;
+        trade.fill_from(&settled.decision, space);
+    }
+    let record = OutcomeRecord {
+        decision: settled.decision.clone(),
+        outcome: settled.outcome,
+        reward: settled.reward,
+        trade,
+        received_at: unix_now(),
+    };
+    if let Err(e) = state.hooks().outcomes.record(record).await {
+        state.metrics().store_error();
+        tracing::warn!(decision_id = %req.decision_id, error = %e, "outcome learned but the sink refused it");
+        return Err(e.into());
+    }
+    json(&OutcomeResponse { accepted: true, decision_id: req.decision_id, reward: settled.reward })
+}
+
+/// `GET /v1/parameters/{module}?session=…&regime=…`: the greedy values.
+pub async fn parameters(
+    State(state): State<AppState>,
+    PathParams(module): PathParams<String>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let agent = state.agent();
+    let space = agent.space(&module)?.clone();
+    let [session, regime] = query.take(["session", "regime"])?;
+    let context = ContextBody { session, regime }.resolve("")?;
+    let (values, generation) = agent.greedy(&module, context)?;
+    json(&ParametersResponse {
+        module: &space.name,
+        context: context_json(context),
+        parameters: NamedValues { space: &space, values: &values },
+        policy_generation: generation,
+    })
+}
+
+/// `GET /v1/modules`.
+pub async fn modules(State(state): State<AppState>) -> Response {
+    json_bytes(state.inner.modules_json.clone())
+}
+
+/// The store, or the 503 that says there is none yet.
+fn store(state: &AppState) -> Result<Arc<dyn CheckpointStore>, ApiError> {
+    state.hooks().checkpoints.clone().ok_or_else(|| {
+        ApiError::Store(StoreError::Unavailable(
+            "checkpoints are not available: this server runs without a checkpoint store".into(),
+        ))
+    })
+}
+
+/// Runs a blocking store call off the request workers, counting failures.
+async fn on_store<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&dyn CheckpointStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store(state)?;
+    let result = tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?;
+    result.map_err(|e| {
+        if matches!(e, StoreError::Unavailable(_) | StoreError::Internal(_)) {
+            state.metrics().store_error();
+        }
+        ApiError::Store(e)
+    })
+}
+
+/// `GET /v1/checkpoints?module=…`.
+pub async fn list_checkpoints(State(state): State<AppState>, query: QueryPairs) -> Result<Response, ApiError> {
+    let [module] = query.take(["module"])?;
+    let module = module.ok_or_else(|| ApiError::Invalid("query parameter module is missing".into()))?;
+    state.agent().space(&module)?;
+    let m = module.clone();
+    let list = on_store(&state, move |s| s.list(&m)).await?;
+    json(&serde_json::json!({ "module": module, "checkpoints": list }))
+}
+
+/// `GET /v1/checkpoints/{module}/{generation}`.
+pub async fn get_checkpoint(
+    State(state): State<AppState>,
+    PathParams((module, generation)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    state.agent().space(&module)?;
+    let generation: u64 = generation.parse().map_err(|_| {
+        ApiError::Invalid(format!("generation {generation:?} is not a generation number (a non-negative integer)"))
+    })?;
+    let checkpoint = on_store(&state, move |s| s.get(&module, generation)).await?;
+    json(&checkpoint)
+}
+
+/// `POST /v1/checkpoints/{module}`: checkpoint now. The body, if any, is ignored.
+pub async fn create_checkpoint(
+    State(state): State<AppState>,
+    PathParams(module): PathParams<String>,
+) -> Result<Response, ApiError> {
+    state.agent().space(&module)?;
+    let summary = on_store(&state, move |s| s.create(&module)).await?;
+    tracing::info!(module = %summary.module, generation = summary.generation, "checkpoint created");
+    json(&summary)
+}
+
+/// `POST /v1/rollback`.
+pub async fn rollback(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<RollbackRequest>,
+) -> Result<Response, ApiError> {
+    state.agent().space(&req.module)?;
+    let RollbackRequest { module, to } = req;
+    let summary = on_store(&state, move |s| s.rollback(&module, to)).await?;
+    tracing::info!(module = %summary.module, generation = summary.generation, ?to, "rolled back");
+    json(&serde_json::json!({ "rolled_back_to": to, "checkpoint": summary }))
+}
+
+/// `GET /healthz`.
+pub async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (kind, healthy) = match &state.hooks().checkpoints {
+        Some(s) => (s.kind(), s.healthy()),
+        None => ("none", false),
+    };
+    json(&serde_json::json!({ "status": "ok", "store": kind, "store_healthy": healthy }))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics().render(state.agent(), state.hooks().checkpoints.as_deref());
+    let mut response = (StatusCode::OK, text).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+/// Anything the router does not know.
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}

@@ -1,0 +1,307 @@
+//! The JSON shapes of API.md: request types (strict, `deny_unknown_fields`)
+//! and response types (which may grow fields, never lose or rename them).
+//!
+//! Request types keep context values as strings and validate them by hand,
+//! so that the error names the field, the bad value and what was expected.
+
+use std::collections::BTreeMap;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::agent::Decision;
+use crate::space::{Context, ModuleSpace, Regime, Session};
+
+use super::error::ApiError;
+use super::store::RollbackTarget;
+
+/// `context` in a decision request, and the query of `GET /v1/parameters`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextBody {
+    pub session: Option<String>,
+    pub regime: Option<String>,
+}
+
+impl ContextBody {
+    /// The context, or an error naming the missing or unknown value. `prefix`
+    /// is how the fields are called where they came from (`context.` or a query).
+    pub fn resolve(&self, prefix: &str) -> Result<Context, ApiError> {
+        let session = resolve_one(prefix, "session", self.session.as_deref(), &Session::ALL.map(Session::as_str))?;
+        let regime = resolve_one(prefix, "regime", self.regime.as_deref(), &Regime::ALL.map(Regime::as_str))?;
+        Context::parse(session, regime).map_err(|e| ApiError::Invalid(e.to_string()))
+    }
+}
+
+fn resolve_one<'a>(prefix: &str, field: &str, value: Option<&'a str>, allowed: &[&str]) -> Result<&'a str, ApiError> {
+    match value {
+        None => Err(ApiError::Invalid(format!("{prefix}{field} is missing; expected one of {}", allowed.join(", ")))),
+        Some(v) if allowed.contains(&v) => Ok(v),
+        Some(v) => {
+            Err(ApiError::Invalid(format!("unknown {prefix}{field} {v:?}; expected one of {}", allowed.join(", "))))
+        }
+    }
+}
+
+/// `POST /v1/decisions`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    pub module: String,
+    pub context: Option<ContextBody>,
+    #[serde(default)]
+    pub features: Option<BTreeMap<String, f64>>,
+    /// Defaults to true: API.md.
+    pub explore: Option<bool>,
+}
+
+/// `POST /v1/outcomes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeRequest {
+    pub decision_id: String,
+    pub reward: Option<f64>,
+    /// Defaults to true: an outcome without the flag is a trade that happened.
+    pub traded: Option<bool>,
+    pub trade: Option<Trade>,
+}
+
+/// The plan's enhanced trade schema. The flat fields are typed; the nested
+/// maps are free-form JSON objects because their keys differ per module.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trade {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    /// `BUY` or `SELL`, in any case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub side: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profit_loss: Option<f64>,
+    /// The trade's return as a fraction; the reward is derived from it when none is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub return_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+    /// Filled in by the server from the decision (client keys are kept unless
+    /// they collide with the decision's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_parameters: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_specific_params: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_analysis: Option<Map<String, Value>>,
+    /// Filled in by the server from the decision, like `entry_parameters`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub market_context: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameter_performance: Option<Map<String, Value>>,
+}
+
+impl Trade {
+    /// Checks what the types cannot: finite numbers (serde_json refuses
+    /// non-finite ones already, but a trade can also be built in code), signs
+    /// and vocabularies. Errors name the field and the value.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let finite = |field: &str, v: Option<f64>| match v {
+            Some(x) if !x.is_finite() => Err(ApiError::Invalid(format!("trade.{field} is not a finite number: {x}"))),
+            _ => Ok(()),
+        };
+        for (field, v) in [
+            ("quantity", self.quantity),
+            ("price", self.price),
+            ("confidence", self.confidence),
+            ("profit_loss", self.profit_loss),
+            ("return_pct", self.return_pct),
+        ] {
+            finite(field, v)?;
+        }
+        if let Some(q) = self.quantity.filter(|q| *q < 0.0) {
+            return Err(ApiError::Invalid(format!("trade.quantity must not be negative, got {q}")));
+        }
+        if let Some(p) = self.price.filter(|p| *p < 0.0) {
+            return Err(ApiError::Invalid(format!("trade.price must not be negative, got {p}")));
+        }
+        if let Some(c) = self.confidence.filter(|c| !(0.0..=1.0).contains(c)) {
+            return Err(ApiError::Invalid(format!("trade.confidence must be within [0, 1], got {c}")));
+        }
+        if let Some(side) = &self.side {
+            if !side.eq_ignore_ascii_case("buy") && !side.eq_ignore_ascii_case("sell") {
+                return Err(ApiError::Invalid(format!("trade.side must be BUY or SELL, got {side:?}")));
+            }
+        }
+        if self.symbol.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(ApiError::Invalid("trade.symbol must not be empty".to_string()));
+        }
+        Ok(())
+    }
+
+    /// Adds the decision's parameters and context, so every stored trade
+    /// carries its full parameter context (API.md). The decision's values win
+    /// over client keys of the same name: they are what was actually served.
+    pub fn fill_from(&mut self, decision: &Decision, space: &ModuleSpace) {
+        let entry = self.entry_parameters.get_or_insert_with(Map::new);
+        entry.insert("decision_id".into(), Value::String(decision.id.to_string()));
+        entry.insert("policy_generation".into(), Value::from(decision.generation));
+        entry.insert("explore".into(), Value::Bool(decision.explore));
+        for (p, v) in space.params.iter().zip(&decision.values) {
+            entry.insert(p.full_name.clone(), Value::from(*v));
+        }
+        let market = self.market_context.get_or_insert_with(Map::new);
+        market.insert("session".into(), Value::String(decision.context.session.as_str().into()));
+        market.insert("regime".into(), Value::String(decision.context.regime.as_str().into()));
+        for (f, v) in space.features.iter().zip(&decision.features) {
+            if let Some(v) = v {
+                market.insert(f.name.clone(), Value::from(*v));
+            }
+        }
+    }
+}
+
+/// `POST /v1/rollback`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    pub module: String,
+    #[serde(deserialize_with = "de_rollback_target")]
+    pub to: RollbackTarget,
+}
+
+fn de_rollback_target<'de, D: Deserializer<'de>>(d: D) -> Result<RollbackTarget, D::Error> {
+    let v = Value::deserialize(d)?;
+    match &v {
+        Value::Number(n) if n.as_u64().is_some() => Ok(RollbackTarget::Generation(n.as_u64().unwrap_or_default())),
+        Value::String(s) if s == "defaults" => Ok(RollbackTarget::Defaults),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a generation number (a non-negative integer) or \"defaults\", got {other}"
+        ))),
+    }
+}
+
+/// `{"session": …, "regime": …}` in answers.
+pub fn context_json(ctx: Context) -> ContextOut {
+    ContextOut { session: ctx.session.as_str(), regime: ctx.regime.as_str() }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ContextOut {
+    pub session: &'static str,
+    pub regime: &'static str,
+}
+
+/// `{"<group>.<name>": value, …}` in the module's parameter order, written
+/// straight from the decision's vectors without building a map.
+pub struct NamedValues<'a, T: Serialize> {
+    pub space: &'a ModuleSpace,
+    pub values: &'a [T],
+}
+
+impl<T: Serialize> Serialize for NamedValues<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.values.len()))?;
+        for (p, v) in self.space.params.iter().zip(self.values) {
+            map.serialize_entry(&p.full_name, v)?;
+        }
+        map.end()
+    }
+}
+
+/// Feature values sent with a decision, by name; unsent ones are left out.
+struct SentFeatures<'a> {
+    space: &'a ModuleSpace,
+    values: &'a [Option<f64>],
+}
+
+impl Serialize for SentFeatures<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (f, v) in self.space.features.iter().zip(self.values) {
+            if let Some(v) = v {
+                map.serialize_entry(&f.name, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// The 200 answer of `POST /v1/decisions`.
+pub struct DecisionResponse<'a> {
+    pub decision: &'a Decision,
+    pub space: &'a ModuleSpace,
+}
+
+impl Serialize for DecisionResponse<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = self.decision;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("decision_id", &d.id)?;
+        map.serialize_entry("module", &d.module)?;
+        map.serialize_entry("parameters", &NamedValues { space: self.space, values: &d.values })?;
+        map.serialize_entry("policy_generation", &d.generation)?;
+        map.serialize_entry("explore", &d.explore)?;
+        map.serialize_entry("context", &context_json(d.context))?;
+        map.serialize_entry("features", &SentFeatures { space: self.space, values: &d.features })?;
+        map.serialize_entry("arms", &NamedValues { space: self.space, values: &d.arms })?;
+        map.serialize_entry("propensities", &NamedValues { space: self.space, values: &d.propensities })?;
+        map.serialize_entry("propensity", &d.propensity)?;
+        map.serialize_entry("created_at", &d.created_at)?;
+        map.end()
+    }
+}
+
+/// The 200 answer of `GET /v1/parameters/{module}`.
+#[derive(Serialize)]
+pub struct ParametersResponse<'a> {
+    pub module: &'a str,
+    pub context: ContextOut,
+    pub parameters: NamedValues<'a, f64>,
+    pub policy_generation: u64,
+}
+
+/// The 200 answer of `POST /v1/outcomes`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OutcomeResponse {
+    pub accepted: bool,
+    pub decision_id: String,
+    /// The reward learned from, after derivation and clipping.
+    pub reward: f64,
+}
+
+/// `GET /v1/modules`: every module's parameter space.
+pub fn modules_json<'a>(spaces: impl Iterator<Item = &'a std::sync::Arc<ModuleSpace>>) -> Value {
+    let modules: Vec<Value> = spaces
+        .map(|s| {
+            serde_json::json!({
+                "module": s.name,
+                "features": s.features.iter().map(|f| serde_json::json!({
+                    "name": f.name, "range": [f.lo, f.hi],
+                })).collect::<Vec<_>>(),
+                "simplex_groups": s.simplex_groups.iter().map(|g| serde_json::json!({
+                    "group": g.name,
+                    "parameters": g.members.iter().map(|&m| &s.params[m].full_name).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "parameters": s.params.iter().map(|p| serde_json::json!({
+                    "name": p.full_name,
+                    "group": p.group,
+                    "short_name": p.name,
+                    "default": p.default,
+                    "range": [p.lo, p.hi],
+                    "kind": p.kind,
+                    "arms": p.arms,
+                    "max_change_rate": p.max_change_rate,
+                    "simplex": p.simplex,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "modules": modules })
+}

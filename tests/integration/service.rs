@@ -1,0 +1,1155 @@
+//! The HTTP service against API.md: every route and field and every listed
+//! error status through `oneshot`, a bad-input table that must leave the agent
+//! unchanged, a real socket (TCP_NODELAY, keep-alive), the `serve` binary with
+//! its config and signals, and the Python client's own tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use paramopt::agent::{Agent, AgentOptions, ManualClock};
+use paramopt::service::config::{ServeArgs, ServeFile, ServeSettings};
+use paramopt::service::store::SinkFuture;
+use paramopt::service::{
+    app, server, AppState, CheckpointStore, CheckpointSummary, Hooks, OutcomeRecord, OutcomeSink, RollbackTarget,
+    ServiceOptions, StoreError,
+};
+use paramopt::space::{Context, Regime, Session, Spaces};
+
+use crate::support;
+
+const TOKEN: &str = "s3cret-token";
+
+fn state_with(agent: Agent, options: ServiceOptions, hooks: Hooks) -> AppState {
+    AppState::new(agent, options, hooks)
+}
+
+fn plain_state(seed: u64) -> AppState {
+    state_with(support::agent(seed), ServiceOptions::default(), Hooks::default())
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    json: Value,
+    text: String,
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply { status, headers, json, text }
+}
+
+fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(path).header(header::CONTENT_TYPE, "application/json").body(body.into()).unwrap()
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn decision_body(module: &str, session: &str, regime: &str) -> String {
+    json!({"module": module, "context": {"session": session, "regime": regime}}).to_string()
+}
+
+/// serde_json parses decimals to within an ulp, not always exactly (no
+/// `float_roundtrip`), so values read back from JSON compare with a tolerance.
+fn close(a: f64, b: f64) {
+    assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} != {b}");
+}
+
+async fn decide(app: &Router, module: &str) -> Value {
+    let r = send(app, post("/v1/decisions", decision_body(module, "asia_prime", "bullish"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.json
+}
+
+fn assert_contract_error(r: &Reply, status: StatusCode, names: &str) {
+    assert_eq!(r.status, status, "body: {}", r.text);
+    assert_eq!(
+        r.headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap()),
+        Some("application/json"),
+        "{}",
+        r.text
+    );
+    let obj = r.json.as_object().unwrap_or_else(|| panic!("not a JSON object: {}", r.text));
+    assert_eq!(obj.len(), 1, "only `error`: {}", r.text);
+    let msg = obj["error"].as_str().unwrap();
+    assert!(msg.contains(names), "error {msg:?} should name {names:?}");
+}
+
+/// An outcome sink that keeps what it gets, as the trades collection will.
+#[derive(Default)]
+struct KeepingSink(Mutex<Vec<OutcomeRecord>>);
+
+impl OutcomeSink for KeepingSink {
+    fn record(&self, record: OutcomeRecord) -> SinkFuture<'_> {
+        self.0.lock().push(record);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A sink whose storage is down.
+struct FailingSink;
+
+impl OutcomeSink for FailingSink {
+    fn record(&self, _: OutcomeRecord) -> SinkFuture<'_> {
+        Box::pin(async { Err(StoreError::Unavailable("trade store unreachable".into())) })
+    }
+}
+
+/// A checkpoint store in memory: what the real store does, minus the disk.
+#[derive(Default)]
+struct MemoryStore {
+    generations: Mutex<Vec<CheckpointSummary>>,
+    delay: Option<Duration>,
+    panic: bool,
+}
+
+impl CheckpointStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+    fn healthy(&self) -> bool {
+        true
+    }
+    fn list(&self, module: &str) -> Result<Vec<CheckpointSummary>, StoreError> {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
+        assert!(!self.panic, "the store blew up");
+        let mut list: Vec<_> = self.generations.lock().iter().filter(|c| c.module == module).cloned().collect();
+        list.reverse();
+        Ok(list)
+    }
+    fn get(&self, module: &str, generation: u64) -> Result<Value, StoreError> {
+        self.generations
+            .lock()
+            .iter()
+            .find(|c| c.module == module && c.generation == generation)
+            .map(|c| json!({"summary": c, "cells": []}))
+            .ok_or_else(|| StoreError::NotFound(format!("no generation {generation} of module {module:?}")))
+    }
+    fn create(&self, module: &str) -> Result<CheckpointSummary, StoreError> {
+        let mut g = self.generations.lock();
+        let parent = g.iter().filter(|c| c.module == module).map(|c| c.generation).max();
+        let summary = CheckpointSummary {
+            module: module.into(),
+            generation: parent.map_or(1, |p| p + 1),
+            parent,
+            created_at: 1.0e9,
+            outcomes: 0,
+            mean_reward: None,
+        };
+        g.push(summary.clone());
+        Ok(summary)
+    }
+    fn rollback(&self, module: &str, to: RollbackTarget) -> Result<CheckpointSummary, StoreError> {
+        if let RollbackTarget::Generation(n) = to {
+            self.get(module, n)?;
+        }
+        self.create(module)
+    }
+    fn checkpoint_age_secs(&self, module: &str) -> Option<f64> {
+        self.generations.lock().iter().any(|c| c.module == module).then_some(12.5)
+    }
+}
+
+// ---------------------------------------------------------------- routes
+
+#[tokio::test]
+async fn decisions_answer_every_parameter_and_documented_field_for_every_module() {
+    let state = plain_state(1);
+    let app = app(state.clone());
+    let spaces = Spaces::builtin();
+    for space in spaces.iter() {
+        let body = json!({"module": space.name, "context": {"session": "europe_prime", "regime": "volatile"}});
+        let r = send(&app, post("/v1/decisions", body.to_string())).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
+        assert!(r.headers.contains_key("x-request-id"));
+        let d = &r.json;
+        let id = d["decision_id"].as_str().unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(d["module"], space.name.as_str());
+        assert_eq!(d["policy_generation"], 0);
+        assert_eq!(d["explore"], true, "explore defaults to true");
+        assert_eq!(d["context"], json!({"session": "europe_prime", "regime": "volatile"}));
+        let params = d["parameters"].as_object().unwrap();
+        assert_eq!(params.len(), space.params.len());
+        for p in &space.params {
+            let v = params[&p.full_name].as_f64().unwrap();
+            assert!((p.lo - 1e-9..=p.hi + 1e-9).contains(&v), "{} = {v}", p.full_name);
+            let arm = d["arms"][&p.full_name].as_u64().unwrap() as usize;
+            assert!(arm < p.arms.len());
+            let prop = d["propensities"][&p.full_name].as_f64().unwrap();
+            assert!(prop > 0.0 && prop <= 1.0);
+        }
+        // Every parameter name on the wire is `<group>.<name>`.
+        assert!(params.keys().all(|k| k.split('.').count() == 2));
+        assert!(d["propensity"].as_f64().unwrap() > 0.0);
+        assert!(d["created_at"].as_f64().unwrap() > 1.6e9);
+        assert_eq!(state.agent().pending_count(&space.name).unwrap(), 1);
+    }
+}
+
+#[tokio::test]
+async fn decisions_echo_features_and_without_explore_serve_the_greedy_values() {
+    let app = app(plain_state(2));
+    let body = json!({"module": "crypto", "context": {"session": "us_prime", "regime": "sideways"},
+                      "features": {"momentum_score": 0.72, "volume_score": 0.63}, "explore": false});
+    let r = send(&app, post("/v1/decisions", body.to_string())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["features"], json!({"momentum_score": 0.72, "volume_score": 0.63}));
+    assert_eq!(r.json["explore"], false);
+    assert_eq!(r.json["propensity"], 1.0);
+    let greedy = send(&app, get("/v1/parameters/crypto?session=us_prime&regime=sideways")).await;
+    assert_eq!(greedy.status, StatusCode::OK);
+    assert_eq!(r.json["parameters"], greedy.json["parameters"]);
+}
+
+#[tokio::test]
+async fn parameters_are_the_seed_defaults_until_learned_and_name_module_context_generation() {
+    let app = app(plain_state(3));
+    for space in Spaces::builtin().iter() {
+        for ctx in Context::all() {
+            let path = format!(
+                "/v1/parameters/{}?session={}&regime={}",
+                space.name,
+                ctx.session.as_str(),
+                ctx.regime.as_str()
+            );
+            let r = send(&app, get(&path)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            assert_eq!(r.json["module"], space.name.as_str());
+            assert_eq!(r.json["context"]["session"], ctx.session.as_str());
+            assert_eq!(r.json["context"]["regime"], ctx.regime.as_str());
+            assert_eq!(r.json["policy_generation"], 0);
+            let params = r.json["parameters"].as_object().unwrap();
+            assert_eq!(params.len(), space.params.len());
+            for p in &space.params {
+                assert_eq!(params[&p.full_name].as_f64().unwrap(), p.default, "{}", p.full_name);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn parameters_follow_what_the_agent_learned() {
+    let state = plain_state(4);
+    let app = app(state.clone());
+    for _ in 0..300 {
+        let d = decide(&app, "stocks").await;
+        let r = send(&app, post("/v1/outcomes", json!({"decision_id": d["decision_id"], "reward": 0.01}).to_string()))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    state.agent().flush();
+    let ctx = Context::new(Session::AsiaPrime, Regime::Bullish);
+    let (values, generation) = state.agent().greedy("stocks", ctx).unwrap();
+    assert_eq!(state.agent().view("stocks").unwrap().outcomes, 300);
+    let r = send(&app, get("/v1/parameters/stocks?session=asia_prime&regime=bullish")).await;
+    assert_eq!(r.json["policy_generation"], generation);
+    let space = state.agent().space("stocks").unwrap().clone();
+    let defaults = space.defaults();
+    for (p, v) in space.params.iter().zip(&values) {
+        close(r.json["parameters"][&p.full_name].as_f64().unwrap(), *v);
+    }
+    // A steady positive reward for whatever was explored moves some incumbents.
+    assert_ne!(values, defaults, "300 rewarded outcomes should move an incumbent");
+}
+
+#[tokio::test]
+async fn modules_list_every_parameter_with_group_name_default_range_kind_and_arms() {
+    let app = app(plain_state(5));
+    let r = send(&app, get("/v1/modules")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let modules = r.json["modules"].as_array().unwrap();
+    let builtin = Spaces::builtin();
+    assert_eq!(modules.len(), 3);
+    let mut count = 0;
+    for m in modules {
+        let space = builtin.get(m["module"].as_str().unwrap()).unwrap();
+        let features: Vec<&str> =
+            m["features"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(features, space.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>());
+        for (p, want) in m["parameters"].as_array().unwrap().iter().zip(&space.params) {
+            assert_eq!(p["name"], want.full_name.as_str());
+            assert_eq!(p["group"], want.group.as_str());
+            assert_eq!(p["short_name"], want.name.as_str());
+            assert_eq!(p["default"].as_f64().unwrap(), want.default);
+            close(p["range"][0].as_f64().unwrap(), want.lo);
+            close(p["range"][1].as_f64().unwrap(), want.hi);
+            assert_eq!(p["kind"], serde_json::to_value(want.kind).unwrap());
+            let arms: Vec<f64> = p["arms"].as_array().unwrap().iter().map(|a| a.as_f64().unwrap()).collect();
+            assert_eq!(arms.len(), want.arms.len());
+            arms.iter().zip(&want.arms).for_each(|(a, b)| close(*a, *b));
+            count += 1;
+        }
+    }
+    assert_eq!(count, 31);
+}
+
+#[tokio::test]
+async fn outcomes_are_accepted_once_then_409_and_the_reward_is_derived_as_documented() {
+    let state = plain_state(6);
+    let app = app(state.clone());
+    let d = decide(&app, "crypto").await;
+    let id = d["decision_id"].as_str().unwrap();
+    assert_eq!(state.agent().pending_count("crypto").unwrap(), 1);
+    let body = json!({"decision_id": id, "reward": 0.0123, "traded": true}).to_string();
+    let r = send(&app, post("/v1/outcomes", body.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["accepted"], true);
+    assert_eq!(r.json["decision_id"], id);
+    assert_eq!(r.json["reward"], 0.0123);
+    assert_eq!(state.agent().pending_count("crypto").unwrap(), 0);
+    let again = send(&app, post("/v1/outcomes", body)).await;
+    assert_contract_error(&again, StatusCode::CONFLICT, id);
+
+    // No reward: the trade's return_pct times the module's scale (1.0 for crypto).
+    let d = decide(&app, "crypto").await;
+    let r = send(
+        &app,
+        post("/v1/outcomes", json!({"decision_id": d["decision_id"], "trade": {"return_pct": 0.02}}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["reward"], 0.02);
+
+    // A skipped trade (confidence below threshold) is feedback with reward 0.
+    let d = decide(&app, "crypto").await;
+    let r =
+        send(&app, post("/v1/outcomes", json!({"decision_id": d["decision_id"], "traded": false}).to_string())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["reward"], 0.0);
+
+    // Rewards are clipped by the module's setting (crypto: 0.5).
+    let d = decide(&app, "crypto").await;
+    let r = send(&app, post("/v1/outcomes", json!({"decision_id": d["decision_id"], "reward": 7.0}).to_string())).await;
+    assert_eq!(r.json["reward"], 0.5);
+    assert_eq!(state.agent().counters("crypto").unwrap().outcomes.load(std::sync::atomic::Ordering::Relaxed), 4);
+}
+
+#[tokio::test]
+async fn an_outcomes_trade_reaches_the_sink_with_entry_parameters_and_market_context_filled_in() {
+    let sink = Arc::new(KeepingSink::default());
+    let hooks = Hooks { checkpoints: None, outcomes: sink.clone() };
+    let app = app(state_with(support::agent(7), ServiceOptions::default(), hooks));
+    let body = json!({"module": "crypto", "context": {"session": "asia_prime", "regime": "bullish"},
+                      "features": {"momentum_score": 0.72, "volatility_score": 0.85, "volume_score": 0.63}});
+    let d = send(&app, post("/v1/decisions", body.to_string())).await.json;
+    let outcome = json!({
+        "decision_id": d["decision_id"], "reward": 0.0123, "traded": true,
+        "trade": {"symbol": "BTCUSD", "side": "BUY", "quantity": 0.044, "price": 45000,
+                  "strategy": "crypto_asia_momentum", "confidence": 0.67,
+                  "profit_loss": 1250.5, "return_pct": 0.0123, "exit_reason": "intelligent_exit",
+                  "entry_parameters": {"ml_strategy_selection": true},
+                  "module_specific_params": {"crypto_session": "asia_prime", "session_multiplier": 1.2},
+                  "exit_analysis": {"hold_duration_hours": 4.2, "final_decision_reason": "major_profit_protection"},
+                  "market_context": {"us_market_open": false},
+                  "parameter_performance": {"alternative_outcomes": {"threshold_0_60": "would_have_triggered"}}}});
+    let r = send(&app, post("/v1/outcomes", outcome.to_string())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let records = sink.0.lock();
+    assert_eq!(records.len(), 1);
+    let rec = &records[0];
+    assert_eq!(rec.decision.id.to_string(), d["decision_id"].as_str().unwrap());
+    assert_eq!(rec.reward, 0.0123);
+    let trade = serde_json::to_value(rec.trade.as_ref().unwrap()).unwrap();
+    assert_eq!(trade["symbol"], "BTCUSD");
+    assert_eq!(trade["price"], 45000.0);
+    assert_eq!(trade["exit_analysis"]["hold_duration_hours"], 4.2);
+    assert_eq!(trade["parameter_performance"]["alternative_outcomes"]["threshold_0_60"], "would_have_triggered");
+    // The client's keys stay; the server adds every served parameter and the context.
+    assert_eq!(trade["entry_parameters"]["ml_strategy_selection"], true);
+    assert_eq!(trade["entry_parameters"]["decision_id"], d["decision_id"]);
+    for (name, value) in d["parameters"].as_object().unwrap() {
+        assert_eq!(&trade["entry_parameters"][name], value, "{name}");
+    }
+    assert_eq!(trade["market_context"]["us_market_open"], false);
+    assert_eq!(trade["market_context"]["session"], "asia_prime");
+    assert_eq!(trade["market_context"]["regime"], "bullish");
+    assert_eq!(trade["market_context"]["volatility_score"], 0.85);
+}
+
+#[tokio::test]
+async fn a_failing_outcome_sink_answers_503_and_counts_a_store_error() {
+    let hooks = Hooks { checkpoints: None, outcomes: Arc::new(FailingSink) };
+    let state = state_with(support::agent(8), ServiceOptions::default(), hooks);
+    let app = app(state.clone());
+    let d = decide(&app, "options").await;
+    let r = send(&app, post("/v1/outcomes", json!({"decision_id": d["decision_id"], "reward": 0.1}).to_string())).await;
+    assert_contract_error(&r, StatusCode::SERVICE_UNAVAILABLE, "trade store unreachable");
+    assert_eq!(state.metrics().store_errors(), 1);
+    let m = send(&app, get("/metrics")).await;
+    assert!(m.text.contains("paramopt_store_errors_total 1"), "{}", m.text);
+}
+
+#[tokio::test]
+async fn an_expired_decision_is_404_expired() {
+    let clock = Arc::new(ManualClock::new(1.7e9));
+    let agent = Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(9), clock: clock.clone(), journal: None });
+    let app = app(state_with(agent, ServiceOptions::default(), Hooks::default()));
+    let d = decide(&app, "crypto").await;
+    let id = d["decision_id"].as_str().unwrap();
+    clock.advance(604_800.0 + 1.0);
+    let r = send(&app, post("/v1/outcomes", json!({"decision_id": id, "reward": 0.1}).to_string())).await;
+    assert_contract_error(&r, StatusCode::NOT_FOUND, id);
+    assert!(r.json["error"].as_str().unwrap().contains("expired"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn checkpoint_routes_validate_then_answer_503_without_a_store() {
+    let state = plain_state(10);
+    let app = app(state.clone());
+    let cases = [
+        send(&app, get("/v1/checkpoints?module=crypto")).await,
+        send(&app, get("/v1/checkpoints/crypto/3")).await,
+        send(&app, post("/v1/checkpoints/crypto", "")).await,
+        send(&app, post("/v1/rollback", r#"{"module": "crypto", "to": 12}"#)).await,
+        send(&app, post("/v1/rollback", r#"{"module": "crypto", "to": "defaults"}"#)).await,
+    ];
+    for r in &cases {
+        assert_contract_error(r, StatusCode::SERVICE_UNAVAILABLE, "without a checkpoint store");
+    }
+    // Validation still comes first.
+    let r = send(&app, get("/v1/checkpoints?module=forex")).await;
+    assert_contract_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "forex");
+    let h = send(&app, get("/healthz")).await;
+    assert_eq!(h.json, json!({"status": "ok", "store": "none", "store_healthy": false}));
+    // "No store" is not a store failure.
+    assert_eq!(state.metrics().store_errors(), 0);
+}
+
+#[tokio::test]
+async fn checkpoint_routes_reach_a_configured_store() {
+    let store = Arc::new(MemoryStore::default());
+    let hooks = Hooks { checkpoints: Some(store.clone()), ..Hooks::default() };
+    let app = app(state_with(support::agent(11), ServiceOptions::default(), hooks));
+    let c1 = send(&app, post("/v1/checkpoints/crypto", "")).await;
+    assert_eq!(c1.status, StatusCode::OK, "{}", c1.text);
+    assert_eq!(c1.json["generation"], 1);
+    assert_eq!(c1.json["parent"], Value::Null);
+    let c2 = send(&app, post("/v1/checkpoints/crypto", "")).await;
+    assert_eq!(c2.json["generation"], 2);
+    assert_eq!(c2.json["parent"], 1);
+    let list = send(&app, get("/v1/checkpoints?module=crypto")).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.json["module"], "crypto");
+    let gens: Vec<u64> =
+        list.json["checkpoints"].as_array().unwrap().iter().map(|c| c["generation"].as_u64().unwrap()).collect();
+    assert_eq!(gens, [2, 1], "newest first");
+    for field in ["created_at", "parent", "outcomes", "mean_reward"] {
+        assert!(list.json["checkpoints"][0].get(field).is_some(), "{field}");
+    }
+    let one = send(&app, get("/v1/checkpoints/crypto/1")).await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.json["summary"]["generation"], 1);
+    let missing = send(&app, get("/v1/checkpoints/crypto/99")).await;
+    assert_contract_error(&missing, StatusCode::NOT_FOUND, "99");
+    let rb = send(&app, post("/v1/rollback", r#"{"module": "crypto", "to": 1}"#)).await;
+    assert_eq!(rb.status, StatusCode::OK, "{}", rb.text);
+    assert_eq!(rb.json["rolled_back_to"], 1);
+    assert_eq!(rb.json["checkpoint"]["generation"], 3);
+    let rb = send(&app, post("/v1/rollback", r#"{"module": "crypto", "to": "defaults"}"#)).await;
+    assert_eq!(rb.json["rolled_back_to"], "defaults");
+    let rb = send(&app, post("/v1/rollback", r#"{"module": "crypto", "to": 42}"#)).await;
+    assert_contract_error(&rb, StatusCode::NOT_FOUND, "42");
+    let h = send(&app, get("/healthz")).await;
+    assert_eq!(h.json, json!({"status": "ok", "store": "local", "store_healthy": true}));
+    let m = send(&app, get("/metrics")).await;
+    assert!(m.text.contains("paramopt_checkpoint_age_seconds{module=\"crypto\"} 12.5"), "{}", m.text);
+    assert!(m.text.contains("paramopt_checkpoint_age_seconds{module=\"stocks\"} NaN"));
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_timeout_is_408_and_a_panic_is_500_without_details() {
+    let slow = Arc::new(MemoryStore { delay: Some(Duration::from_millis(1500)), ..Default::default() });
+    let options = ServiceOptions { request_timeout: Duration::from_millis(50), ..Default::default() };
+    let app = app(state_with(support::agent(12), options, Hooks { checkpoints: Some(slow), ..Hooks::default() }));
+    let r = send(&app, get("/v1/checkpoints?module=crypto")).await;
+    assert_contract_error(&r, StatusCode::REQUEST_TIMEOUT, "50ms");
+
+    let boom = Arc::new(MemoryStore { panic: true, ..Default::default() });
+    let app = paramopt::service::app(state_with(
+        support::agent(12),
+        ServiceOptions::default(),
+        Hooks { checkpoints: Some(boom), ..Hooks::default() },
+    ));
+    let r = send(&app, get("/v1/checkpoints?module=crypto")).await;
+    assert_contract_error(&r, StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    assert!(!r.text.contains("blew up"), "internals must not leak: {}", r.text);
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_open_and_metrics_count_requests_by_route() {
+    let options = ServiceOptions { token: Some(TOKEN.into()), ..Default::default() };
+    let state = state_with(support::agent(13), options, Hooks::default());
+    let app = app(state.clone());
+    let h = send(&app, get("/healthz")).await;
+    assert_eq!(h.status, StatusCode::OK);
+    assert_eq!(h.json["status"], "ok");
+    let authed = |req: Request<Body>| {
+        let (mut parts, body) = req.into_parts();
+        parts.headers.insert(header::AUTHORIZATION, format!("Bearer {TOKEN}").parse().unwrap());
+        Request::from_parts(parts, body)
+    };
+    let d = send(&app, authed(post("/v1/decisions", decision_body("options", "us_prime", "bearish")))).await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.text);
+    let bad = send(&app, authed(post("/v1/decisions", decision_body("forex", "us_prime", "bearish")))).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let m = send(&app, get("/metrics")).await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(m.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    for line in [
+        "paramopt_decisions_total{module=\"options\"} 1",
+        "paramopt_outcomes_total{module=\"options\"} 0",
+        "paramopt_pending_decisions{module=\"options\"} 1",
+        "paramopt_checkpoint_age_seconds{module=\"options\"} NaN",
+        "paramopt_store_errors_total 0",
+        "paramopt_http_requests_total{route=\"/v1/decisions\",status=\"200\"} 1",
+        "paramopt_http_requests_total{route=\"/v1/decisions\",status=\"422\"} 1",
+        "paramopt_http_request_duration_seconds_count{route=\"/v1/decisions\"} 2",
+        "paramopt_http_request_duration_seconds_bucket{route=\"/v1/decisions\",le=\"+Inf\"} 2",
+    ] {
+        assert!(m.text.contains(line), "missing {line:?} in\n{}", m.text);
+    }
+    assert!(m.text.contains("# TYPE paramopt_http_request_duration_seconds histogram"));
+}
+
+#[tokio::test]
+async fn bearer_auth_guards_v1_only() {
+    let options = ServiceOptions { token: Some(TOKEN.into()), ..Default::default() };
+    let app = app(state_with(support::agent(14), options, Hooks::default()));
+    let r = send(&app, get("/v1/modules")).await;
+    assert_contract_error(&r, StatusCode::UNAUTHORIZED, "Authorization");
+    assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+    let mut req = get("/v1/modules");
+    req.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {TOKEN}").parse().unwrap());
+    assert_eq!(send(&app, req).await.status, StatusCode::OK);
+    let mut req = get("/v1/modules");
+    req.headers_mut().insert(header::AUTHORIZATION, "Bearer guess".parse().unwrap());
+    let r = send(&app, req).await;
+    assert_contract_error(&r, StatusCode::UNAUTHORIZED, "wrong");
+    assert!(!r.text.contains("guess"), "a presented token is never echoed");
+    assert_eq!(send(&app, get("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(send(&app, get("/metrics")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn request_ids_are_set_or_propagated() {
+    let app = app(plain_state(15));
+    let a = send(&app, get("/healthz")).await;
+    let b = send(&app, get("/healthz")).await;
+    assert_ne!(a.headers["x-request-id"], b.headers["x-request-id"]);
+    let mut req = get("/healthz");
+    req.headers_mut().insert("x-request-id", "caller-42".parse().unwrap());
+    assert_eq!(send(&app, req).await.headers["x-request-id"], "caller-42");
+}
+
+// ---------------------------------------------------------------- bad input
+
+/// Everything a bad request must not change, per module.
+#[derive(Debug, PartialEq)]
+struct ModuleState {
+    module: String,
+    pending: usize,
+    decisions: u64,
+    outcomes: u64,
+    generation: u64,
+    learned: u64,
+    /// Greedy values in every context.
+    greedy: Vec<Vec<f64>>,
+}
+
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    modules: Vec<ModuleState>,
+}
+
+fn snapshot(agent: &Agent) -> Snapshot {
+    agent.flush();
+    let modules = agent
+        .modules()
+        .map(|s| {
+            let c = agent.counters(&s.name).unwrap();
+            let view = agent.view(&s.name).unwrap();
+            let greedy = Context::all().map(|ctx| agent.greedy(&s.name, ctx).unwrap().0).collect();
+            ModuleState {
+                module: s.name.clone(),
+                pending: agent.pending_count(&s.name).unwrap(),
+                decisions: c.decisions.load(std::sync::atomic::Ordering::SeqCst),
+                outcomes: c.outcomes.load(std::sync::atomic::Ordering::SeqCst),
+                generation: view.generation,
+                learned: view.outcomes,
+                greedy,
+            }
+        })
+        .collect();
+    Snapshot { modules }
+}
+
+struct Case {
+    what: &'static str,
+    method: Method,
+    path: String,
+    content_type: Option<&'static str>,
+    auth: Option<String>,
+    body: String,
+    status: StatusCode,
+    names: String,
+}
+
+fn case(what: &'static str, method: Method, path: &str, body: impl Into<String>, status: u16, names: &str) -> Case {
+    Case {
+        what,
+        method,
+        path: path.into(),
+        content_type: Some("application/json"),
+        auth: Some(format!("Bearer {TOKEN}")),
+        body: body.into(),
+        status: StatusCode::from_u16(status).unwrap(),
+        names: names.into(),
+    }
+}
+
+fn decide_case(what: &'static str, body: Value, status: u16, names: &str) -> Case {
+    case(what, Method::POST, "/v1/decisions", body.to_string(), status, names)
+}
+
+fn outcome_case(what: &'static str, body: Value, status: u16, names: &str) -> Case {
+    case(what, Method::POST, "/v1/outcomes", body.to_string(), status, names)
+}
+
+#[tokio::test]
+async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing() {
+    let options = ServiceOptions { token: Some(TOKEN.into()), ..Default::default() };
+    let state = state_with(support::agent(16), options, Hooks::default());
+    let app = app(state.clone());
+    let auth = |mut req: Request<Body>| {
+        req.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {TOKEN}").parse().unwrap());
+        req
+    };
+    // One decision left open, one already settled.
+    let open = send(&app, auth(post("/v1/decisions", decision_body("crypto", "asia_prime", "bullish")))).await.json;
+    let open = open["decision_id"].as_str().unwrap().to_string();
+    let settled = send(&app, auth(post("/v1/decisions", decision_body("stocks", "us_prime", "volatile")))).await.json;
+    let settled = settled["decision_id"].as_str().unwrap().to_string();
+    let r = send(&app, auth(post("/v1/outcomes", json!({"decision_id": settled, "reward": 0.02}).to_string()))).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let ctx = json!({"session": "asia_prime", "regime": "bullish"});
+    let unknown_id = format!("{}ff", &open[..30]);
+    let huge = format!(r#"{{"module": "crypto", "context": {ctx}, "pad": "{}"}}"#, "x".repeat(100_000));
+    let deep = format!(
+        r#"{{"decision_id": "{open}", "reward": 0.1, "trade": {{"exit_analysis": {{"x": {}{}}}}}}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let mut cases = vec![
+        // Not JSON.
+        case("truncated JSON", Method::POST, "/v1/decisions", r#"{"module": "crypto", "#, 400, "EOF"),
+        case("not JSON", Method::POST, "/v1/decisions", "hello there", 400, "hello"),
+        case("empty body", Method::POST, "/v1/outcomes", "", 400, "empty"),
+        case("trailing bytes", Method::POST, "/v1/outcomes", format!(r#"{{"decision_id": "{open}"}} xyz"#), 400, "xyz"),
+        case("single quotes", Method::POST, "/v1/decisions", "{'module': 'crypto'}", 400, "'module'"),
+        case("nesting too deep", Method::POST, "/v1/outcomes", deep, 400, "recursion limit"),
+        // Non-finite numbers.
+        case(
+            "feature 1e999",
+            Method::POST,
+            "/v1/decisions",
+            format!(r#"{{"module": "crypto", "context": {ctx}, "features": {{"momentum_score": 1e999}}}}"#),
+            400,
+            "1e999",
+        ),
+        case(
+            "reward -1e400",
+            Method::POST,
+            "/v1/outcomes",
+            format!(r#"{{"decision_id": "{open}", "reward": -1e400}}"#),
+            400,
+            "-1e400",
+        ),
+        case(
+            "return_pct 1e309",
+            Method::POST,
+            "/v1/outcomes",
+            format!(r#"{{"decision_id": "{open}", "trade": {{"return_pct": 1e309}}}}"#),
+            400,
+            "1e309",
+        ),
+        case(
+            "NaN literal",
+            Method::POST,
+            "/v1/outcomes",
+            format!(r#"{{"decision_id": "{open}", "reward": NaN}}"#),
+            400,
+            "NaN",
+        ),
+        case(
+            "Infinity literal",
+            Method::POST,
+            "/v1/decisions",
+            format!(r#"{{"module": "crypto", "context": {ctx}, "features": {{"volume_score": Infinity}}}}"#),
+            400,
+            "Infinity",
+        ),
+        // Wrong shapes and types.
+        decide_case("array body", json!([1, 2]), 422, "an array"),
+        decide_case("array body in field order", json!(["crypto", ctx]), 422, "an array"),
+        outcome_case("string body", json!("hello"), 422, "a string"),
+        decide_case("module is a number", json!({"module": 5, "context": ctx}), 422, "`5`"),
+        decide_case(
+            "explore is a string",
+            json!({"module": "crypto", "context": ctx, "explore": "yes"}),
+            422,
+            "explore",
+        ),
+        decide_case(
+            "feature is a string",
+            json!({"module": "crypto", "context": ctx, "features": {"momentum_score": "high"}}),
+            422,
+            "features.momentum_score",
+        ),
+        decide_case(
+            "features is a list",
+            json!({"module": "crypto", "context": ctx, "features": [0.1]}),
+            422,
+            "features",
+        ),
+        decide_case("context is a string", json!({"module": "crypto", "context": "asia_prime"}), 422, "context"),
+        outcome_case("reward is a string", json!({"decision_id": open, "reward": "0.1"}), 422, "\"0.1\""),
+        outcome_case("traded is a number", json!({"decision_id": open, "reward": 0.1, "traded": 1}), 422, "traded"),
+        outcome_case("decision_id is a number", json!({"decision_id": 17, "reward": 0.1}), 422, "decision_id"),
+        outcome_case("trade is a list", json!({"decision_id": open, "trade": [1]}), 422, "trade"),
+        outcome_case(
+            "exit_analysis is a string",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"exit_analysis": "quick"}}),
+            422,
+            "trade.exit_analysis",
+        ),
+        // Unknown fields.
+        decide_case("unknown top-level field", json!({"module": "crypto", "context": ctx, "colour": 1}), 422, "colour"),
+        decide_case(
+            "unknown context field",
+            json!({"module": "crypto", "context": {"session": "asia_prime", "regime": "bullish", "tz": "UTC"}}),
+            422,
+            "tz",
+        ),
+        outcome_case("unknown outcome field", json!({"decision_id": open, "reward": 0.1, "rewrd": 0.2}), 422, "rewrd"),
+        outcome_case(
+            "unknown trade field",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"symbol": "BTCUSD", "venue": "x"}}),
+            422,
+            "venue",
+        ),
+        // Unknown vocabulary.
+        decide_case("unknown module", json!({"module": "forex", "context": ctx}), 422, "forex"),
+        decide_case(
+            "unknown session",
+            json!({"module": "crypto", "context": {"session": "tokyo", "regime": "bullish"}}),
+            422,
+            "tokyo",
+        ),
+        decide_case(
+            "unknown regime",
+            json!({"module": "crypto", "context": {"session": "asia_prime", "regime": "crashing"}}),
+            422,
+            "crashing",
+        ),
+        decide_case("missing context", json!({"module": "crypto"}), 422, "context"),
+        decide_case("missing session", json!({"module": "crypto", "context": {"regime": "bullish"}}), 422, "session"),
+        decide_case("missing module", json!({"context": ctx}), 422, "module"),
+        decide_case(
+            "unknown feature",
+            json!({"module": "crypto", "context": ctx, "features": {"rsi": 0.3}}),
+            422,
+            "rsi",
+        ),
+        decide_case(
+            "another module's feature",
+            json!({"module": "crypto", "context": ctx, "features": {"technical_confidence": 0.3}}),
+            422,
+            "technical_confidence",
+        ),
+        // Decision ids and outcomes.
+        outcome_case("malformed decision id", json!({"decision_id": "not-an-id", "reward": 0.1}), 404, "not-an-id"),
+        outcome_case("unknown decision id", json!({"decision_id": unknown_id, "reward": 0.1}), 404, &unknown_id),
+        outcome_case("missing decision id", json!({"reward": 0.1}), 422, "decision_id"),
+        outcome_case("duplicate outcome", json!({"decision_id": settled, "reward": 0.1}), 409, &settled),
+        outcome_case("no reward, no trade", json!({"decision_id": open}), 422, "return_pct"),
+        outcome_case(
+            "no reward, trade without return_pct",
+            json!({"decision_id": open, "trade": {"symbol": "BTCUSD", "profit_loss": 3.0}}),
+            422,
+            &open,
+        ),
+        outcome_case("null reward, no trade", json!({"decision_id": open, "reward": null}), 422, "return_pct"),
+        outcome_case(
+            "trade side HOLD",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"side": "HOLD"}}),
+            422,
+            "HOLD",
+        ),
+        outcome_case(
+            "negative quantity",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"quantity": -1.5}}),
+            422,
+            "-1.5",
+        ),
+        outcome_case(
+            "confidence above 1",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"confidence": 1.5}}),
+            422,
+            "1.5",
+        ),
+        outcome_case(
+            "empty symbol",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"symbol": " "}}),
+            422,
+            "symbol",
+        ),
+        // Size, method, path, media type.
+        case("huge body", Method::POST, "/v1/decisions", huge, 413, "65536"),
+        case("DELETE decisions", Method::DELETE, "/v1/decisions", "", 405, "DELETE"),
+        case("GET outcomes", Method::GET, "/v1/outcomes", "", 405, "GET"),
+        case("PUT modules", Method::PUT, "/v1/modules", "", 405, "PUT"),
+        case(
+            "unknown path",
+            Method::POST,
+            "/v1/decision",
+            decision_body("crypto", "asia_prime", "bullish"),
+            404,
+            "/v1/decision",
+        ),
+        case("unknown root path", Method::GET, "/admin", "", 404, "/admin"),
+        Case {
+            content_type: Some("text/plain"),
+            ..decide_case("text/plain", json!({"module": "crypto", "context": ctx}), 415, "text/plain")
+        },
+        Case {
+            content_type: None,
+            ..decide_case("no content type", json!({"module": "crypto", "context": ctx}), 415, "Content-Type")
+        },
+        // Auth.
+        Case {
+            auth: None,
+            ..decide_case("no token", json!({"module": "crypto", "context": ctx}), 401, "Authorization")
+        },
+        Case {
+            auth: Some("Bearer nope".into()),
+            ..decide_case("wrong token", json!({"module": "crypto", "context": ctx}), 401, "wrong")
+        },
+        Case {
+            auth: Some(format!("Basic {TOKEN}")),
+            ..decide_case("not Bearer", json!({"module": "crypto", "context": ctx}), 401, "Bearer")
+        },
+        Case {
+            auth: None,
+            ..case("no token on an unknown /v1 path", Method::GET, "/v1/secret", "", 401, "Authorization")
+        },
+        // Query and path parameters.
+        case(
+            "parameters: unknown module",
+            Method::GET,
+            "/v1/parameters/forex?session=asia_prime&regime=bullish",
+            "",
+            422,
+            "forex",
+        ),
+        case(
+            "parameters: unknown session",
+            Method::GET,
+            "/v1/parameters/crypto?session=asia&regime=bullish",
+            "",
+            422,
+            "\"asia\"",
+        ),
+        case("parameters: missing regime", Method::GET, "/v1/parameters/crypto?session=asia_prime", "", 422, "regime"),
+        case(
+            "parameters: unknown query",
+            Method::GET,
+            "/v1/parameters/crypto?session=asia_prime&regime=bullish&foo=1",
+            "",
+            422,
+            "foo",
+        ),
+        case(
+            "parameters: repeated query",
+            Method::GET,
+            "/v1/parameters/crypto?session=asia_prime&session=us_prime&regime=bullish",
+            "",
+            422,
+            "session",
+        ),
+        case("checkpoints: no module", Method::GET, "/v1/checkpoints", "", 422, "module"),
+        case("checkpoint: bad generation", Method::GET, "/v1/checkpoints/crypto/latest", "", 422, "latest"),
+        case("checkpoint: negative generation", Method::GET, "/v1/checkpoints/crypto/-1", "", 422, "-1"),
+        case("create checkpoint: unknown module", Method::POST, "/v1/checkpoints/forex", "", 422, "forex"),
+        case(
+            "rollback: bad target",
+            Method::POST,
+            "/v1/rollback",
+            r#"{"module": "crypto", "to": "yesterday"}"#,
+            422,
+            "yesterday",
+        ),
+        case("rollback: negative target", Method::POST, "/v1/rollback", r#"{"module": "crypto", "to": -3}"#, 422, "-3"),
+        case("rollback: unknown module", Method::POST, "/v1/rollback", r#"{"module": "forex", "to": 1}"#, 422, "forex"),
+        case("rollback: missing target", Method::POST, "/v1/rollback", r#"{"module": "crypto"}"#, 422, "to"),
+    ];
+    assert!(cases.len() >= 30, "{}", cases.len());
+
+    let before = snapshot(state.agent());
+    for c in cases.drain(..) {
+        let mut req = Request::builder().method(c.method.clone()).uri(&c.path);
+        if let Some(ct) = c.content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        if let Some(a) = &c.auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let r = send(&app, req.body(Body::from(c.body.clone())).unwrap()).await;
+        assert_eq!(r.status, c.status, "{}: {} {} -> {}", c.what, c.method, c.path, r.text);
+        let msg = r.json.get("error").and_then(Value::as_str).unwrap_or_else(|| panic!("{}: {}", c.what, r.text));
+        assert_eq!(r.json.as_object().unwrap().len(), 1, "{}: {}", c.what, r.text);
+        assert!(msg.contains(&c.names), "{}: error {msg:?} should name {:?}", c.what, c.names);
+        assert_eq!(snapshot(state.agent()), before, "{} changed the agent's state", c.what);
+    }
+    // The open decision is still open and can still be reported.
+    let r = send(&app, auth(post("/v1/outcomes", json!({"decision_id": open, "reward": 0.01}).to_string()))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+// ---------------------------------------------------------------- config
+
+#[test]
+fn settings_come_from_flags_then_env_then_file_then_defaults() {
+    let file = ServeFile::parse(
+        "[serve]\naddr = \"127.0.0.1:9000\"\ntoken = \"from-file\"\nrequest_timeout_secs = 2.5\n[store]\npath = \"x\"\n",
+        std::path::Path::new("paramopt.toml"),
+    )
+    .unwrap();
+    let s = ServeSettings::resolve(ServeArgs::default(), file.clone()).unwrap();
+    assert_eq!(s.addr.to_string(), "127.0.0.1:9000");
+    assert_eq!(s.options.token.as_deref(), Some("from-file"));
+    assert_eq!(s.options.request_timeout, Duration::from_millis(2500));
+    assert_eq!(s.options.body_limit, 64 * 1024);
+    let s = ServeSettings::resolve(
+        ServeArgs { addr: Some("127.0.0.1:9100".into()), token: Some("from-flag".into()), ..Default::default() },
+        file,
+    )
+    .unwrap();
+    assert_eq!(s.addr.to_string(), "127.0.0.1:9100");
+    assert_eq!(s.options.token.as_deref(), Some("from-flag"));
+    let d = ServeSettings::resolve(ServeArgs::default(), ServeFile::default()).unwrap();
+    assert_eq!(d.addr.to_string(), "127.0.0.1:8700");
+    assert_eq!(d.options.token, None);
+
+    let err = ServeSettings::resolve(
+        ServeArgs { addr: Some("localhost".into()), ..Default::default() },
+        ServeFile::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("\"localhost\""), "{err}");
+    let err = ServeSettings::resolve(ServeArgs { token: Some("".into()), ..Default::default() }, ServeFile::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("token"), "{err}");
+    let err = ServeFile::parse("[serve]\nadress = \"x\"\n", std::path::Path::new("p.toml")).unwrap_err().to_string();
+    assert!(err.contains("adress") && err.contains("p.toml"), "{err}");
+}
+
+// ---------------------------------------------------------------- real sockets
+
+/// The server's end of the connection whose client end is `client`, found
+/// among this process's open sockets: the server runs in this process.
+#[cfg(target_os = "linux")]
+fn server_side_nodelay(client: std::net::SocketAddr) -> Option<bool> {
+    use std::mem::ManuallyDrop;
+    use std::os::fd::FromRawFd;
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let is_socket = std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // Borrowed, never closed: the server owns it.
+        let stream = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        if stream.peer_addr().ok() == Some(client) {
+            return stream.nodelay().ok();
+        }
+    }
+    None
+}
+
+async fn http1(addr: std::net::SocketAddr) -> (hyper::client::conn::http1::SendRequest<Body>, std::net::SocketAddr) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    (sender, local)
+}
+
+async fn over(sender: &mut hyper::client::conn::http1::SendRequest<Body>, req: Request<Body>) -> (StatusCode, Value) {
+    sender.ready().await.unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_socket_sets_tcp_nodelay_reuses_one_keep_alive_connection_and_shuts_down_gracefully() {
+    let state = plain_state(17);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(listener, state.clone(), async {
+        let _ = stop_rx.await;
+    }));
+
+    let (mut conn, local) = http1(addr).await;
+    let host = addr.to_string();
+    for i in 0..50 {
+        let body = decision_body("crypto", "us_prime", "bullish");
+        let req = Request::post("/v1/decisions")
+            .header(header::HOST, &host)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let (status, d) = over(&mut conn, req).await;
+        assert_eq!(status, StatusCode::OK, "{d}");
+        let body = json!({"decision_id": d["decision_id"], "reward": 0.001 * i as f64}).to_string();
+        let req = Request::post("/v1/outcomes")
+            .header(header::HOST, &host)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let (status, o) = over(&mut conn, req).await;
+        assert_eq!(status, StatusCode::OK, "{o}");
+        assert_eq!(o["accepted"], true);
+    }
+    // 100 requests, one connection: keep-alive.
+    assert_eq!(state.metrics().connections_accepted(), 1);
+    #[cfg(target_os = "linux")]
+    assert_eq!(server_side_nodelay(local), Some(true), "TCP_NODELAY on the accepted socket");
+    let _ = local;
+
+    // A request in flight when shutdown starts still gets its answer.
+    let (mut slow, _) = http1(addr).await;
+    let req = Request::post("/v1/decisions")
+        .header(header::HOST, &host)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(decision_body("stocks", "asia_prime", "bearish")))
+        .unwrap();
+    slow.ready().await.unwrap();
+    let in_flight = tokio::spawn(slow.send_request(req));
+    // Shutdown must start only once the server holds the request: hyper
+    // closes a connection it has accepted but read nothing from yet.
+    while state.metrics().connections_accepted() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop_tx.send(()).unwrap();
+    let in_flight = async { in_flight.await.unwrap() };
+    let res = in_flight.await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
+    let errors = tokio::task::spawn_blocking(move || server::finish(&state)).await.unwrap();
+    assert!(errors.is_empty());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
+}
+
+// ---------------------------------------------------------------- the binary
+
+#[test]
+fn the_serve_binary_reads_its_config_and_env_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("paramopt.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\naddr = \"127.0.0.1:0\"\nlog_json = true\nstore = \"{0}/store\"\ndata_dir = \"{0}\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paramopt"))
+        .args(["serve", "--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models"), "--config"])
+        .arg(&config)
+        .env("PARAMOPT_TOKEN", TOKEN)
+        .env_remove("PARAMOPT_ADDR")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit("http://").next().unwrap().to_string();
+    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{line}");
+
+    let exchange = |request: String| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let unauthorised = exchange(format!("GET /v1/modules HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"));
+    assert!(unauthorised.starts_with("HTTP/1.1 401"), "{unauthorised}");
+    let ok = exchange(format!(
+        "GET /v1/modules HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(status.success(), "exit {status}: {logs}");
+    // JSON logs, from the config file; request lines carry the request id.
+    let lines: Vec<Value> = logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("{l}"))).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "listening"), "{logs}");
+    assert!(lines.iter().any(|l| l["fields"]["signal"] == "SIGTERM"), "{logs}");
+    assert!(
+        lines.iter().any(|l| l["span"]["request_id"].is_string() && l["fields"]["message"] == "unauthorised request"),
+        "{logs}"
+    );
+    assert!(!logs.contains(TOKEN), "the token is never logged");
+}
+
+#[test]
+fn the_python_client_tests_pass_against_the_real_binary() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
+    let out = std::process::Command::new("python3")
+        .args(["-m", "unittest", "-v", "test_client"])
+        .current_dir(dir)
+        .env("PARAMOPT_BIN", env!("CARGO_BIN_EXE_paramopt"))
+        .env("PARAMOPT_MODELS", concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
+        .output()
+        .expect("python3 must be installed to test the Python client");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python client tests failed:\n{}\n{stderr}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("OK"), "{stderr}");
+}
