@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print every module's parameter space.
+    /// Print every module's parameter space (`--json`: the same document as `GET /v1/modules`).
     Spaces {
         /// Machine-readable JSON instead of a table.
         #[arg(long)]
@@ -117,7 +117,7 @@ fn main() -> Result<()> {
         Command::Spaces { json } => {
             let spaces = spaces()?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&spaces_json(&spaces))?);
+                println!("{}", serde_json::to_string_pretty(&paramopt::service::wire::modules_json(spaces.iter()))?);
             } else {
                 print!("{}", spaces_table(&spaces));
             }
@@ -198,30 +198,6 @@ fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
     drop(runtime);
     anyhow::ensure!(errors.is_empty(), "shutdown hooks failed: {errors:?}");
     Ok(())
-}
-
-fn spaces_json(spaces: &Spaces) -> serde_json::Value {
-    let modules: Vec<serde_json::Value> = spaces
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "module": s.name,
-                "features": s.features,
-                "simplex_groups": s.simplex_groups.iter().map(|g| &g.name).collect::<Vec<_>>(),
-                "parameters": s.params.iter().map(|p| serde_json::json!({
-                    "name": p.full_name,
-                    "group": p.group,
-                    "default": p.default,
-                    "lo": p.lo,
-                    "hi": p.hi,
-                    "kind": p.kind,
-                    "arms": p.arms,
-                    "max_change_rate": p.max_change_rate,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    serde_json::json!({ "modules": modules })
 }
 
 fn spaces_table(spaces: &Spaces) -> String {

@@ -295,6 +295,8 @@ pub fn modules_json<'a>(spaces: impl Iterator<Item = &'a std::sync::Arc<ModuleSp
                     "short_name": p.name,
                     "default": p.default,
                     "range": [p.lo, p.hi],
+                    "lo": p.lo,
+                    "hi": p.hi,
                     "kind": p.kind,
                     "arms": p.arms,
                     "max_change_rate": p.max_change_rate,
