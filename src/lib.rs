@@ -14,6 +14,7 @@ pub mod store;
 pub use agent::{Agent, AgentError, AgentOptions, Decision, DecisionId, Outcome};
 pub use space::{Context, ModuleSpace, Regime, Session, Spaces};
 pub mod eval;
+pub mod inspect;
 pub mod policy;
 pub mod runtime;
 pub mod service;

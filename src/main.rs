@@ -6,11 +6,14 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use paramopt::eval::simulate::{self, SimulateOptions};
-use paramopt::runtime::{Runtime, RuntimeOptions};
+use paramopt::inspect;
+use paramopt::runtime::{RollbackTarget, Runtime, RuntimeOptions};
 use paramopt::service::config::{ServeArgs, ServeFile, ServeSettings};
 use paramopt::service::persist::RuntimeHooks;
 use paramopt::service::{server, AppState, Hooks};
+use paramopt::space::Context;
 use paramopt::space::Spaces;
+use paramopt::store::open_store;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -46,6 +49,95 @@ enum Command {
     },
     /// Serve the HTTP API (API.md) until SIGINT or SIGTERM.
     Serve(ServeCli),
+    /// Look at learned state in a store: checkpoints, posteriors, diffs, history, exports, plots.
+    Inspect {
+        /// Store URL: `data/`, `local:///path` or `firestore://PROJECT_ID`.
+        #[arg(long, env = "PARAMOPT_STORE", default_value = "data/", global = true)]
+        store: String,
+        #[command(subcommand)]
+        what: InspectCmd,
+    },
+    /// Roll a module back to a generation or to the seed defaults (for a
+    /// stopped server; a running one takes `POST /v1/rollback`).
+    Rollback {
+        module: String,
+        /// A generation number, or `defaults`.
+        #[arg(long)]
+        to: String,
+        #[arg(long, env = "PARAMOPT_STORE", default_value = "data/")]
+        store: String,
+        #[arg(long, env = "PARAMOPT_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum InspectCmd {
+    /// Every generation, newest first.
+    List {
+        /// Only this module.
+        module: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One generation as tables per context: incumbents and each arm's posterior.
+    Show {
+        module: String,
+        /// The newest when not given.
+        generation: Option<u64>,
+        /// Only this context, `session/regime`.
+        #[arg(long)]
+        context: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The incumbents that changed between two generations.
+    Diff {
+        module: String,
+        from: u64,
+        to: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One parameter's incumbent over every generation.
+    History {
+        module: String,
+        /// `group.name`.
+        parameter: String,
+        /// `session/regime`.
+        #[arg(long)]
+        context: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// A generation's posteriors per context, parameter and arm, as JSON or CSV.
+    Export {
+        module: String,
+        generation: Option<u64>,
+        #[arg(long, value_parser = ["json", "csv"], default_value = "json")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// SVG plots: each arm's posterior, and the incumbent over generations.
+    Plot {
+        module: String,
+        /// `group.name`.
+        parameter: String,
+        /// `session/regime`.
+        #[arg(long)]
+        context: String,
+        #[arg(long)]
+        generation: Option<u64>,
+        /// Directory for the SVG files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 /// Each setting comes from the flag, else its environment variable, else the
@@ -133,6 +225,34 @@ fn main() -> Result<()> {
             }
         }
         Command::Serve(_) => unreachable!("handled above"),
+        Command::Inspect { store, what } => {
+            let spaces = spaces()?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(inspect(&spaces, store, what))?;
+        }
+        Command::Rollback { module, to, store, data_dir, json } => {
+            let spaces = spaces()?;
+            let target = match to.as_str() {
+                "defaults" => RollbackTarget::Defaults,
+                n => RollbackTarget::Generation(
+                    n.parse().with_context(|| format!("--to {n:?}: expected a generation number or \"defaults\""))?,
+                ),
+            };
+            let options = RuntimeOptions { store: store.clone(), data_dir: data_dir.clone(), ..Default::default() };
+            let meta = tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+                let rt = Runtime::start(spaces, options).await?;
+                let meta = rt.rollback(module, target).await?;
+                rt.agent.shutdown();
+                anyhow::Ok(meta)
+            })?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&meta)?);
+            } else {
+                print!("{}", inspect::list_table(&[meta]));
+            }
+        }
     }
     Ok(())
 }
@@ -197,6 +317,107 @@ fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
     let errors = std::thread::scope(|s| s.spawn(|| server::finish(&state)).join().expect("shutdown thread"));
     drop(runtime);
     anyhow::ensure!(errors.is_empty(), "shutdown hooks failed: {errors:?}");
+    Ok(())
+}
+
+fn parse_context(text: &str) -> Result<Context> {
+    let (session, regime) = text
+        .split_once('/')
+        .with_context(|| format!("context {text:?}: expected session/regime, e.g. asia_prime/bullish"))?;
+    Ok(Context::parse(session, regime)?)
+}
+
+async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
+    let store = open_store(url).await.with_context(|| format!("opening the store {url}"))?;
+    let space = |m: &str| spaces.get(m).cloned().with_context(|| format!("unknown module {m:?}"));
+    match what {
+        InspectCmd::List { module, json } => {
+            let mut metas = Vec::new();
+            for m in spaces.names().filter(|m| module.as_deref().is_none_or(|x| x == *m)) {
+                metas.extend(store.list_checkpoints(m).await?);
+            }
+            if let Some(m) = module {
+                space(m)?;
+            }
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&metas)?);
+            } else {
+                print!("{}", inspect::list_table(&metas));
+            }
+        }
+        InspectCmd::Show { module, generation, context, json } => {
+            let space = space(module)?;
+            let cp = inspect::load(store.as_ref(), module, *generation).await?;
+            let only = context.as_deref().map(parse_context).transpose()?;
+            let rows = inspect::arm_rows(&cp, &space, only)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"checkpoint": cp.meta(), "arms": rows}))?
+                );
+            } else {
+                print!("{}", inspect::show_table(&cp, &space, &rows));
+            }
+        }
+        InspectCmd::Diff { module, from, to, json } => {
+            space(module)?;
+            let a = inspect::load(store.as_ref(), module, Some(*from)).await?;
+            let b = inspect::load(store.as_ref(), module, Some(*to)).await?;
+            let rows = inspect::diff(&a, &b)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", inspect::diff_table(&a, &b, &rows));
+            }
+        }
+        InspectCmd::History { module, parameter, context, json, csv } => {
+            space(module)?;
+            let ctx = parse_context(context)?;
+            let points = inspect::history(store.as_ref(), module, parameter, ctx).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&points)?);
+            } else if *csv {
+                print!("{}", inspect::to_csv(&points)?);
+            } else {
+                print!("{}", inspect::history_table(parameter, ctx, &points));
+            }
+        }
+        InspectCmd::Export { module, generation, format, out } => {
+            let space = space(module)?;
+            let cp = inspect::load(store.as_ref(), module, *generation).await?;
+            let rows = inspect::arm_rows(&cp, &space, None)?;
+            let text = if format == "csv" {
+                inspect::to_csv(&rows)?
+            } else {
+                serde_json::to_string_pretty(&serde_json::json!({"checkpoint": cp.meta(), "arms": rows}))?
+            };
+            match out {
+                Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        InspectCmd::Plot { module, parameter, context, generation, out } => {
+            let space = space(module)?;
+            let ctx = parse_context(context)?;
+            let cp = inspect::load(store.as_ref(), module, *generation).await?;
+            let rows: Vec<_> =
+                inspect::arm_rows(&cp, &space, Some(ctx))?.into_iter().filter(|r| &r.parameter == parameter).collect();
+            if rows.is_empty() {
+                anyhow::bail!("module {module:?} has no parameter {parameter:?}");
+            }
+            let points = inspect::history(store.as_ref(), module, parameter, ctx).await?;
+            std::fs::create_dir_all(out)?;
+            let stem = format!("{module}-{}-{}", parameter.replace('.', "_"), context.replace('/', "_"));
+            for (name, svg) in [
+                (format!("{stem}-posterior.svg"), inspect::posterior_svg(&rows)?),
+                (format!("{stem}-history.svg"), inspect::history_svg(parameter, ctx, &points)?),
+            ] {
+                let path = out.join(name);
+                std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+                println!("{}", path.display());
+            }
+        }
+    }
     Ok(())
 }
 

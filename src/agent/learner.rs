@@ -156,6 +156,10 @@ impl ModuleLearner {
             new[p] = (old[p] + step).clamp(param.lo, param.hi);
         }
         for group in &self.space.simplex_groups {
+            // An unmoved group is already feasible; projecting it would only add rounding.
+            if group.members.iter().all(|&p| new[p] == old[p]) {
+                continue;
+            }
             let (mut y, mut lo, mut hi) = (vec![], vec![], vec![]);
             for &p in &group.members {
                 let param = &self.space.params[p];
