@@ -245,13 +245,15 @@ fn cpu_seconds(_pids: &[u32]) -> Option<(f64, f64)> {
     None
 }
 
-/// A started `paramopt serve`, stopped with SIGTERM on drop.
-struct Spawned(Child);
+/// A started `paramopt serve` and its throwaway store, stopped with SIGTERM
+/// and removed on drop.
+struct Spawned(Child, std::path::PathBuf);
 
 impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
         let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -264,8 +266,12 @@ fn spawn_server(args: &Args) -> Result<(Spawned, SocketAddr)> {
     if !bin.exists() {
         bail!("{} not found: build it first (cargo build --release), or pass --server-bin or --url", bin.display());
     }
+    // The embedded store and the outcome journal, as in production, but
+    // somewhere that is cleaned up afterwards.
+    let data = std::env::temp_dir().join(format!("paramopt-loadgen-{}", std::process::id()));
     let mut command = Command::new(&bin);
     command.args(["serve", "--addr", "127.0.0.1:0", "--models"]).arg(&args.models);
+    command.arg("--store").arg(data.join("store")).arg("--data-dir").arg(&data);
     if let Some(w) = args.server_workers {
         command.args(["--workers", &w.to_string()]);
     }
@@ -278,7 +284,7 @@ fn spawn_server(args: &Args) -> Result<(Spawned, SocketAddr)> {
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
-    let spawned = Spawned(child);
+    let spawned = Spawned(child, data);
     let addr = line.trim().rsplit("http://").next().unwrap_or("").parse().with_context(|| {
         format!("the server did not print its address (got {line:?}); is {} a paramopt with `serve`?", bin.display())
     })?;

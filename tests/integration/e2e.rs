@@ -109,7 +109,38 @@ fn a_thousand_outcomes_survive_a_restart_and_inspect_shows_them() {
         dir.path(),
         &["history", "crypto", "session_confidence.asia_prime", "--context", "asia_prime/bullish", "--json"],
     );
-    assert!(history.as_array().unwrap().len() >= 4, "a checkpoint every 250 outcomes, then the final one: {history}");
+    let generations = history.as_array().unwrap().len();
+    assert!(generations >= 4, "a checkpoint every 250 outcomes, then the final one: {history}");
+
+    // Diff, exports and plots of the same store.
+    let diff = inspect(dir.path(), &["diff", "crypto", "1", &generations.to_string(), "--json"]);
+    assert!(!diff.as_array().unwrap().is_empty(), "1,000 outcomes moved some incumbent");
+    let csv = dir.path().join("arms.csv");
+    let out = Command::new(BIN)
+        .args(["--models", MODELS, "inspect", "--store"])
+        .arg(dir.path().join("store"))
+        .args(["export", "crypto", "--format", "csv", "--out"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 1 + 12 * 9 * 5, "a header and a row per context, parameter and arm");
+    assert!(text.lines().next().unwrap().contains("samples"));
+    let plots = dir.path().join("plots");
+    let out = Command::new(BIN)
+        .args(["--models", MODELS, "inspect", "--store"])
+        .arg(dir.path().join("store"))
+        .args(["plot", "crypto", "analysis_weights.momentum", "--context", "us_prime/volatile", "--out"])
+        .arg(&plots)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for entry in std::fs::read_dir(&plots).unwrap() {
+        let svg = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("analysis_weights.momentum"), "{svg}");
+    }
+    assert_eq!(std::fs::read_dir(&plots).unwrap().count(), 2);
 }
 
 /// kill -9 while outcomes stream in: after a restart, every acknowledged
