@@ -549,7 +549,6 @@ fn writer_loop(
                 WriterMsg::Run(task) => {
                     task(&mut learners);
                     refresh_all.iter_mut().for_each(|r| *r = true);
-                    touched.iter_mut().for_each(|t| t[0] = true);
                     // Whoever waits on the task should see its effect at once.
                     last_publish -= PUBLISH_INTERVAL;
                 }
@@ -575,7 +574,7 @@ fn writer_loop(
         }
         if let Some(inner) = inner.upgrade() {
             for (m, learner) in learners.iter().enumerate() {
-                if !touched[m].iter().any(|&t| t) {
+                if !refresh_all[m] && !touched[m].iter().any(|&t| t) {
                     continue;
                 }
                 let handle = &inner.handles[m];
