@@ -177,7 +177,7 @@ struct ServeCli {
     #[arg(long, env = "PARAMOPT_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Checkpoint a module after this many new outcomes.
-    #[arg(long, env = "PARAMOPT_CHECKPOINT_EVERY_OUTCOMES", default_value_t = 1000)]
+    #[arg(long, env = "PARAMOPT_CHECKPOINT_EVERY_OUTCOMES", default_value_t = 10_000)]
     checkpoint_every_outcomes: u64,
     /// ...or this many seconds after its last checkpoint, if it learned since.
     #[arg(long, env = "PARAMOPT_CHECKPOINT_EVERY_SECS", default_value_t = 60.0)]

@@ -62,7 +62,7 @@ impl Default for RuntimeOptions {
             store: "data/".into(),
             data_dir: "data".into(),
             seed: None,
-            checkpoint_every_outcomes: 1_000,
+            checkpoint_every_outcomes: 10_000,
             checkpoint_every_secs: 60.0,
         }
     }
@@ -110,7 +110,7 @@ impl Runtime {
     pub async fn start(spaces: Spaces, options: RuntimeOptions) -> Result<Arc<Runtime>, RuntimeError> {
         let store = open_store(&options.store).await?;
         let journal_dir = options.data_dir.join("journal");
-        let journal = FileJournal::open(&journal_dir, spaces.names().map(String::from))
+        let journal = FileJournal::open(&journal_dir)
             .map_err(|source| RuntimeError::Journal { dir: journal_dir.clone(), source })?;
         let journal = Arc::new(journal);
         let seed = options.seed.unwrap_or_else(rand::random);

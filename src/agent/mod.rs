@@ -14,6 +14,8 @@ mod view;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -62,10 +64,17 @@ pub enum AgentError {
     Journal(String),
 }
 
-/// Where accepted outcomes are made durable before `report` acknowledges
-/// them. Sequence numbers are per module, start at 1 and have no gaps.
+/// Where accepted outcomes are made durable before they are acknowledged.
+/// Sequence numbers are shared by all modules, start at 1 and have no gaps.
 pub trait Journal: Send + Sync + fmt::Debug {
-    fn append(&self, module: &str, settled: &Settled) -> std::io::Result<u64>;
+    /// Queues `settled` for the next flush under the next sequence number and
+    /// calls `then` with that number before any later append gets one, so
+    /// whatever `then` hands the outcome to sees outcomes in sequence order.
+    fn append(&self, settled: &Settled, then: &mut dyn FnMut(u64)) -> std::io::Result<u64>;
+    /// Blocks until every outcome through `seq` is on disk.
+    fn wait_durable(&self, seq: u64) -> std::io::Result<()>;
+    /// [`Journal::wait_durable`] for async callers.
+    fn durable(&self, seq: u64) -> Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>>;
 }
 
 /// A decision id, written as 32 hex digits: the agent's run id (64 bits), the
@@ -160,6 +169,53 @@ pub struct Settled {
     pub outcome: Outcome,
     /// The reward learned from, after derivation and clipping.
     pub reward: f64,
+}
+
+/// An outcome the agent has taken, not yet acknowledged: see [`Agent::accept`].
+#[must_use = "an accepted outcome is acknowledged only once it is durable"]
+pub struct Accepted {
+    agent: Agent,
+    module: usize,
+    settled: Settled,
+    seq: Option<u64>,
+}
+
+impl Accepted {
+    pub fn settled(&self) -> &Settled {
+        &self.settled
+    }
+
+    /// Blocks until the outcome is durable.
+    pub fn wait(self) -> Result<Settled, AgentError> {
+        let result = match (&self.agent.inner.journal, self.seq) {
+            (Some(journal), Some(seq)) => journal.wait_durable(seq),
+            _ => Ok(()),
+        };
+        self.finish(result)
+    }
+
+    /// Awaits the flush that makes the outcome durable.
+    pub async fn durable(self) -> Result<Settled, AgentError> {
+        let result = match (&self.agent.inner.journal, self.seq) {
+            (Some(journal), Some(seq)) => journal.durable(seq).await,
+            _ => Ok(()),
+        };
+        self.finish(result)
+    }
+
+    fn finish(self, written: std::io::Result<()>) -> Result<Settled, AgentError> {
+        match written {
+            Ok(()) => Ok(self.settled),
+            Err(e) => {
+                // Never acknowledged and never learned: it may be reported again.
+                let handle = &self.agent.inner.handles[self.module];
+                handle.pending.reopen(self.settled.decision.clone());
+                handle.counters.outcomes.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(module = %handle.space.name, decision = %self.settled.decision.id, error = %e, "journal flush failed");
+                Err(AgentError::Journal(e.to_string()))
+            }
+        }
+    }
 }
 
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -302,9 +358,10 @@ impl Agent {
             writer: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
+        let journal = inner.journal.clone();
         let writer = std::thread::Builder::new()
             .name("paramopt-writer".into())
-            .spawn(move || writer_loop(learners, rx, weak))
+            .spawn(move || writer_loop(learners, rx, weak, journal))
             .expect("spawn the writer thread");
         *inner.writer.lock() = Some(writer);
         Agent { inner }
@@ -385,9 +442,18 @@ impl Agent {
         Ok(decision)
     }
 
-    /// Accepts the outcome of a pending decision. On an error nothing changes:
-    /// the decision stays pending and can still be reported.
+    /// Accepts the outcome of a pending decision and returns once it is
+    /// durable. On an error nothing changes: the decision stays pending and
+    /// can still be reported.
     pub fn report(&self, decision_id: &str, outcome: Outcome) -> Result<Settled, AgentError> {
+        self.accept(decision_id, outcome)?.wait()
+    }
+
+    /// Settles a pending decision and queues its outcome for the journal and
+    /// the writer, without waiting for the disk: the caller acknowledges the
+    /// outcome only after [`Accepted::wait`] or [`Accepted::durable`] says it
+    /// is durable. The writer learns it only once it is durable, too.
+    pub fn accept(&self, decision_id: &str, outcome: Outcome) -> Result<Accepted, AgentError> {
         let id: DecisionId = decision_id.parse()?;
         let module = id.module_index();
         let handle =
@@ -410,26 +476,39 @@ impl Agent {
                 return Err(e);
             }
         };
+        let mut sent = true;
         let seq = match &self.inner.journal {
-            Some(journal) => match journal.append(&handle.space.name, &settled) {
-                Ok(seq) => Some(seq),
-                Err(e) => {
-                    handle.pending.reopen(settled.decision.clone());
-                    tracing::error!(module = %handle.space.name, decision = %id, error = %e, "journal append failed");
-                    return Err(AgentError::Journal(e.to_string()));
+            Some(journal) => {
+                // Sent to the writer inside the append, so the writer sees
+                // outcomes in journal order: a checkpoint that holds sequence
+                // number n then holds every outcome of its module before n.
+                let mut forward = |seq| {
+                    let msg = WriterMsg::Outcome { module, settled: settled.clone(), seq: Some(seq) };
+                    sent = tx.send(msg).is_ok();
+                };
+                match journal.append(&settled, &mut forward) {
+                    Ok(seq) => Some(seq),
+                    Err(e) => {
+                        handle.pending.reopen(settled.decision.clone());
+                        tracing::error!(module = %handle.space.name, decision = %id, error = %e, "journal append failed");
+                        return Err(AgentError::Journal(e.to_string()));
+                    }
                 }
-            },
-            None => None,
+            }
+            None => {
+                sent = tx.send(WriterMsg::Outcome { module, settled: settled.clone(), seq: None }).is_ok();
+                None
+            }
         };
-        if tx.send(WriterMsg::Outcome { module, settled: settled.clone(), seq }).is_err() {
-            // Journaled outcomes are learned on the next start.
+        if !sent {
+            // A journaled outcome is learned on the next start, if it is durable.
             if seq.is_none() {
                 handle.pending.reopen(settled.decision.clone());
             }
             return Err(AgentError::ShuttingDown);
         }
         handle.counters.outcomes.fetch_add(1, Ordering::Relaxed);
-        Ok(settled)
+        Ok(Accepted { agent: self.clone(), module, settled, seq })
     }
 
     /// Waits until every outcome accepted before this call has been learned
@@ -517,6 +596,7 @@ fn writer_loop(
     mut learners: Vec<ModuleLearner>,
     rx: Receiver<WriterMsg>,
     inner: std::sync::Weak<Inner>,
+    journal: Option<Arc<dyn Journal>>,
 ) -> Vec<ModuleLearner> {
     let mut touched: Vec<Vec<bool>> = learners.iter().map(|_| vec![false; Context::COUNT]).collect();
     let mut refresh_all = vec![false; learners.len()];
@@ -531,17 +611,25 @@ fn writer_loop(
             match msg {
                 WriterMsg::Outcome { module, settled, seq } => {
                     let d = &settled.decision;
-                    if let Some(seq) = seq {
-                        learners[module].mark_journaled(seq);
-                    }
-                    match learners[module].apply(d, settled.reward) {
-                        Ok(applied) => {
-                            refresh_all[module] |= applied.refresh_all || applied.policy_changed;
-                            touched[module][d.context.index()] = true;
+                    // An outcome that never reached the disk was refused to its
+                    // reporter; learning it would let a retry count twice.
+                    let durable = match (seq, &journal) {
+                        (Some(seq), Some(journal)) => journal.wait_durable(seq).is_ok(),
+                        _ => true,
+                    };
+                    if durable {
+                        if let Some(seq) = seq {
+                            learners[module].mark_journaled(seq);
                         }
-                        // The bandit has learned; only the network's step failed.
-                        Err(e) => {
-                            tracing::error!(module = %d.module, decision = %d.id, error = %e, "policy training step failed")
+                        match learners[module].apply(d, settled.reward) {
+                            Ok(applied) => {
+                                refresh_all[module] |= applied.refresh_all || applied.policy_changed;
+                                touched[module][d.context.index()] = true;
+                            }
+                            // The bandit has learned; only the network's step failed.
+                            Err(e) => {
+                                tracing::error!(module = %d.module, decision = %d.id, error = %e, "policy training step failed")
+                            }
                         }
                     }
                 }

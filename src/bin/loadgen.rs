@@ -5,9 +5,13 @@
 //! By default it starts the `paramopt` binary that sits next to it
 //! (`target/release/paramopt`) on a free loopback port and stops it with
 //! SIGTERM afterwards; `--url` targets a server already running, and
-//! `--in-process` runs the service inside this process instead. Each
-//! connection loops: decide, then report that decision's outcome, so every
-//! decision gets an outcome and the pending table stays small. Latency is
+//! `--in-process` runs the service inside this process instead. By default
+//! (`--pattern split`) some connections decide and others report, as in
+//! trading, where a trade closes long after its decision: every decision is
+//! queued for a reporting connection, and a full queue holds the deciders
+//! back, so every decision gets its outcome and outcomes keep up. With
+//! `--pattern paired` each connection decides, then reports that decision
+//! at once. Latency is
 //! measured per request from just before it is written to when its whole
 //! answer has been read. See BENCHMARKS.md for figures.
 //!
@@ -65,10 +69,30 @@ struct Args {
     /// Decisions only, no outcomes: isolates the HTTP and decide path from learning.
     #[arg(long)]
     no_outcomes: bool,
+    /// How outcomes follow decisions. `split`: decisions and outcomes go on
+    /// connections of their own, as in trading, where a trade closes long after
+    /// its decision; every decision is queued for an outcome connection to
+    /// report, and a full queue holds decisions back, so outcomes keep up.
+    /// `paired`: each connection decides, then reports that decision at once.
+    #[arg(long, value_enum, default_value_t = Pattern::Split)]
+    pattern: Pattern,
+    /// Connections that report outcomes in the split pattern [default: twice --connections, since
+    /// each outcome waits for a disk flush].
+    #[arg(long)]
+    outcome_connections: Option<usize>,
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
 }
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Pattern {
+    Split,
+    Paired,
+}
+
+/// Decisions waiting for an outcome connection, in the split pattern.
+const OUTCOME_QUEUE: usize = 4096;
 
 /// What one connection measured.
 #[derive(Default)]
@@ -143,14 +167,26 @@ async fn post(
     Ok((status, body))
 }
 
-async fn worker(
+/// Where a deciding connection sends each decision's outcome.
+enum Outcomes {
+    None,
+    Paired,
+    Queue(tokio::sync::mpsc::Sender<(String, f64)>),
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decider(
     index: usize,
     addr: SocketAddr,
     auth: Option<String>,
     measure_from: Instant,
     until: Instant,
     budget: std::sync::Arc<std::sync::atomic::AtomicI64>,
-    outcomes: bool,
+    outcomes: Outcomes,
 ) -> Result<Tally> {
     let host = addr.to_string();
     let bodies = decision_bodies();
@@ -172,27 +208,65 @@ async fn worker(
             tally.first_error.get_or_insert_with(|| format!("decide {status}: {}", String::from_utf8_lossy(&body)));
             continue;
         };
-        if !outcomes {
-            if measured {
-                tally.decide_us.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
-            }
-            continue;
+        if measured {
+            tally.decide_us.push(micros(t1 - t0));
         }
         let reward = ((n % 21) as f64 - 10.0) / 1000.0;
-        let outcome = Bytes::from(format!(r#"{{"decision_id":"{id}","reward":{reward}}}"#));
-        let t2 = Instant::now();
-        let (status, body) = post(&mut sender, &host, auth.as_deref(), "/v1/outcomes", outcome).await?;
-        let t3 = Instant::now();
-        if status != 200 {
-            tally.errors += 1;
-            tally.first_error.get_or_insert_with(|| format!("outcome {status}: {}", String::from_utf8_lossy(&body)));
-        }
-        if measured {
-            tally.decide_us.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
-            tally.outcome_us.push((t3 - t2).as_micros().min(u32::MAX as u128) as u32);
+        match &outcomes {
+            Outcomes::None => {}
+            Outcomes::Queue(queue) => {
+                if queue.send((id.to_string(), reward)).await.is_err() {
+                    break;
+                }
+            }
+            Outcomes::Paired => {
+                let id = id.to_string();
+                report(&mut sender, &host, auth.as_deref(), &id, reward, measured, &mut tally).await?;
+            }
         }
     }
     Ok(tally)
+}
+
+/// Reports queued decisions until the deciders are done and the queue is empty.
+async fn reporter(
+    addr: SocketAddr,
+    auth: Option<String>,
+    measure_from: Instant,
+    queue: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(String, f64)>>>,
+) -> Result<Tally> {
+    let host = addr.to_string();
+    let mut sender = connect(addr).await?;
+    let mut tally = Tally::default();
+    loop {
+        let Some((id, reward)) = queue.lock().await.recv().await else { break };
+        let measured = Instant::now() >= measure_from;
+        report(&mut sender, &host, auth.as_deref(), &id, reward, measured, &mut tally).await?;
+    }
+    Ok(tally)
+}
+
+async fn report(
+    sender: &mut SendRequest<Full<Bytes>>,
+    host: &str,
+    auth: Option<&str>,
+    id: &str,
+    reward: f64,
+    measured: bool,
+    tally: &mut Tally,
+) -> Result<()> {
+    let outcome = Bytes::from(format!(r#"{{"decision_id":"{id}","reward":{reward}}}"#));
+    let t0 = Instant::now();
+    let (status, body) = post(sender, host, auth, "/v1/outcomes", outcome).await?;
+    let t1 = Instant::now();
+    if status != 200 {
+        tally.errors += 1;
+        tally.first_error.get_or_insert_with(|| format!("outcome {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    if measured {
+        tally.outcome_us.push(micros(t1 - t0));
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -336,6 +410,7 @@ fn main() -> Result<()> {
         }
     };
     let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
+    let outcome_connections = args.outcome_connections.unwrap_or(2 * args.connections);
 
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads.max(1)).enable_all().build()?;
@@ -355,11 +430,23 @@ fn main() -> Result<()> {
     let (tallies, cpu_start, cpu_end) = rt.block_on(async {
         let cpu_start = tokio::spawn(cpu_at(measure_from));
         let cpu_end = tokio::spawn(cpu_at(until));
-        let tasks: Vec<_> = (0..args.connections)
-            .map(|i| {
-                tokio::spawn(worker(i, addr, auth.clone(), measure_from, until, budget.clone(), !args.no_outcomes))
-            })
-            .collect();
+        let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(OUTCOME_QUEUE);
+        let queue_rx = std::sync::Arc::new(tokio::sync::Mutex::new(queue_rx));
+        let mut tasks = Vec::new();
+        for i in 0..args.connections {
+            let outcomes = match (args.no_outcomes, args.pattern) {
+                (true, _) => Outcomes::None,
+                (false, Pattern::Paired) => Outcomes::Paired,
+                (false, Pattern::Split) => Outcomes::Queue(queue_tx.clone()),
+            };
+            tasks.push(tokio::spawn(decider(i, addr, auth.clone(), measure_from, until, budget.clone(), outcomes)));
+        }
+        drop(queue_tx);
+        if !args.no_outcomes && args.pattern == Pattern::Split {
+            for _ in 0..outcome_connections {
+                tasks.push(tokio::spawn(reporter(addr, auth.clone(), measure_from, queue_rx.clone())));
+            }
+        }
         let mut out = Vec::new();
         for t in tasks {
             out.push(t.await??);
@@ -391,7 +478,8 @@ fn main() -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "target": target, "connections": args.connections, "cores": cores,
+                "target": target, "connections": args.connections, "pattern": format!("{:?}", args.pattern).to_lowercase(),
+                "outcome_connections": outcome_connections, "cores": cores,
                 "seconds": measured, "decisions": decisions, "outcomes": outcome_count(&tallies),
                 "decisions_per_sec": decisions / measured, "requests_per_sec": requests / measured,
                 "errors": errors, "cpu_cores_used": ours_cores, "cpu_cores_used_by_others": others_cores,
@@ -399,7 +487,12 @@ fn main() -> Result<()> {
             })
         );
     } else {
-        println!("target: {target}, {} keep-alive connections, {cores} cores", args.connections);
+        let reporters = match (args.no_outcomes, args.pattern) {
+            (false, Pattern::Split) => format!(" + {outcome_connections} reporting outcomes"),
+            (false, Pattern::Paired) => " (each decides, then reports)".to_string(),
+            (true, _) => " (decisions only)".to_string(),
+        };
+        println!("target: {target}, {} keep-alive connections deciding{reporters}, {cores} cores", args.connections);
         println!(
             "measured {measured:.1} s after {:.1} s warm-up: {decisions:.0} decisions + {} outcomes, {errors} errors",
             args.warmup,

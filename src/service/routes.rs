@@ -65,14 +65,9 @@ pub async fn report(
         return_pct: req.trade.as_ref().and_then(|t| t.return_pct),
     };
     let agent = state.agent();
-    // `report` waits for the outcome journal's fdatasync: off the async
-    // workers, so decisions keep flowing and concurrent reports share a flush.
-    let settled = {
-        let (agent, id) = (agent.clone(), req.decision_id.clone());
-        tokio::task::spawn_blocking(move || agent.report(&id, outcome))
-            .await
-            .map_err(|e| ApiError::Internal(format!("report task: {e}")))??
-    };
+    // Awaits the journal's group commit without holding a worker thread, so
+    // decisions keep flowing and concurrent reports share one fdatasync.
+    let settled = agent.accept(&req.decision_id, outcome)?.durable().await?;
     let mut trade = req.trade;
     if let Some(trade) = &mut trade {
         let space = agent.space(&settled.decision.module)?;
