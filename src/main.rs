@@ -182,6 +182,10 @@ struct ServeCli {
     /// ...or this many seconds after its last checkpoint, if it learned since.
     #[arg(long, env = "PARAMOPT_CHECKPOINT_EVERY_SECS", default_value_t = 60.0)]
     checkpoint_every_secs: f64,
+    /// Run as one of several replicas on one store: merge what this process
+    /// learned into the shared totals, and take in the others', this often.
+    #[arg(long, env = "PARAMOPT_SYNC_EVERY_SECS")]
+    sync_every_secs: Option<f64>,
 }
 
 fn init_logging(default_filter: &str, json: bool) {
@@ -286,11 +290,13 @@ fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
         seed: cli.seed,
         checkpoint_every_outcomes: cli.checkpoint_every_outcomes,
         checkpoint_every_secs: cli.checkpoint_every_secs,
+        sync_every_secs: cli.sync_every_secs,
     };
     let learning = tokio_rt
         .block_on(Runtime::start(spaces.clone(), options))
         .with_context(|| format!("opening the store {}", settings.store))?;
     tokio_rt.spawn(learning.clone().run_checkpointer());
+    tokio_rt.spawn(learning.clone().run_syncer());
     let persist = Arc::new(RuntimeHooks::new(learning.clone(), tokio_rt.handle().clone()));
     let hooks = Hooks { checkpoints: Some(persist.clone()), outcomes: persist };
     let state = AppState::new(learning.agent.clone(), settings.options.clone(), hooks);

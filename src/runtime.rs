@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::agent::{module_seed, Agent, AgentError, AgentOptions, Journal, ModuleLearner};
+use crate::bandit::ModuleStats;
 use crate::space::{Context, Spaces};
 use crate::store::{
     now_secs, open_store, rfc3339, Checkpoint, CheckpointKind, CheckpointMeta, FileJournal, LearningEvent,
@@ -39,6 +40,8 @@ pub enum RuntimeError {
     Restore { module: String, detail: String },
     #[error("unknown module {0:?}")]
     UnknownModule(String),
+    #[error("module {0:?} is not set up as a replica (no sync interval)")]
+    NotAReplica(String),
     #[error("module {module:?} has no generation {generation}")]
     UnknownGeneration { module: String, generation: u64 },
 }
@@ -54,6 +57,10 @@ pub struct RuntimeOptions {
     pub checkpoint_every_outcomes: u64,
     /// ...or this many seconds after its last checkpoint, if it learned anything.
     pub checkpoint_every_secs: f64,
+    /// When set, this process is one of several replicas sharing one store:
+    /// every module merges its new evidence into the store's shared totals,
+    /// and takes in the other replicas', this often.
+    pub sync_every_secs: Option<f64>,
 }
 
 impl Default for RuntimeOptions {
@@ -64,6 +71,7 @@ impl Default for RuntimeOptions {
             seed: None,
             checkpoint_every_outcomes: 10_000,
             checkpoint_every_secs: 60.0,
+            sync_every_secs: None,
         }
     }
 }
@@ -127,6 +135,9 @@ impl Runtime {
                 }
                 None => ModuleLearner::new(space.clone(), module_seed).map_err(|e| restore(e.to_string()))?,
             };
+            if options.sync_every_secs.is_some() {
+                learner.enable_replica();
+            }
             let replay = journal
                 .replay(&module, learner.journal_seq)
                 .map_err(|source| RuntimeError::Journal { dir: journal_dir.clone(), source })?;
@@ -214,12 +225,75 @@ impl Runtime {
         cp.generation = self.put_checkpoint(&cp).await?;
         learner.generation = cp.generation;
         let agent = self.agent.clone();
-        tokio::task::spawn_blocking(move || agent.with_writer(move |learners| learners[index] = learner))
-            .await
-            .expect("rollback task")?;
+        tokio::task::spawn_blocking(move || {
+            agent.with_writer(move |learners| {
+                // A rollback is this replica's: what it has shared stays shared,
+                // and later syncs bring only what others learn from now on.
+                let replica = learners[index].replica.take();
+                learners[index] = learner;
+                learners[index].replica = replica;
+            })
+        })
+        .await
+        .expect("rollback task")?;
         self.record(&cp, LearningEventKind::Rollback, before).await;
         tracing::warn!(module, generation = cp.generation, target = ?target, "rolled back");
         Ok(cp.meta())
+    }
+
+    /// Merges `module`'s evidence since the last sync into the store's shared
+    /// totals (a transaction, so no replica's increment is lost), and takes in
+    /// what the other replicas merged meanwhile. Decisions go on throughout:
+    /// the learner changes only in two short tasks on the writer thread.
+    pub async fn sync(&self, module: &str) -> Result<(), RuntimeError> {
+        let _guard = self.lock(module)?.lock().await;
+        let index = self.agent.module_index(module)?;
+        let on_writer = |task: Box<dyn FnOnce(&mut ModuleLearner) -> Option<ModuleStats> + Send>| {
+            let agent = self.agent.clone();
+            tokio::task::spawn_blocking(move || agent.with_writer(move |learners| task(&mut learners[index])))
+        };
+        let Some(own) = on_writer(Box::new(ModuleLearner::take_increment)).await.expect("sync task")? else {
+            return Err(RuntimeError::NotAReplica(module.to_string()));
+        };
+        match self.store.merge_increment(module, &own).await {
+            Ok(merged) => {
+                self.status.store_healthy.store(true, Ordering::Relaxed);
+                on_writer(Box::new(move |l| {
+                    l.absorb_shared(&own, merged);
+                    None
+                }))
+                .await
+                .expect("sync task")?;
+                Ok(())
+            }
+            Err(e) => {
+                self.status.store_errors.fetch_add(1, Ordering::Relaxed);
+                self.status.store_healthy.store(false, Ordering::Relaxed);
+                on_writer(Box::new(move |l| {
+                    l.return_increment(own);
+                    None
+                }))
+                .await
+                .expect("sync task")?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Syncs every module every `sync_every_secs`, forever, when this process
+    /// is a replica; start it with `tokio::spawn`.
+    pub async fn run_syncer(self: Arc<Self>) {
+        let Some(every) = self.options.sync_every_secs else { return };
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(every.max(0.05)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            for module in self.spaces.names().map(String::from).collect::<Vec<_>>() {
+                if let Err(e) = self.sync(&module).await {
+                    tracing::warn!(module, error = %e, "replica sync failed; retried at the next tick");
+                }
+            }
+        }
     }
 
     fn adopt_generation(&self, index: usize, generation: u64) -> Result<(), RuntimeError> {

@@ -2,8 +2,9 @@
 //! outcome changes them. Only the writer thread holds a `ModuleLearner`; it
 //! publishes immutable [`ModuleView`]s for decisions to read.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::bandit::{thompson_propensities, BanditSettings, ModuleStats, Nig};
 use crate::policy::{PolicyError, PolicySnapshot, PolicyTrainer, Sample};
@@ -27,10 +28,22 @@ pub struct ModuleLearner {
     pub policy: Option<PolicyTrainer>,
     /// Every journaled outcome up to this sequence number has been learned.
     pub journal_seq: u64,
-    /// Journaled outcomes learned ahead of a gap (reports race to the writer).
-    journal_ahead: BTreeSet<u64>,
+    /// Set when this agent is one of several replicas sharing their learning.
+    pub replica: Option<ReplicaState>,
     policy_snapshot: Option<Arc<PolicySnapshot>>,
     outcomes_since_refresh: u64,
+}
+
+/// What a replica has shared and not yet shared. Both are undiscounted sums,
+/// so increments merge exactly in any order (with discount off, the learned
+/// statistics equal those of one agent that saw every outcome; with it on,
+/// other replicas' outcomes arrive undiscounted at each sync).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// The shared totals as of the last sync; this learner's statistics hold them.
+    pub shared: Option<ModuleStats>,
+    /// This replica's own outcomes since the last sync.
+    pub unsynced: Option<ModuleStats>,
 }
 
 /// What the bandit learned from one reward.
@@ -78,7 +91,7 @@ impl ModuleLearner {
             reward_sum: 0.0,
             policy_snapshot: policy.as_ref().map(PolicyTrainer::snapshot).transpose()?,
             journal_seq: 0,
-            journal_ahead: BTreeSet::new(),
+            replica: None,
             policy,
             outcomes_since_refresh: 0,
         })
@@ -104,13 +117,48 @@ impl ModuleLearner {
     /// Records that journaled outcome `seq` is being learned, keeping
     /// `journal_seq` at the end of the gapless prefix: what a checkpoint may
     /// claim so that replay after a crash skips nothing.
+    /// The writer receives journaled outcomes in sequence order (the agent
+    /// hands them over inside the journal's append), so every outcome of this
+    /// module up to `seq` has been learned. Numbers are shared by all modules:
+    /// a module's own have gaps.
     pub fn mark_journaled(&mut self, seq: u64) {
-        if seq <= self.journal_seq {
-            return;
+        self.journal_seq = self.journal_seq.max(seq);
+    }
+
+    /// Joins a group of replicas: from now on this learner's outcomes are
+    /// gathered for [`ModuleLearner::take_increment`].
+    pub fn enable_replica(&mut self) {
+        self.replica.get_or_insert_with(ReplicaState::default);
+    }
+
+    /// This replica's outcomes since the last sync, to be merged into the
+    /// shared totals; `None` when this learner is not a replica.
+    pub fn take_increment(&mut self) -> Option<ModuleStats> {
+        let replica = self.replica.as_mut()?;
+        Some(replica.unsynced.take().unwrap_or_else(|| self.stats.empty_like()))
+    }
+
+    /// The merge of `own` failed: it is sent again with the next sync.
+    pub fn return_increment(&mut self, own: ModuleStats) {
+        if let Some(replica) = &mut self.replica {
+            match &mut replica.unsynced {
+                Some(unsynced) => unsynced.merge(&own),
+                none => *none = Some(own),
+            }
         }
-        self.journal_ahead.insert(seq);
-        while self.journal_ahead.remove(&(self.journal_seq + 1)) {
-            self.journal_seq += 1;
+    }
+
+    /// Takes in the shared totals after merging `own` into them: what other
+    /// replicas added since the last sync joins this learner's statistics.
+    pub fn absorb_shared(&mut self, own: &ModuleStats, merged: ModuleStats) {
+        let Some(replica) = &mut self.replica else { return };
+        let mut known = replica.shared.clone().unwrap_or_else(|| self.stats.empty_like());
+        known.merge(own);
+        let others = merged.since(&known);
+        self.stats.merge(&others);
+        replica.shared = Some(merged);
+        for context in 0..Context::COUNT {
+            self.move_incumbents(context);
         }
     }
 
@@ -121,6 +169,11 @@ impl ModuleLearner {
         let arm_effect: f64 =
             arms.iter().enumerate().map(|(p, &k)| self.stats.posterior(&self.settings, context, p, k).m).sum();
         let advantage = self.stats.record(&self.settings, context, arms, reward);
+        if let Some(replica) = &mut self.replica {
+            let stats = &self.stats;
+            let unsynced = replica.unsynced.get_or_insert_with(|| stats.empty_like());
+            unsynced.push_outcome(context, arms, reward, advantage);
+        }
         self.outcomes += 1;
         self.reward_sum += reward;
         self.move_incumbents(context);

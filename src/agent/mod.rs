@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::space::{Context, ModuleSpace, Spaces};
 
-pub use learner::{eligible_arms, Applied, ModuleLearner};
+pub use learner::{eligible_arms, Applied, ModuleLearner, ReplicaState};
 pub use pending::{Evictions, Tombstone};
 pub use view::{CellView, Choice, ModuleView, ParamView};
 

@@ -58,6 +58,12 @@ impl ModuleStats {
         }
     }
 
+    /// Statistics of the same shape with no evidence.
+    pub fn empty_like(&self) -> ModuleStats {
+        let arms: Vec<usize> = self.pool.iter().map(Vec::len).collect();
+        ModuleStats::new(self.cells.len(), &arms)
+    }
+
     /// One decision's reward updates every arm it chose, in its cell and in
     /// the pool, as an advantage over the cell's baseline. Returns the advantage.
     pub fn record(&mut self, settings: &BanditSettings, context: usize, chosen_arms: &[usize], reward: f64) -> f64 {
@@ -80,6 +86,18 @@ impl ModuleStats {
             self.pool[p][arm].push(advantage);
         }
         advantage
+    }
+
+    /// Adds one outcome whose advantage was computed elsewhere, without any
+    /// forgetting: the form of a replica's increment, which adds up exactly
+    /// however replicas' increments are interleaved.
+    pub fn push_outcome(&mut self, context: usize, chosen_arms: &[usize], reward: f64, advantage: f64) {
+        self.baselines[context].push(reward);
+        self.cell_outcomes[context] += 1.0;
+        for (p, &arm) in chosen_arms.iter().enumerate() {
+            self.cells[context][p][arm].push(advantage);
+            self.pool[p][arm].push(advantage);
+        }
     }
 
     /// The posterior of one arm in one context, with the hierarchical prior.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{StoreError, StoreResult};
-use crate::agent::ModuleLearner;
+use crate::agent::{ModuleLearner, ReplicaState};
 use crate::bandit::ModuleStats;
 use crate::policy::PolicyTrainer;
 use crate::space::{Context, ModuleSpace};
@@ -106,6 +106,9 @@ pub struct Checkpoint {
     /// replay after a restart starts after it.
     #[serde(default)]
     pub journal_seq: u64,
+    /// What this replica has shared with the others (see `paramopt serve --sync-every-secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaState>,
 }
 
 impl Checkpoint {
@@ -138,6 +141,7 @@ impl Checkpoint {
             incumbents: learner.incumbents.clone(),
             policy_weights,
             journal_seq: learner.journal_seq,
+            replica: learner.replica.clone(),
         }
     }
 
@@ -185,6 +189,7 @@ impl Checkpoint {
         learner.outcomes = self.outcome_count;
         learner.reward_sum = self.reward_sum;
         learner.journal_seq = self.journal_seq;
+        learner.replica = self.replica.clone();
         Ok(learner)
     }
 

@@ -17,6 +17,7 @@ fn options(dir: &std::path::Path) -> RuntimeOptions {
         // Only explicit checkpoints in these tests.
         checkpoint_every_outcomes: u64::MAX,
         checkpoint_every_secs: f64::INFINITY,
+        sync_every_secs: None,
     }
 }
 
@@ -27,6 +28,14 @@ fn stream(rt: &Runtime, n: usize, seed: u64) {
         let d = rt.agent.decide("crypto", ctx, &[], true).unwrap();
         let reward = 0.01 * d.values[0] - 0.004 + 0.002 * r.random::<f64>();
         rt.agent.report(&d.id.to_string(), Outcome { reward: Some(reward), traded: true, return_pct: None }).unwrap();
+        // Another module's outcomes in between: journal sequence numbers are
+        // shared, so crypto's own have gaps that replay must not trip on.
+        if r.random::<f64>() < 0.5 {
+            let d = rt.agent.decide("stocks", ctx, &[], true).unwrap();
+            rt.agent
+                .report(&d.id.to_string(), Outcome { reward: Some(0.001), traded: true, return_pct: None })
+                .unwrap();
+        }
     }
     rt.agent.flush();
 }
@@ -111,4 +120,113 @@ async fn rollback_makes_a_new_generation_equal_to_its_target() {
 
     let err = rt.rollback("crypto", RollbackTarget::Generation(99)).await.unwrap_err().to_string();
     assert!(err.contains("99"), "{err}");
+}
+
+fn replica_options(dir: &std::path::Path, store: &str) -> RuntimeOptions {
+    RuntimeOptions { store: store.to_string(), sync_every_secs: Some(3600.0), ..options(dir) }
+}
+
+/// One outcome of the shared stream: context, the arms chosen, the reward.
+type Event = (usize, Vec<usize>, f64);
+
+/// Two replicas on one Firestore (the emulator) each learn half of a stream;
+/// after they sync, each holds the statistics of one agent that learned the
+/// whole stream. Each replica gets whole contexts, as behind a balancer that
+/// routes by session and regime: arms learn advantages over their cell's
+/// running mean, which is the same only if one process sees a cell's rewards
+/// in order. Forgetting is off, so the increments add up exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_firestore_sync_to_the_statistics_of_one_agent() {
+    let host = crate::store::emulator::host();
+    let project = "paramopt-replicas";
+    crate::store::emulator::clear(&host, project);
+    let url = format!("firestore://{project}?emulator={host}");
+    // All forgetting off: the arms' discount and the baseline's window.
+    let forgetting_off =
+        [("discount = 0.998", "discount = 1.0"), ("baseline_window = 100.0", "baseline_window = 1e300")];
+    let spaces = crate::support::spaces_with(false, &forgetting_off);
+    let (dir_a, dir_b, dir_c) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Runtime::start(spaces.clone(), replica_options(dir_a.path(), &url)).await.unwrap();
+    let b = Runtime::start(spaces.clone(), replica_options(dir_b.path(), &url)).await.unwrap();
+    let whole = Runtime::start(spaces.clone(), options(dir_c.path())).await.unwrap();
+    let index = whole.agent.module_index("crypto").unwrap();
+    let arms = whole
+        .agent
+        .with_writer(move |l| l[index].space.params.iter().map(|p| p.arms.len()).collect::<Vec<_>>())
+        .unwrap();
+
+    let mut r = rng(21);
+    let events: Vec<Event> = (0..3000)
+        .map(|_| {
+            let ctx = r.random_range(0..Context::COUNT);
+            let chosen: Vec<usize> = arms.iter().map(|&k| r.random_range(0..k)).collect();
+            let reward = 0.004 * chosen[0] as f64 - 0.01 + 0.01 * r.random::<f64>();
+            (ctx, chosen, reward)
+        })
+        .collect();
+    let learn = |rt: &Runtime, events: Vec<Event>| {
+        let i = rt.agent.module_index("crypto").unwrap();
+        rt.agent
+            .with_writer(move |l| {
+                for (ctx, chosen, reward) in events {
+                    l[i].learn(ctx, &chosen, reward);
+                }
+            })
+            .unwrap()
+    };
+    let (even, odd): (Vec<Event>, Vec<Event>) = events.iter().cloned().partition(|e| e.0 % 2 == 0);
+    // In rounds, with syncs in between and both replicas syncing at once.
+    for round in 0..3 {
+        let part = |v: &[Event]| v[v.len() * round / 3..v.len() * (round + 1) / 3].to_vec();
+        learn(&a, part(&even));
+        learn(&b, part(&odd));
+        let (ra, rb) = tokio::join!(a.sync("crypto"), b.sync("crypto"));
+        ra.unwrap();
+        rb.unwrap();
+    }
+    // The last sync of each gathers what the other merged after it.
+    a.sync("crypto").await.unwrap();
+    b.sync("crypto").await.unwrap();
+    learn(&whole, events);
+
+    let stats = |rt: &Runtime| {
+        let i = rt.agent.module_index("crypto").unwrap();
+        rt.agent.with_writer(move |l| l[i].stats.clone()).unwrap()
+    };
+    let expected = stats(&whole);
+    for (name, rt) in [("a", &a), ("b", &b)] {
+        let got = stats(rt);
+        let pairs = got
+            .cells
+            .iter()
+            .flatten()
+            .flatten()
+            .chain(got.pool.iter().flatten())
+            .zip(expected.cells.iter().flatten().flatten().chain(expected.pool.iter().flatten()));
+        let mut compared = 0;
+        for (g, e) in pairs {
+            assert!(
+                (g.n - e.n).abs() < 1e-9 && (g.mean - e.mean).abs() < 1e-9 && (g.m2 - e.m2).abs() < 1e-9,
+                "replica {name}: {g:?} vs one agent's {e:?}"
+            );
+            compared += 1;
+        }
+        assert_eq!(compared, (Context::COUNT + 1) * arms.iter().sum::<usize>(), "every cell's and the pool's arms");
+        for (g, e) in got.baselines.iter().zip(&expected.baselines) {
+            assert!((g.n - e.n).abs() < 1e-9 && (g.mean - e.mean).abs() < 1e-9, "replica {name} baseline");
+        }
+        assert_eq!(got.cell_outcomes, expected.cell_outcomes);
+    }
+    let total: f64 = expected.cell_outcomes.iter().sum();
+    assert_eq!(total, 3000.0);
+}
+
+/// Syncing is for replicas: a process started without a sync interval says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_process_refuses_to_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(spaces(false), options(dir.path())).await.unwrap();
+    let err = rt.sync("crypto").await.unwrap_err();
+    assert!(err.to_string().contains("not set up as a replica"), "{err}");
 }

@@ -333,6 +333,7 @@ fn big_checkpoint() -> Checkpoint {
         incumbents: (0..contexts).map(|_| (0..params).map(|_| rng.random()).collect()).collect(),
         policy_weights: Some(weights),
         journal_seq: 77,
+        replica: None,
     }
 }
 

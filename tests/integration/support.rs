@@ -14,13 +14,22 @@ pub fn agent(seed: u64) -> Agent {
 
 /// The shipped spaces with the policy network on or off (it ships off).
 pub fn spaces(policy: bool) -> Spaces {
+    spaces_with(policy, &[])
+}
+
+/// The built-in spaces with each `(from, to)` text replaced in every model file.
+pub fn spaces_with(policy: bool, edits: &[(&str, &str)]) -> Spaces {
     let mut spaces = Spaces::default();
     for (origin, text) in [
         ("models/crypto.toml", include_str!("../../models/crypto.toml")),
         ("models/options.toml", include_str!("../../models/options.toml")),
         ("models/stocks.toml", include_str!("../../models/stocks.toml")),
     ] {
-        let text = if policy { text.replacen("enabled = false", "enabled = true", 1) } else { text.to_string() };
+        let mut text = if policy { text.replacen("enabled = false", "enabled = true", 1) } else { text.to_string() };
+        for (from, to) in edits {
+            assert!(text.contains(from), "{origin} has no {from:?}");
+            text = text.replace(from, to);
+        }
         spaces.insert(ModuleSpace::from_toml_str(&text, origin).unwrap()).unwrap();
     }
     spaces
