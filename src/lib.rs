@@ -13,6 +13,7 @@ pub mod store;
 
 pub use agent::{Agent, AgentError, AgentOptions, Decision, DecisionId, Outcome};
 pub use space::{Context, ModuleSpace, Regime, Session, Spaces};
+pub mod decision_log;
 pub mod eval;
 pub mod inspect;
 pub mod policy;

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::agent::{module_seed, Agent, AgentError, AgentOptions, Journal, ModuleLearner};
 use crate::bandit::ModuleStats;
+use crate::decision_log::DecisionLog;
 use crate::space::{Context, Spaces};
 use crate::store::{
     now_secs, open_store, rfc3339, Checkpoint, CheckpointKind, CheckpointMeta, FileJournal, LearningEvent,
@@ -106,6 +107,8 @@ pub struct Runtime {
     pub journal: Arc<FileJournal>,
     pub spaces: Spaces,
     pub status: Arc<RuntimeStatus>,
+    /// Every decision and its reward, for off-policy evaluation.
+    pub decision_log: DecisionLog,
     options: RuntimeOptions,
     seed: u64,
     /// One checkpoint or rollback per module at a time.
@@ -155,7 +158,8 @@ impl Runtime {
             AgentOptions { seed: Some(seed), journal: Some(journal.clone() as Arc<dyn Journal>), ..Default::default() },
         );
         let module_locks = spaces.names().map(|m| (m.to_string(), tokio::sync::Mutex::new(()))).collect();
-        Ok(Arc::new(Runtime { agent, store, journal, spaces, status, options, seed, module_locks }))
+        let decision_log = DecisionLog::start(store.clone(), spaces.clone());
+        Ok(Arc::new(Runtime { agent, store, journal, spaces, status, decision_log, options, seed, module_locks }))
     }
 
     fn lock(&self, module: &str) -> Result<&tokio::sync::Mutex<()>, RuntimeError> {

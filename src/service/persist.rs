@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
+use crate::agent::Decision;
 use crate::runtime::{self, Runtime, RuntimeError};
 use crate::store::{now_secs, CheckpointMeta, StoreError as BackendError, TradeRecord};
 
@@ -96,7 +97,10 @@ impl CheckpointStore for RuntimeHooks {
     }
 
     fn on_shutdown(&self) -> Result<(), StoreError> {
-        self.handle.block_on(self.runtime.final_checkpoint());
+        self.handle.block_on(async {
+            self.runtime.final_checkpoint().await;
+            self.runtime.decision_log.flush().await;
+        });
         Ok(())
     }
 }
@@ -105,7 +109,12 @@ impl OutcomeSink for RuntimeHooks {
     /// The outcome itself is already durable (the journal took it before the
     /// agent accepted it); the trade record follows in the background, so a
     /// slow or absent Firestore never turns an accepted outcome into an error.
+    fn decided(&self, decision: &Arc<Decision>) {
+        self.runtime.decision_log.decided(decision);
+    }
+
     fn record(&self, record: OutcomeRecord) -> SinkFuture<'_> {
+        self.runtime.decision_log.settled(&record.decision, record.reward, record.received_at);
         if let Some(trade) = record.trade {
             let Some(space) = self.runtime.spaces.get(&record.decision.module).cloned() else {
                 return Box::pin(std::future::ready(Ok(())));

@@ -47,6 +47,7 @@ pub async fn decide(
         .resolve("context.")?;
     let features: Vec<(&str, f64)> = req.features.iter().flatten().map(|(k, v)| (k.as_str(), *v)).collect();
     let decision = agent.decide(&req.module, context, &features, req.explore.unwrap_or(true))?;
+    state.hooks().outcomes.decided(&decision);
     tracing::debug!(decision_id = %decision.id, module = %decision.module, %context, "decided");
     json(&DecisionResponse { decision: &decision, space: &space })
 }

@@ -137,6 +137,8 @@ pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + 
 /// from the outcome by then, so a retry answers 409.
 pub trait OutcomeSink: Send + Sync + 'static {
     fn record(&self, record: OutcomeRecord) -> SinkFuture<'_>;
+    /// Every decision served, for the decision log; must only queue.
+    fn decided(&self, _decision: &Arc<Decision>) {}
     /// Called once at graceful shutdown, after the last `record`.
     fn on_shutdown(&self) -> Result<(), StoreError> {
         Ok(())

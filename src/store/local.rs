@@ -239,6 +239,10 @@ impl Inner {
     // ----- append-only logs -----
 
     fn append<T: Serialize>(&self, path: &Path, records: &[T]) -> StoreResult<()> {
+        self.append_with(path, records, Sync::Yes)
+    }
+
+    fn append_with<T: Serialize>(&self, path: &Path, records: &[T], sync: Sync) -> StoreResult<()> {
         let mut buf = Vec::new();
         for r in records {
             serde_json::to_writer(&mut buf, r)
@@ -246,7 +250,7 @@ impl Inner {
             buf.push(b'\n');
         }
         let _lock = self.lock()?;
-        append_lines(path, &buf)
+        append_lines(path, &buf, sync)
     }
 
     // ----- decisions -----
@@ -409,7 +413,14 @@ fn read_optional(path: &Path) -> StoreResult<Option<Vec<u8>>> {
 
 /// Appends whole lines and fsyncs. A torn last line (a crash mid-append) is
 /// cut off first, so the new lines start clean.
-fn append_lines(path: &Path, buf: &[u8]) -> StoreResult<()> {
+/// Whether an append waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    Yes,
+    No,
+}
+
+fn append_lines(path: &Path, buf: &[u8], sync: Sync) -> StoreResult<()> {
     let mut f = OpenOptions::new().create(true).read(true).append(true).open(path).map_err(|e| io("open", path, e))?;
     let len = f.metadata().map_err(|e| io("stat", path, e))?.len();
     if len > 0 {
@@ -426,7 +437,10 @@ fn append_lines(path: &Path, buf: &[u8]) -> StoreResult<()> {
         }
     }
     f.write_all(buf).map_err(|e| io("append", path, e))?;
-    f.sync_data().map_err(|e| io("fsync", path, e))
+    match sync {
+        Sync::Yes => f.sync_data().map_err(|e| io("fsync", path, e)),
+        Sync::No => Ok(()),
+    }
 }
 
 /// Every complete line of a JSON-lines file; a torn last line is skipped.
@@ -585,8 +599,11 @@ impl Store for LocalStore {
             for r in &records {
                 by_module.entry(&r.module).or_default().push(r);
             }
+            // Without fdatasync: the log is evidence for evaluation, written in
+            // batches behind decisions, and must not compete with the outcome
+            // journal for the disk. A crash loses at most its last batches.
             for (module, rs) in by_module {
-                inner.append(&inner.file("decisions", module, "jsonl")?, &rs)?;
+                inner.append_with(&inner.file("decisions", module, "jsonl")?, &rs, Sync::No)?;
             }
             Ok(())
         })

@@ -67,6 +67,15 @@ fn inspect(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+fn decision_log(dir: &Path, module: &str) -> Vec<paramopt::store::DecisionLogRecord> {
+    let url = format!("local://{}", dir.join("store").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = paramopt::store::open_store(&url).await.unwrap();
+        store.list_decisions(module, 0.0, usize::MAX).await.unwrap()
+    })
+}
+
 fn sigterm(mut child: Child) {
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert!(child.wait().unwrap().success(), "graceful shutdown exits 0");
@@ -101,6 +110,14 @@ fn a_thousand_outcomes_survive_a_restart_and_inspect_shows_them() {
 
     let list = inspect(dir.path(), &["list", "crypto", "--json"]);
     assert_eq!(list[0]["outcome_count"], 1000);
+
+    // Every decision is in the decision log with its propensities and reward.
+    let log = decision_log(dir.path(), "crypto");
+    assert_eq!(log.len(), 1000);
+    for r in &log {
+        assert!(r.reward.is_some(), "{} has no reward in the log", r.decision_id);
+        assert!(r.propensity > 0.0 && r.propensity <= 1.0 && r.propensities.len() == r.values.len());
+    }
     let show = inspect(dir.path(), &["show", "crypto", "--json"]);
     // Evidence is discounted (crypto forgets 0.2% per outcome in a cell), so
     // the arms hold less than 1,000 samples, but every context has some.

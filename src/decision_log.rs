@@ -1,0 +1,188 @@
+//! The decision log: every decision with its propensities, seed and policy
+//! generation, and later its reward, kept in the store for off-policy
+//! evaluation.
+//!
+//! Decisions never wait on it. `decided` and `settled` only queue; a tokio
+//! task writes what gathered in batches (a settlement that arrives in the same
+//! batch as its decision is folded into the decision's record, so the common
+//! case is one write). The log is evidence for evaluation, not for learning:
+//! the journal holds what learning needs. So when the store cannot keep up or
+//! is down for long, the log drops entries rather than hold decisions back,
+//! and counts them in `dropped` (and as store errors).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::agent::{Decision, DecisionId};
+use crate::space::Spaces;
+use crate::store::{DecisionLogRecord, Store, StoreError};
+
+/// Entries waiting to be written; beyond this the log drops.
+const QUEUE: usize = 100_000;
+/// Entries taken per batch.
+const BATCH: usize = 5_000;
+/// Settlements of earlier batches written at once.
+const CONCURRENT_SETTLEMENTS: usize = 32;
+/// How long the writer lets entries gather between batches.
+const GATHER: Duration = Duration::from_millis(100);
+
+enum Entry {
+    Decided(Arc<Decision>),
+    Settled {
+        decision: Arc<Decision>,
+        reward: f64,
+        at: f64,
+    },
+    /// Answered once everything queued before it is written (or dropped).
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Debug, Default)]
+pub struct DecisionLogCounters {
+    pub written: AtomicU64,
+    pub settled: AtomicU64,
+    pub dropped: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+pub struct DecisionLog {
+    tx: mpsc::Sender<Entry>,
+    counters: Arc<DecisionLogCounters>,
+}
+
+impl DecisionLog {
+    /// Starts the writer task on the current tokio runtime.
+    pub fn start(store: Arc<dyn Store>, spaces: Spaces) -> DecisionLog {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let counters = Arc::new(DecisionLogCounters::default());
+        tokio::spawn(write_loop(rx, store, spaces, counters.clone()));
+        DecisionLog { tx, counters }
+    }
+
+    pub fn decided(&self, decision: &Arc<Decision>) {
+        self.queue(Entry::Decided(decision.clone()));
+    }
+
+    pub fn settled(&self, decision: &Arc<Decision>, reward: f64, at: f64) {
+        self.queue(Entry::Settled { decision: decision.clone(), reward, at });
+    }
+
+    /// Waits until everything queued so far is written; at shutdown.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Entry::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    pub fn counters(&self) -> &DecisionLogCounters {
+        &self.counters
+    }
+
+    fn queue(&self, entry: Entry) {
+        if self.tx.try_send(entry).is_err() {
+            let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "decision log behind: dropping entries (decisions are not held back)");
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<Entry>,
+    store: Arc<dyn Store>,
+    spaces: Spaces,
+    counters: Arc<DecisionLogCounters>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut records: Vec<DecisionLogRecord> = Vec::new();
+        let mut index: HashMap<DecisionId, usize> = HashMap::new();
+        let mut later = Vec::new();
+        let mut flushes = Vec::new();
+        for entry in batch.drain(..) {
+            match entry {
+                Entry::Decided(d) => {
+                    let Some(space) = spaces.get(&d.module) else { continue };
+                    index.insert(d.id, records.len());
+                    records.push(DecisionLogRecord::new(&d, space));
+                }
+                Entry::Settled { decision, reward, at } => match index.get(&decision.id) {
+                    Some(&i) => {
+                        records[i].reward = Some(reward);
+                        records[i].settled_at = Some(at);
+                        counters.settled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => later.push((decision, reward, at)),
+                },
+                Entry::Flush(done) => flushes.push(done),
+            }
+        }
+        if !records.is_empty() {
+            match with_retries(|| store.append_decisions(&records)).await {
+                Ok(()) => {
+                    counters.written.fetch_add(records.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.dropped.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(records = records.len(), error = %e, "decision log: dropped a batch");
+                }
+            }
+        }
+        for chunk in later.chunks(CONCURRENT_SETTLEMENTS) {
+            let writes = chunk.iter().map(|(d, reward, at)| {
+                let id = d.id.to_string();
+                let store = &store;
+                async move { with_retries(|| store.settle_decision(&d.module, &id, *reward, *at)).await }
+            });
+            for result in futures::future::join_all(writes).await {
+                match result {
+                    Ok(()) => {
+                        counters.settled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Its decision was dropped, or made before a restart.
+                    Err(StoreError::NotFound { .. }) => {
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "decision log: dropped a settlement");
+                    }
+                }
+            }
+        }
+        let flushing = !flushes.is_empty();
+        for done in flushes {
+            let _ = done.send(());
+        }
+        if !flushing {
+            tokio::time::sleep(GATHER).await;
+        }
+    }
+}
+
+/// Three tries with backoff for transient errors; others at once.
+async fn with_retries<F, Fut>(mut write: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1.. {
+        match write().await {
+            Err(e) if e.is_transient() && attempt < 3 => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
+}
