@@ -182,6 +182,9 @@ struct ServeCli {
     /// ...or this many seconds after its last checkpoint, if it learned since.
     #[arg(long, env = "PARAMOPT_CHECKPOINT_EVERY_SECS", default_value_t = 60.0)]
     checkpoint_every_secs: f64,
+    /// While the store is down, the longest wait between checkpoint attempts (doubling from 1 s).
+    #[arg(long, env = "PARAMOPT_STORE_RETRY_MAX_SECS", default_value_t = 60.0)]
+    store_retry_max_secs: f64,
 }
 
 fn init_logging(default_filter: &str, json: bool) {
@@ -286,6 +289,7 @@ fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
         seed: cli.seed,
         checkpoint_every_outcomes: cli.checkpoint_every_outcomes,
         checkpoint_every_secs: cli.checkpoint_every_secs,
+        store_retry_max_secs: cli.store_retry_max_secs,
     };
     let learning = tokio_rt
         .block_on(Runtime::start(spaces.clone(), options))
