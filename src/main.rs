@@ -186,6 +186,9 @@ struct ServeCli {
     /// learned into the shared totals, and take in the others', this often.
     #[arg(long, env = "PARAMOPT_SYNC_EVERY_SECS")]
     sync_every_secs: Option<f64>,
+    /// While the store is down, the longest wait between checkpoint attempts (doubling from 1 s).
+    #[arg(long, env = "PARAMOPT_STORE_RETRY_MAX_SECS", default_value_t = 60.0)]
+    store_retry_max_secs: f64,
 }
 
 fn init_logging(default_filter: &str, json: bool) {
@@ -291,6 +294,7 @@ fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
         checkpoint_every_outcomes: cli.checkpoint_every_outcomes,
         checkpoint_every_secs: cli.checkpoint_every_secs,
         sync_every_secs: cli.sync_every_secs,
+        store_retry_max_secs: cli.store_retry_max_secs,
     };
     let learning = tokio_rt
         .block_on(Runtime::start(spaces.clone(), options))

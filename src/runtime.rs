@@ -62,6 +62,9 @@ pub struct RuntimeOptions {
     /// every module merges its new evidence into the store's shared totals,
     /// and takes in the other replicas', this often.
     pub sync_every_secs: Option<f64>,
+    /// The longest wait between checkpoint attempts while the store is down
+    /// (the wait doubles from 1 s up to this).
+    pub store_retry_max_secs: f64,
 }
 
 impl Default for RuntimeOptions {
@@ -73,6 +76,7 @@ impl Default for RuntimeOptions {
             checkpoint_every_outcomes: 10_000,
             checkpoint_every_secs: 60.0,
             sync_every_secs: None,
+            store_retry_max_secs: 60.0,
         }
     }
 }
@@ -420,7 +424,8 @@ impl Runtime {
                         );
                     }
                     Err(e) => {
-                        let wait = backoff.get(&module).map_or(1.0, |w| (w * 2.0f64).min(60.0));
+                        let max = self.options.store_retry_max_secs;
+                        let wait = backoff.get(&module).map_or(1.0f64.min(max), |w| (w * 2.0f64).min(max));
                         backoff.insert(module.clone(), wait);
                         backoff_until.insert(module.clone(), now + wait);
                         tracing::warn!(module, error = %e, retry_in_secs = wait, "checkpoint failed; decisions go on");

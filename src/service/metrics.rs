@@ -166,7 +166,9 @@ impl Metrics {
             out,
             "# HELP paramopt_store_errors_total Failed store operations.\n\
              # TYPE paramopt_store_errors_total counter\nparamopt_store_errors_total {}",
-            self.store_errors()
+            // Failures answered to a request, and those of the background
+            // checkpointer, which no request sees: an outage shows here too.
+            self.store_errors() + store.map_or(0, |s| s.background_errors())
         );
         let _ = writeln!(
             out,

@@ -96,6 +96,10 @@ impl CheckpointStore for RuntimeHooks {
         self.runtime.status.checkpoint_age(module, now_secs())
     }
 
+    fn background_errors(&self) -> u64 {
+        self.runtime.status.store_errors.load(Ordering::Relaxed)
+    }
+
     fn on_shutdown(&self) -> Result<(), StoreError> {
         self.handle.block_on(async {
             self.runtime.final_checkpoint().await;

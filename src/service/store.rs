@@ -104,6 +104,11 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn rollback(&self, module: &str, to: RollbackTarget) -> Result<CheckpointSummary, StoreError>;
     /// Seconds since `module`'s newest checkpoint, for `/metrics`.
     fn checkpoint_age_secs(&self, module: &str) -> Option<f64>;
+    /// Store operations that failed outside any request (background
+    /// checkpoints, trade writes), for `paramopt_store_errors_total`.
+    fn background_errors(&self) -> u64 {
+        0
+    }
     /// Called once at graceful shutdown, after in-flight requests finished and
     /// the agent learned every accepted outcome: the place for the final checkpoint.
     fn on_shutdown(&self) -> Result<(), StoreError> {

@@ -2,37 +2,26 @@
 //! temporary store, driven by the Python client, stopped (gracefully or with
 //! kill -9) and started again, then read back with `paramopt inspect`.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_paramopt");
-const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
+use crate::support::{self, http_json, sigterm, BIN, MODELS};
+
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
 
 /// Starts `paramopt serve` on a free port with its store under `dir`.
 fn serve(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["--models", MODELS, "serve", "--addr", "127.0.0.1:0", "--checkpoint-every-outcomes", "250"])
-        // A generation at least every ~0.25 s while outcomes come in.
-        .args(["--checkpoint-every-secs", "0.1"])
-        .arg("--store")
-        .arg(dir.join("store"))
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("PARAMOPT_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().last().unwrap_or_default().to_string();
-    assert!(url.starts_with("http://"), "serve printed {line:?}");
-    (child, url)
+    let mut args: Vec<OsString> = ["--checkpoint-every-outcomes", "250"].map(OsString::from).into();
+    // A generation at least every ~0.25 s while outcomes come in.
+    args.extend(["--checkpoint-every-secs", "0.1", "--store"].map(OsString::from));
+    args.push(dir.join("store").into());
+    args.push("--data-dir".into());
+    args.push(dir.into());
+    support::serve(args, &[])
 }
 
 /// Runs `n` decide + report pairs through the Python client; prints one line
@@ -74,11 +63,6 @@ fn decision_log(dir: &Path, module: &str) -> Vec<paramopt::store::DecisionLogRec
         let store = paramopt::store::open_store(&url).await.unwrap();
         store.list_decisions(module, 0.0, usize::MAX).await.unwrap()
     })
-}
-
-fn sigterm(mut child: Child) {
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    assert!(child.wait().unwrap().success(), "graceful shutdown exits 0");
 }
 
 /// Samples behind every arm of one parameter, over all contexts: each
@@ -206,23 +190,9 @@ fn kill_9_loses_no_acknowledged_outcome() {
 }
 
 fn ureq_get(url: &str) -> Value {
-    http("GET", url)
+    http_json("GET", url, "")
 }
 
 fn ureq_post(url: &str) -> Value {
-    http("POST", url)
-}
-
-/// A one-shot HTTP/1.1 exchange over std's TcpStream: no client library needed.
-fn http(method: &str, url: &str) -> Value {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
-    serde_json::from_str(body).unwrap()
+    http_json("POST", url, "")
 }

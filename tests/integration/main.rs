@@ -4,6 +4,7 @@ mod cli;
 mod e2e;
 mod invariants;
 mod learning;
+mod outage;
 mod policy;
 mod runtime;
 mod service;

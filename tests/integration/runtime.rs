@@ -17,7 +17,7 @@ fn options(dir: &std::path::Path) -> RuntimeOptions {
         // Only explicit checkpoints in these tests.
         checkpoint_every_outcomes: u64::MAX,
         checkpoint_every_secs: f64::INFINITY,
-        sync_every_secs: None,
+        ..Default::default()
     }
 }
 

@@ -30,8 +30,8 @@ pub mod emulator {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::process::CommandExt;
-    use std::path::Path;
-    use std::process::{Command, Stdio};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
@@ -61,16 +61,30 @@ pub mod emulator {
     }
 
     fn start() -> Result<String, String> {
+        let port = free_port()?;
+        let (_watchdog, log) = spawn(port)?;
+        let host = format!("127.0.0.1:{port}");
+        eprintln!("started a Firestore emulator at {host} (log {})", log.display());
+        Ok(host)
+    }
+
+    fn free_port() -> Result<u16, String> {
+        Ok(TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a free port: {e}"))?
+            .port())
+    }
+
+    /// Starts an emulator on `port` and waits until it answers. Returns the
+    /// watchdog, the leader of the process group that holds the emulator,
+    /// and the emulator's log.
+    fn spawn(port: u16) -> Result<(Child, PathBuf), String> {
         let binary = std::env::var("FIRESTORE_EMULATOR_BIN").unwrap_or_else(|_| DEFAULT_BINARY.to_string());
         if !Path::new(&binary).exists() {
             return Err(format!(
                 "{binary} does not exist; install google-cloud-cli-firestore-emulator or set FIRESTORE_EMULATOR_HOST"
             ));
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("finding a free port: {e}"))?
-            .port();
         let host = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("paramopt-firestore-emulator-{port}.log"));
         let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -80,7 +94,7 @@ pub mod emulator {
         let watchdog = r#"parent=$1; shift; "$@" & child=$!
             while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 1; done
             kill -TERM 0"#;
-        Command::new("sh")
+        let child = Command::new("sh")
             .args(["-c", watchdog, "sh", &std::process::id().to_string(), &binary, "start"])
             .arg("--host=127.0.0.1")
             .arg(format!("--port={port}"))
@@ -96,8 +110,64 @@ pub mod emulator {
                 tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
             format!("{e}; emulator log {}:\n{tail}", log.display())
         })?;
-        eprintln!("started a Firestore emulator at {host} (log {})", log.display());
-        Ok(host)
+        Ok((child, log))
+    }
+
+    /// An emulator of one test's own, on a port of its own, that the test
+    /// stops and starts again (the shared one serves other tests meanwhile).
+    /// Its data lives in memory: a restart comes back empty.
+    pub struct Owned {
+        port: u16,
+        watchdog: Option<Child>,
+    }
+
+    impl Owned {
+        /// Starts one on a free port; panics, naming the cause, if it cannot.
+        pub fn start() -> Owned {
+            let port = free_port().unwrap_or_else(|e| panic!("{e}"));
+            let mut owned = Owned { port, watchdog: None };
+            owned.restart();
+            owned
+        }
+
+        pub fn host(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+
+        /// Kills the emulator outright (SIGKILL to its whole process group,
+        /// as a crash or a lost host would) and waits until its port refuses
+        /// connections.
+        pub fn stop(&mut self) {
+            let Some(mut watchdog) = self.watchdog.take() else { return };
+            // The watchdog leads the group, so its pid is the group id.
+            // SAFETY: kill(2) on a process group this test created.
+            unsafe { libc::kill(-(watchdog.id() as i32), libc::SIGKILL) };
+            let _ = watchdog.wait();
+            let started = Instant::now();
+            while TcpStream::connect(self.host()).is_ok() {
+                assert!(started.elapsed() < Duration::from_secs(60), "the emulator at {} did not go away", self.host());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        /// Starts it again on the same port, empty, and waits until it answers.
+        pub fn restart(&mut self) {
+            self.stop();
+            let (watchdog, log) =
+                spawn(self.port).unwrap_or_else(|e| panic!("no Firestore emulator on port {}: {e}", self.port));
+            eprintln!("started a Firestore emulator at {} (log {})", self.host(), log.display());
+            self.watchdog = Some(watchdog);
+        }
+    }
+
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            if let Some(mut watchdog) = self.watchdog.take() {
+                // SAFETY: as in `stop`.
+                unsafe { libc::kill(-(watchdog.id() as i32), libc::SIGKILL) };
+                let _ = watchdog.wait();
+            }
+        }
     }
 
     fn wait_ready(host: &str, within: Duration) -> Result<(), String> {

@@ -1,6 +1,9 @@
 //! Shared drivers for the integration tests.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
 
 use paramopt::agent::{Agent, AgentOptions, Outcome};
 use paramopt::eval::synthetic::SyntheticEnv;
@@ -83,4 +86,64 @@ pub fn drive(
 
 pub fn rng(seed: u64) -> Pcg64Mcg {
     Pcg64Mcg::seed_from_u64(seed)
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_paramopt");
+pub const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
+
+/// Starts `paramopt serve` on a free port with `args` after `serve` and `env`
+/// on top of this process's environment; returns it and its base URL.
+pub fn serve<I, S>(args: I, env: &[(&str, &str)]) -> (Child, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut child = Command::new(BIN)
+        .args(["--models", MODELS, "serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("PARAMOPT_TOKEN")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().last().unwrap_or_default().to_string();
+    assert!(url.starts_with("http://"), "serve printed {line:?}");
+    (child, url)
+}
+
+/// SIGTERM, then the graceful shutdown must exit 0.
+pub fn sigterm(mut child: Child) {
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success(), "graceful shutdown exits 0");
+}
+
+/// A one-shot HTTP/1.1 exchange over std's TcpStream (no client library
+/// needed): the status and the body.
+pub fn http(method: &str, url: &str, body: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// [`http`] that must answer 200 with JSON.
+pub fn http_json(method: &str, url: &str, body: &str) -> serde_json::Value {
+    let (status, text) = http(method, url, body);
+    assert_eq!(status, 200, "{method} {url}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {url}: {e}: {text}"))
 }
