@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 
 use crate::runtime::{self, Runtime, RuntimeError};
-use crate::store::{now_secs, CheckpointMeta, StoreError as BackendError, TradeRecord};
+use crate::store::{
+    now_secs, CheckpointMeta, LearningEvent, ParameterEffectiveness, StoreError as BackendError, TradeRecord,
+};
 
 use super::store::{
     CheckpointStore, CheckpointSummary, OutcomeRecord, OutcomeSink, RollbackTarget, SinkFuture, StoreError,
@@ -98,6 +100,14 @@ impl CheckpointStore for RuntimeHooks {
     fn on_shutdown(&self) -> Result<(), StoreError> {
         self.handle.block_on(self.runtime.final_checkpoint());
         Ok(())
+    }
+
+    fn learning_events(&self, module: &str, limit: usize) -> Result<Vec<LearningEvent>, StoreError> {
+        self.handle.block_on(self.runtime.store.list_learning_events(module, limit)).map_err(backend)
+    }
+
+    fn effectiveness(&self, module: &str) -> Result<Vec<ParameterEffectiveness>, StoreError> {
+        self.handle.block_on(self.runtime.store.list_parameter_effectiveness(module)).map_err(backend)
     }
 }
 
