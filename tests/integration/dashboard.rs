@@ -232,6 +232,16 @@ impl Browser {
         }
     }
 
+    /// Grows the window to the page's height first, so nothing is cut off.
+    fn full_page_screenshot(&self, width: u32) -> Vec<u8> {
+        let rect = self.command("GET", "/window/rect", None);
+        let inner = self.eval("return [window.innerHeight, document.documentElement.scrollHeight]");
+        let chrome = rect["height"].as_u64().unwrap() - inner[0].as_u64().unwrap();
+        let height = inner[1].as_u64().unwrap() + chrome;
+        self.command("POST", "/window/rect", Some(json!({ "width": width, "height": height })));
+        self.screenshot()
+    }
+
     fn screenshot(&self) -> Vec<u8> {
         let b64 = self.command("GET", "/screenshot", None);
         base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).unwrap()
@@ -282,20 +292,34 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, url) = serve(dir.path(), None);
 
-    // Seven batches of outcomes, a checkpoint after each, and a rollback
-    // between the fifth and the sixth: generations 1-5, 6 (rollback to 3), 7-8.
+    // Batches of outcomes, a checkpoint after each, and a rollback to
+    // generation 3 after the sixth: generations 1-6, 7 (the rollback), 8-13.
+    const BATCHES: usize = 12;
+    const BATCH: usize = 60;
     let mut i = 0;
-    for batch in 0..7 {
-        for _ in 0..90 {
-            // Asia first and most: the history chart's default cell learns fastest.
+    for batch in 1..=BATCHES {
+        for _ in 0..BATCH {
+            // Asia first and most: the charted cell learns fastest.
             let session = if i % 2 == 0 { "asia_prime" } else { SESSIONS[i % 3] };
             trade(&url, session, REGIMES[(i / 2) % 4], i);
             i += 1;
         }
         call("POST", &format!("{url}/v1/checkpoints/crypto"), None);
-        if batch == 4 {
+        if batch == 6 {
             let rolled = call("POST", &format!("{url}/v1/rollback"), Some(json!({"module": "crypto", "to": 3})));
-            assert_eq!(rolled["checkpoint"]["generation"], 6, "{rolled}");
+            assert_eq!(rolled["checkpoint"]["generation"], 7, "{rolled}");
+        }
+    }
+    // The other modules learn a little too, without checkpoints.
+    for module in ["options", "stocks"] {
+        for j in 0..40 {
+            let d = call(
+                "POST",
+                &format!("{url}/v1/decisions"),
+                Some(json!({"module": module, "context": {"session": SESSIONS[j % 3], "regime": REGIMES[j % 4]}})),
+            );
+            let reward = 0.001 * (j % 5) as f64;
+            call("POST", &format!("{url}/v1/outcomes"), Some(json!({"decision_id": d["decision_id"], "reward": reward})));
         }
     }
     // Three decisions left open: operations must count them as pending.
@@ -316,13 +340,14 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
         crypto["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
     let defaults: Vec<f64> = crypto["parameters"].as_array().unwrap().iter().map(|p| p["default"].as_f64().unwrap()).collect();
     let moved = names.iter().zip(&defaults).filter(|(n, d)| greedy["parameters"][n.as_str()].as_f64() != Some(**d)).count();
-    assert!(moved > 0, "630 outcomes moved no incumbent in {session}/{regime}: {greedy}");
+    assert!(moved > 0, "the outcomes moved no incumbent in {session}/{regime}: {greedy}");
     let listed = call("GET", &format!("{url}/v1/checkpoints?module=crypto"), None);
     let mut generations: Vec<u64> =
         listed["checkpoints"].as_array().unwrap().iter().map(|c| c["generation"].as_u64().unwrap()).collect();
     generations.reverse();
-    assert_eq!(generations, (1..=8).collect::<Vec<u64>>());
-    let charted = "session_confidence.asia_prime";
+    assert_eq!(generations, (1..=BATCHES as u64 + 1).collect::<Vec<u64>>());
+    // Not in the reward, so it wanders: a chart with something to see.
+    let charted = "analysis_weights.momentum";
     let p = names.iter().position(|n| n == charted).unwrap();
     let c = SESSIONS.iter().position(|s| *s == session).unwrap() * 4 + REGIMES.iter().position(|r| *r == regime).unwrap();
     let stored: Vec<f64> = generations
@@ -379,15 +404,15 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
         assert_eq!(point[0].as_u64(), Some(*g));
         assert_eq!(point[1].as_str().unwrap().parse::<f64>().unwrap(), *want, "generation {g}");
     }
-    assert!(points[5][2].as_str().unwrap().contains("rollback"), "{page}");
-    assert_eq!(page["rollbacks"], json!([6]));
+    assert!(points[6][2].as_str().unwrap().contains("rollback"), "{page}");
+    assert_eq!(page["rollbacks"], json!([7]));
     assert_eq!(page["live"].as_str().unwrap().parse::<f64>().unwrap(), greedy["parameters"][charted].as_f64().unwrap());
 
     // Learning progress: a reward point per checkpoint that learned something
     // new (not the rollback), the count, and the empty states.
-    assert_eq!(page["rewardPoints"], 7, "{page}");
-    // The rollback to generation 3 took the count back to its 270; two batches followed.
-    assert_eq!(page["outcomes"], "450");
+    assert_eq!(page["rewardPoints"], BATCHES, "{page}");
+    // The rollback to generation 3 took the count back to its three batches; six followed.
+    assert_eq!(page["outcomes"], (9 * BATCH).to_string());
     assert_eq!(page["ab"], "No A/B test running");
     assert_eq!(page["defaults"], "no off-policy estimate yet");
     assert!(page["attribution"].as_str().unwrap().contains("No effectiveness rows yet"), "{page}");
@@ -399,7 +424,8 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
     assert!(page["checkpointAge"].as_str().unwrap().ends_with(" s"), "{page}");
     assert_eq!(page["tabs"], json!(["crypto", "options", "stocks"]));
 
-    let png = browser.screenshot();
+    // The whole page, 1440 pixels wide, for the README.
+    let png = browser.full_page_screenshot(1440);
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG screenshot");
     let (path, _keep) = screenshot_path();
     std::fs::write(&path, &png).unwrap();

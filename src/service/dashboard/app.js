@@ -69,9 +69,13 @@ function fmt(v, digits = 4) {
   if (Number.isInteger(v) && Math.abs(v) < 1e6) return String(v);
   const a = Math.abs(v);
   if (a >= 1000) return v.toFixed(0);
-  if (a >= 1) return v.toFixed(Math.max(0, digits - 1 - Math.floor(Math.log10(a))));
+  if (a >= 1) return trim(v.toFixed(Math.max(0, digits - 1 - Math.floor(Math.log10(a)))));
   if (a === 0) return "0";
   return v.toPrecision(digits - 1).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "");
+}
+
+function trim(text) {
+  return text.includes(".") ? text.replace(/0+$/, "").replace(/\.$/, "") : text;
 }
 
 function pct(v) {
@@ -260,7 +264,7 @@ function renderHistory(hist) {
     box.dataset.points = "0";
     return;
   }
-  const W = 680, H = 250;
+  const W = 680, H = 330;
   const gens = points.map((p) => p.generation);
   const vals = points.map((p) => p.incumbent).concat([hist.default, hist.live.incumbent]);
   const xs = gens.length > 1 ? [gens[0], gens[gens.length - 1]] : [gens[0] - 1, gens[0] + 1];
@@ -334,7 +338,17 @@ function renderProgress(prog) {
       run.push(`${x(p.outcomes).toFixed(1)},${y(p.window_reward).toFixed(1)}`);
     }
     flush();
-    svg.append(s("polyline", { class: "cumulative", points: pts.map((p) => `${x(p.outcomes).toFixed(1)},${y(p.mean_reward).toFixed(1)}`).join(" ") }));
+    // The running mean restarts at a rollback or promotion: a new line from there.
+    let line = [];
+    const flushLine = () => {
+      if (line.length > 0) svg.append(s("polyline", { class: "cumulative", points: line.join(" ") }));
+      line = [];
+    };
+    for (const p of pts) {
+      if (p.kind !== "checkpoint") flushLine();
+      line.push(`${x(p.outcomes).toFixed(1)},${y(p.mean_reward).toFixed(1)}`);
+    }
+    flushLine();
     for (const p of pts.filter((p) => p.window_reward !== null)) {
       svg.append(s("circle", { class: "point reward", cx: x(p.outcomes).toFixed(1), cy: y(p.window_reward).toFixed(1), r: pts.length > 80 ? 1.5 : 2.5 },
         s("title", {}, `generation ${p.generation}: ${fmt(p.window_reward)} since the previous point, ${fmt(p.mean_reward)} overall`)));
