@@ -319,7 +319,11 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
                 Some(json!({"module": module, "context": {"session": SESSIONS[j % 3], "regime": REGIMES[j % 4]}})),
             );
             let reward = 0.001 * (j % 5) as f64;
-            call("POST", &format!("{url}/v1/outcomes"), Some(json!({"decision_id": d["decision_id"], "reward": reward})));
+            call(
+                "POST",
+                &format!("{url}/v1/outcomes"),
+                Some(json!({"decision_id": d["decision_id"], "reward": reward})),
+            );
         }
     }
     // Three decisions left open: operations must count them as pending.
@@ -338,8 +342,10 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
     let crypto = modules["modules"].as_array().unwrap().iter().find(|m| m["module"] == "crypto").unwrap().clone();
     let names: Vec<String> =
         crypto["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
-    let defaults: Vec<f64> = crypto["parameters"].as_array().unwrap().iter().map(|p| p["default"].as_f64().unwrap()).collect();
-    let moved = names.iter().zip(&defaults).filter(|(n, d)| greedy["parameters"][n.as_str()].as_f64() != Some(**d)).count();
+    let defaults: Vec<f64> =
+        crypto["parameters"].as_array().unwrap().iter().map(|p| p["default"].as_f64().unwrap()).collect();
+    let moved =
+        names.iter().zip(&defaults).filter(|(n, d)| greedy["parameters"][n.as_str()].as_f64() != Some(**d)).count();
     assert!(moved > 0, "the outcomes moved no incumbent in {session}/{regime}: {greedy}");
     let listed = call("GET", &format!("{url}/v1/checkpoints?module=crypto"), None);
     let mut generations: Vec<u64> =
@@ -349,7 +355,8 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
     // Not in the reward, so it wanders: a chart with something to see.
     let charted = "analysis_weights.momentum";
     let p = names.iter().position(|n| n == charted).unwrap();
-    let c = SESSIONS.iter().position(|s| *s == session).unwrap() * 4 + REGIMES.iter().position(|r| *r == regime).unwrap();
+    let c =
+        SESSIONS.iter().position(|s| *s == session).unwrap() * 4 + REGIMES.iter().position(|r| *r == regime).unwrap();
     let stored: Vec<f64> = generations
         .iter()
         .map(|g| call("GET", &format!("{url}/v1/checkpoints/crypto/{g}"), None)["incumbents"][c][p].as_f64().unwrap())
@@ -455,4 +462,53 @@ fn with_a_token_the_page_loads_and_its_data_needs_the_token() {
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["store"]["kind"], "local");
     assert_eq!(body["modules"].as_array().unwrap().len(), 3);
+}
+
+/// Thousands of generations: the history answer shows a power-of-two stride
+/// of them (plus the newest and the rollback), each at its stored incumbent,
+/// and a second refresh answers the same from the cache.
+#[test]
+fn history_with_thousands_of_generations_is_downsampled_and_exact() {
+    const GENERATIONS: u64 = 1_200;
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = serve(dir.path(), None);
+    let mut i = 0;
+    for g in 1..=GENERATIONS {
+        if g % 100 == 1 {
+            for _ in 0..10 {
+                trade(&url, "asia_prime", "bullish", i);
+                i += 1;
+            }
+        }
+        if g == 1_001 {
+            call("POST", &format!("{url}/v1/rollback"), Some(json!({"module": "crypto", "to": 2})));
+        } else {
+            call("POST", &format!("{url}/v1/checkpoints/crypto"), None);
+        }
+    }
+    let query = "parameter=session_confidence.asia_prime&session=asia_prime&regime=bullish";
+    let history = call("GET", &format!("{url}/v1/dashboard/modules/crypto/history?{query}"), None);
+    assert_eq!(history["generations"], GENERATIONS);
+    // 1,200 generations at 400 points or fewer: every 4th.
+    assert_eq!(history["stride"], 4);
+    let points = history["points"].as_array().unwrap();
+    let shown: Vec<u64> = points.iter().map(|p| p["generation"].as_u64().unwrap()).collect();
+    let mut want: Vec<u64> =
+        (1..=GENERATIONS).filter(|g| (g - 1) % 4 == 0 || *g == 1_001 || *g == GENERATIONS).collect();
+    want.dedup();
+    assert_eq!(shown, want);
+    assert_eq!(points[shown.iter().position(|&g| g == 1_001).unwrap()]["kind"], "rollback");
+    assert_eq!(history["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "rollback").count(), 1);
+    for g in [1, 997, 1_001, 1_005, GENERATIONS] {
+        let stored = call("GET", &format!("{url}/v1/checkpoints/crypto/{g}"), None);
+        let p = stored["parameter_names"].as_array().unwrap().iter().position(|n| n == "session_confidence.asia_prime");
+        let point = points.iter().find(|p| p["generation"] == g).unwrap();
+        assert_eq!(point["incumbent"], stored["incumbents"][0][p.unwrap()], "generation {g}");
+        assert_eq!(point["outcomes"], stored["outcome_count"], "generation {g}");
+    }
+    let again = call("GET", &format!("{url}/v1/dashboard/modules/crypto/history?{query}"), None);
+    assert_eq!(again, history, "a refresh with nothing new answers the same");
+    let progress = call("GET", &format!("{url}/v1/dashboard/modules/crypto/progress?points=100"), None);
+    assert_eq!(progress["stride"], 16);
+    assert!(progress["reward"].as_array().unwrap().len() <= 100 + 2, "{}", progress["reward"]);
 }

@@ -482,7 +482,8 @@ fn events(
     let cached = cache.lock().get(module).and_then(|c| c.events.clone());
     let newest = cached.as_ref().and_then(|(_, e)| e.iter().filter_map(|e| e.generation).max());
     if let Some((key, events)) = &cached {
-        if *key == live && newest.is_some_and(|g| g >= live) {
+        // Generation 0 is the seed defaults: no event can name it.
+        if *key == live && (live == 0 || newest.is_some_and(|g| g >= live)) {
             return Ok(events.clone());
         }
     }
@@ -503,7 +504,11 @@ fn events(
         if let (Some(g), Some(values)) = (e.generation, incumbents_of_event(e, space)) {
             carried.push((g, Arc::new(values)));
         }
-        merged.push(EventMark { generation: e.generation, kind: kind_name(&e.learning_event), created_at: e.created_at });
+        merged.push(EventMark {
+            generation: e.generation,
+            kind: kind_name(&e.learning_event),
+            created_at: e.created_at,
+        });
     }
     merged.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
     let merged = Arc::new(merged);
