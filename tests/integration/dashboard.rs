@@ -113,8 +113,7 @@ fn http(method: &str, url: &str, body: Option<&Value>, headers: &[(&str, &str)])
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).split(';').next().unwrap().trim(), 16)
             .expect("a chunk size");
         if size == 0 {

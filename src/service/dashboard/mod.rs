@@ -71,8 +71,12 @@ pub fn router(state: AppState) -> Router {
 #[derive(Clone)]
 struct Dashboard {
     app: AppState,
-    cache: Arc<Mutex<HashMap<String, ModuleCache>>>,
+    cache: Arc<Cache>,
 }
+
+/// `[context][parameter]` incumbents of one stored generation, in the module's parameter order.
+type Incumbents = Arc<Vec<Vec<f64>>>;
+type Cache = Mutex<HashMap<String, ModuleCache>>;
 
 /// What the store has said about one module, kept between refreshes.
 #[derive(Default)]
@@ -81,8 +85,7 @@ struct ModuleCache {
     generations: Option<(u64, Arc<Vec<CheckpointSummary>>)>,
     /// Oldest first, read when the live generation was the key.
     events: Option<(u64, Arc<Vec<EventMark>>)>,
-    /// `[context][parameter]` per generation, in the module's parameter order.
-    incumbents: HashMap<u64, Arc<Vec<Vec<f64>>>>,
+    incumbents: HashMap<u64, Incumbents>,
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -451,7 +454,7 @@ fn is_marked(kinds: &HashMap<u64, String>, generation: u64) -> bool {
 
 /// The module's generations, oldest first; listed again only when the live generation moved.
 fn generations(
-    cache: &Mutex<HashMap<String, ModuleCache>>,
+    cache: &Cache,
     store: &dyn CheckpointStore,
     module: &str,
     live: u64,
@@ -473,7 +476,7 @@ fn generations(
 /// generation's row is missing (the runtime writes it just after the
 /// generation). Incumbents the rows carry go into the cache on the way.
 fn events(
-    cache: &Mutex<HashMap<String, ModuleCache>>,
+    cache: &Cache,
     store: &dyn CheckpointStore,
     space: &ModuleSpace,
     live: u64,
@@ -547,11 +550,11 @@ fn incumbents_of_event(event: &LearningEvent, space: &ModuleSpace) -> Option<Vec
 /// Incumbents of each generation in `wanted`: from the cache, else from the
 /// stored checkpoint (then cached; a stored generation never changes).
 fn incumbents(
-    cache: &Mutex<HashMap<String, ModuleCache>>,
+    cache: &Cache,
     store: &dyn CheckpointStore,
     space: &ModuleSpace,
     wanted: &[u64],
-) -> Result<HashMap<u64, Arc<Vec<Vec<f64>>>>, StoreError> {
+) -> Result<HashMap<u64, Incumbents>, StoreError> {
     let module = space.name.as_str();
     let mut out = HashMap::with_capacity(wanted.len());
     let mut missing = Vec::new();
