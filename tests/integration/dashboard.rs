@@ -438,7 +438,8 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
     eprintln!("dashboard screenshot: {}", path.display());
 }
 
-/// The page is public; its data routes are `/v1` routes and want the token.
+/// The page is public; its data routes are `/v1` routes and want the token,
+/// which the page takes from `?token=` once.
 #[test]
 fn with_a_token_the_page_loads_and_its_data_needs_the_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -461,6 +462,20 @@ fn with_a_token_the_page_loads_and_its_data_needs_the_token() {
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["store"]["kind"], "local");
     assert_eq!(body["modules"].as_array().unwrap().len(), 3);
+
+    // In a browser: refused without the token, then `?token=` once and it is
+    // kept (out of the address bar) for every later load.
+    let browser = Browser::start(1440, 900);
+    browser.open(&format!("{url}/"));
+    let error = browser.wait_for("the refusal", "return document.body.dataset.error || null");
+    assert!(error.as_str().unwrap().contains("?token="), "{error}");
+    browser.open(&format!("{url}/?token=s3cret"));
+    browser.wait_for("a refresh with the token", "return document.body.dataset.refreshes || null");
+    let href = browser.eval("return location.href");
+    assert!(!href.as_str().unwrap().contains("s3cret"), "the token stays in the address bar: {href}");
+    browser.open(&format!("{url}/"));
+    browser.wait_for("a refresh with the kept token", "return document.body.dataset.refreshes || null");
+    assert_eq!(browser.eval("return document.body.dataset.error || null"), Value::Null);
 }
 
 /// Thousands of generations: the history answer shows a power-of-two stride
