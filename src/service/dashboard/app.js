@@ -121,7 +121,7 @@ function frame(width, height, xs, ys, xLabel) {
   const x = (v) => m.left + ((v - xs[0]) / (xs[1] - xs[0] || 1)) * (width - m.left - m.right);
   const y = (v) => height - m.bottom - ((v - ys[0]) / (ys[1] - ys[0] || 1)) * (height - m.top - m.bottom);
   const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, role: "img" });
-  for (const t of ticks(ys[0], ys[1], 4)) {
+  for (const t of ticks(ys[0], ys[1], 6)) {
     svg.append(s("line", { class: "gridline", x1: m.left, x2: width - m.right, y1: y(t), y2: y(t) }));
     svg.append(s("text", { x: m.left - 6, y: y(t) + 4, "text-anchor": "end" }, fmt(t, 3)));
   }
