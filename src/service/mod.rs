@@ -13,6 +13,7 @@
 //! validate their input and then answer 503.
 
 pub mod config;
+mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -130,7 +131,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(dashboard::router(state.clone()));
 
     // Outermost first. `Router::layer` runs after routing, so the metrics
     // middleware sees the matched route; auth still runs before any handler.

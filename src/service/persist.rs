@@ -8,7 +8,9 @@ use tokio::runtime::Handle;
 
 use crate::agent::Decision;
 use crate::runtime::{self, Runtime, RuntimeError};
-use crate::store::{now_secs, CheckpointMeta, StoreError as BackendError, TradeRecord};
+use crate::store::{
+    now_secs, CheckpointMeta, LearningEvent, ParameterEffectiveness, StoreError as BackendError, TradeRecord,
+};
 
 use super::store::{
     CheckpointStore, CheckpointSummary, OutcomeRecord, OutcomeSink, RollbackTarget, SinkFuture, StoreError,
@@ -106,6 +108,14 @@ impl CheckpointStore for RuntimeHooks {
             self.runtime.decision_log.flush().await;
         });
         Ok(())
+    }
+
+    fn learning_events(&self, module: &str, limit: usize) -> Result<Vec<LearningEvent>, StoreError> {
+        self.handle.block_on(self.runtime.store.list_learning_events(module, limit)).map_err(backend)
+    }
+
+    fn effectiveness(&self, module: &str) -> Result<Vec<ParameterEffectiveness>, StoreError> {
+        self.handle.block_on(self.runtime.store.list_parameter_effectiveness(module)).map_err(backend)
     }
 }
 

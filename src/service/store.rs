@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Decision, Outcome};
+use crate::store::{LearningEvent, ParameterEffectiveness};
 
 use super::wire::Trade;
 
@@ -113,6 +114,18 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// the agent learned every accepted outcome: the place for the final checkpoint.
     fn on_shutdown(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// The newest `limit` rows of `ml_learning_events` for `module`, newest
+    /// first; read by the dashboard. A store that keeps none answers empty.
+    fn learning_events(&self, module: &str, limit: usize) -> Result<Vec<LearningEvent>, StoreError> {
+        let _ = (module, limit);
+        Ok(Vec::new())
+    }
+    /// Every `parameter_effectiveness` row of `module`; read by the dashboard.
+    /// A store that keeps none answers empty.
+    fn effectiveness(&self, module: &str) -> Result<Vec<ParameterEffectiveness>, StoreError> {
+        let _ = module;
+        Ok(Vec::new())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one integration-test binary: public API only.
 
 mod cli;
+mod dashboard;
 mod e2e;
 mod invariants;
 mod learning;
