@@ -260,7 +260,13 @@ pub(crate) const W: f64 = 720.0;
 pub(crate) const H: f64 = 360.0;
 pub(crate) const PAD: f64 = 56.0;
 
-pub(crate) fn svg_frame(title: &str, x_label: &str, y_label: &str, (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> String {
+pub(crate) fn svg_frame(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> String {
     let mut s = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>

@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
-use crate::agent::{Agent, AgentError, AgentOptions, Outcome};
+use crate::agent::{Agent, AgentError, AgentOptions, ModuleView, Outcome};
 use crate::eval::simulate::align;
 use crate::inspect::{escape, padded, scale, svg_frame, H, PAD, W};
 use crate::space::{Context, ModuleSpace, Spaces};
@@ -48,7 +48,9 @@ pub enum BacktestError {
 #[derive(Debug, Clone)]
 pub enum MarketSource {
     /// The built-in synthetic market with this many hourly bars, seeded by the run's seed.
-    Synthetic { bars: usize },
+    Synthetic {
+        bars: usize,
+    },
     Csv(PathBuf),
     Given(Arc<Market>),
 }
@@ -161,12 +163,23 @@ pub struct ModuleBacktest {
     pub second_half_from: usize,
     /// Agent, defaults, random, epsilon-greedy, UCB1, oracle, in that order.
     pub policies: Vec<PolicyResult>,
+    /// The oracle's search run on the first half and scored on the second:
+    /// how much of the hindsight edge could be known in advance.
+    pub first_half_fit: Metrics,
+    /// The agent's greedy values at the end of the stream, held fixed and
+    /// scored on the second half: what its final checkpoint would earn
+    /// without exploring (hindsight, like the oracle).
+    pub final_greedy: Metrics,
     /// Per context (`session/regime`), the oracle's values over the second half.
     pub oracle_values: Vec<(String, Vec<(String, f64)>)>,
     /// The agent's decisions with their outcomes, for off-policy evaluation
     /// and parameter effectiveness.
     #[serde(skip)]
     pub agent_log: Vec<LoggedDecision>,
+    /// The agent's view at the end of the stream (its last checkpoint), for
+    /// instance to evaluate its greedy policy off-policy.
+    #[serde(skip)]
+    pub agent_view: Option<Arc<ModuleView>>,
     /// The opportunities and the rule, to score any other policy on the same bars.
     #[serde(skip)]
     pub stream: Arc<Stream>,
@@ -218,7 +231,10 @@ impl Stream {
     /// the true value of a fixed policy on these bars.
     pub fn returns_of(&self, range: std::ops::Range<usize>, values: impl Fn(Context) -> Vec<f64>) -> Vec<f64> {
         let per_context: Vec<Vec<f64>> = Context::all().map(values).collect();
-        self.opportunities[range].iter().map(|o| self.rule.trade(o, &per_context[o.context.index()]).return_pct).collect()
+        self.opportunities[range]
+            .iter()
+            .map(|o| self.rule.trade(o, &per_context[o.context.index()]).return_pct)
+            .collect()
     }
 
     /// The reward a learner sees for a trade: the module's reward setting
@@ -243,8 +259,14 @@ struct Pass {
 trait Driver {
     type Ticket;
     fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), BacktestError>;
-    fn report(&mut self, opp: &Opportunity, ticket: Self::Ticket, trade_return: f64, traded: bool, reward: f64)
-        -> Result<(), BacktestError>;
+    fn report(
+        &mut self,
+        opp: &Opportunity,
+        ticket: Self::Ticket,
+        trade_return: f64,
+        traded: bool,
+        reward: f64,
+    ) -> Result<(), BacktestError>;
     /// Called once per bar after that bar's reports.
     fn sync(&mut self) {}
 }
@@ -310,7 +332,14 @@ impl Driver for AgentDriver<'_> {
         });
         Ok((d.values.clone(), (d.id.to_string(), self.log.len() - 1)))
     }
-    fn report(&mut self, _: &Opportunity, ticket: Self::Ticket, ret: f64, traded: bool, _: f64) -> Result<(), BacktestError> {
+    fn report(
+        &mut self,
+        _: &Opportunity,
+        ticket: Self::Ticket,
+        ret: f64,
+        traded: bool,
+        _: f64,
+    ) -> Result<(), BacktestError> {
         let entry = &mut self.log[ticket.1];
         entry.traded = traded;
         entry.reward = ret;
@@ -335,7 +364,14 @@ impl Driver for BaselineDriver<'_> {
         let arms = self.policy.choose(opp.context, &mut self.rng);
         Ok((arm_values(self.space, &arms), arms))
     }
-    fn report(&mut self, opp: &Opportunity, arms: Vec<usize>, _: f64, _: bool, reward: f64) -> Result<(), BacktestError> {
+    fn report(
+        &mut self,
+        opp: &Opportunity,
+        arms: Vec<usize>,
+        _: f64,
+        _: bool,
+        reward: f64,
+    ) -> Result<(), BacktestError> {
         self.policy.learn(opp.context, &arms, reward);
         Ok(())
     }
@@ -371,7 +407,11 @@ pub fn run(spaces: &Spaces, opts: &BacktestOptions) -> Result<BacktestReport, Ba
 }
 
 /// One module: the agent, every baseline and the oracle on the same stream.
-pub fn run_module(space: Arc<ModuleSpace>, market: &Market, opts: &BacktestOptions) -> Result<ModuleBacktest, BacktestError> {
+pub fn run_module(
+    space: Arc<ModuleSpace>,
+    market: &Market,
+    opts: &BacktestOptions,
+) -> Result<ModuleBacktest, BacktestError> {
     let stream = Arc::new(Stream::new(space.clone(), market)?);
     let n = stream.opportunities.len();
     let half = n / 2;
@@ -393,6 +433,11 @@ pub fn run_module(space: Arc<ModuleSpace>, market: &Market, opts: &BacktestOptio
     let agent_pass = drive(&stream, &mut driver, &progress("agent"))?;
     agent.flush();
     let agent_log = std::mem::take(&mut driver.log);
+    let agent_view = Some(agent.view(&space.name)?);
+    let mut greedy = Vec::with_capacity(Context::COUNT);
+    for c in Context::all() {
+        greedy.push(agent.greedy(&space.name, c)?.0);
+    }
     tracing::debug!(module = %space.name, decisions = n, "agent pass done");
 
     let mut passes: Vec<(String, Pass)> = vec![("agent".into(), agent_pass)];
@@ -423,6 +468,26 @@ pub fn run_module(space: Arc<ModuleSpace>, market: &Market, opts: &BacktestOptio
             .collect()
     };
     let oracle_full_traded = traded_of(&oracle_full, 0..n);
+    let final_greedy = Metrics::of(
+        &stream.returns_of(half..n, |c| greedy[c.index()].clone()),
+        &stream.opportunities[half..n]
+            .iter()
+            .map(|o| stream.rule.trade(o, &greedy[o.context.index()]).traded)
+            .collect::<Vec<_>>(),
+        stream.periods_per_year,
+    );
+    if std::env::var_os("PARAMOPT_DIAG").is_some() {
+        for c in Context::all() {
+            let g: Vec<usize> = space.params.iter().zip(&greedy[c.index()]).map(|(p, v)| p.nearest_arm(*v)).collect();
+            eprintln!("{} {c:<22} greedy {:?} oracle {:?}", space.name, g, oracle_half.arms[c.index()]);
+        }
+    }
+    let oracle_first = baselines::oracle(&space, stream.rule.as_ref(), &all[..half]);
+    let first_half_fit = Metrics::of(
+        &stream.returns_of(half..n, |c| arm_values(&space, &oracle_first.arms[c.index()])),
+        &traded_of(&oracle_first, half..n),
+        stream.periods_per_year,
+    );
     let oracle_half_traded = traded_of(&oracle_half, half..n);
     progress("oracle")(n);
 
@@ -467,8 +532,11 @@ pub fn run_module(space: Arc<ModuleSpace>, market: &Market, opts: &BacktestOptio
         decisions: n,
         second_half_from: half,
         policies,
+        first_half_fit,
+        final_greedy,
         oracle_values,
         agent_log,
+        agent_view,
         stream,
     })
 }
@@ -520,6 +588,12 @@ pub fn table(report: &BacktestReport) -> String {
             ]);
         }
         out.push_str(&align(&rows));
+        let _ = writeln!(
+            out,
+            "(second half: the oracle's search fitted on the first half scores {:+.6} mean, {:.2} Sharpe; \
+             the agent's final greedy values {:+.6}, {:.2})",
+            m.first_half_fit.mean_return, m.first_half_fit.sharpe, m.final_greedy.mean_return, m.final_greedy.sharpe
+        );
     }
     out
 }
@@ -554,7 +628,11 @@ pub fn curve_svg(m: &ModuleBacktest) -> String {
                 format!("{:.1},{:.1}", scale((k as f64 + 0.5) * step, xs, PAD, W - PAD), scale(v, ys, H - PAD, PAD))
             })
             .collect();
-        let _ = writeln!(s, r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.5"/>"##, path.join(" "));
+        let _ = writeln!(
+            s,
+            r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.5"/>"##,
+            path.join(" ")
+        );
         let _ = writeln!(
             s,
             r##"<text x="{:.1}" y="{:.1}" fill="{colour}">{}</text>"##,

@@ -139,7 +139,9 @@ impl ArmTable {
         if let Some(k) = n.iter().position(|&x| x == 0.0) {
             return k;
         }
-        (0..n.len()).max_by(|&a, &b| score(self.mean[c][p][a], n[a]).total_cmp(&score(self.mean[c][p][b], n[b]))).unwrap_or(0)
+        (0..n.len())
+            .max_by(|&a, &b| score(self.mean[c][p][a], n[a]).total_cmp(&score(self.mean[c][p][b], n[b])))
+            .unwrap_or(0)
     }
 }
 
@@ -198,7 +200,9 @@ impl Baseline for Ucb1 {
     fn choose(&mut self, context: Context, _: &mut Pcg64Mcg) -> Vec<usize> {
         let c = context.index();
         let (total, sd) = (self.table.ctx_n[c].max(1.0), self.table.sd(c));
-        (0..self.table.n[c].len()).map(|p| self.table.pick(c, p, |m, n| m + sd * (2.0 * total.ln() / n).sqrt())).collect()
+        (0..self.table.n[c].len())
+            .map(|p| self.table.pick(c, p, |m, n| m + sd * (2.0 * total.ln() / n).sqrt()))
+            .collect()
     }
     fn learn(&mut self, context: Context, arms: &[usize], reward: f64) {
         self.table.learn(context.index(), arms, reward);

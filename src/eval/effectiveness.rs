@@ -133,7 +133,9 @@ mod tests {
         let row = |arm: usize, overall: bool| {
             rows.iter()
                 .find(|r| {
-                    r.parameter_type == p0.full_name && r.parameter_value == p0.arms[arm] && r.session.is_none() == overall
+                    r.parameter_type == p0.full_name
+                        && r.parameter_value == p0.arms[arm]
+                        && r.session.is_none() == overall
                 })
                 .unwrap()
         };

@@ -205,7 +205,13 @@ pub fn snips(logs: &[LoggedDecision], target: &TargetPolicy) -> Result<Estimate,
     let n = logs.len() as f64;
     let sw: f64 = w.iter().sum();
     if sw <= 0.0 {
-        return Ok(Estimate { value: 0.0, ci_low: f64::NEG_INFINITY, ci_high: f64::INFINITY, n: logs.len(), effective_n: 0.0 });
+        return Ok(Estimate {
+            value: 0.0,
+            ci_low: f64::NEG_INFINITY,
+            ci_high: f64::INFINITY,
+            n: logs.len(),
+            effective_n: 0.0,
+        });
     }
     let value = logs.iter().zip(&w).map(|(l, w)| w * l.reward).sum::<f64>() / sw;
     let mean_w = sw / n;
@@ -277,7 +283,8 @@ pub fn doubly_robust(logs: &[LoggedDecision], target: &TargetPolicy) -> Result<E
     let w = weights(logs, target);
     let (even, odd): (Vec<(usize, &LoggedDecision)>, Vec<(usize, &LoggedDecision)>) =
         logs.iter().enumerate().partition(|(i, _)| i % 2 == 0);
-    let fit = |part: &[(usize, &LoggedDecision)]| RewardModel::fit(&part.iter().map(|p| p.1).collect::<Vec<_>>(), target);
+    let fit =
+        |part: &[(usize, &LoggedDecision)]| RewardModel::fit(&part.iter().map(|p| p.1).collect::<Vec<_>>(), target);
     let (on_even, on_odd) = (fit(&even), fit(&odd));
     let xs: Vec<f64> = logs
         .iter()

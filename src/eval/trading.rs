@@ -106,9 +106,9 @@ const FEE: f64 = 0.0004;
 /// what gives every multiplier an interior optimum when the edge is modest.
 fn impact(s: Session) -> f64 {
     match s {
-        Session::AsiaPrime => 0.0012,
-        Session::EuropePrime => 0.0008,
-        Session::UsPrime => 0.0006,
+        Session::AsiaPrime => 0.006,
+        Session::EuropePrime => 0.004,
+        Session::UsPrime => 0.003,
     }
 }
 
@@ -141,7 +141,11 @@ impl CryptoRule {
                 p("position_multipliers.europe_session")?,
                 p("position_multipliers.us_session")?,
             ],
-            weights: [p("analysis_weights.momentum")?, p("analysis_weights.volatility")?, p("analysis_weights.volume")?],
+            weights: [
+                p("analysis_weights.momentum")?,
+                p("analysis_weights.volatility")?,
+                p("analysis_weights.volume")?,
+            ],
         })
     }
 }

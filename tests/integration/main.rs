@@ -2,6 +2,7 @@
 
 mod cli;
 mod e2e;
+mod eval;
 mod invariants;
 mod learning;
 mod policy;
