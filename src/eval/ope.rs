@@ -9,6 +9,12 @@
 //! IPS on its residuals: unbiased if either the propensities or the model are
 //! right). The reward model is cross-fitted on two halves of the log so it is
 //! never scored on the decisions it was fitted to.
+//!
+//! Limits. Weights are products over every parameter, so a deterministic
+//! target over many parameters matches few decisions of an exploring log
+//! (`effective_n` says how few). And the agent only explores inside its trust
+//! regions: a target that puts weight outside those regions has no support in
+//! the log, which shows as a `mean_weight` well below 1.
 
 use serde::Serialize;
 
@@ -59,6 +65,11 @@ pub struct Estimate {
     /// (sum of weights)^2 / sum of squared weights: how many decisions the
     /// estimate is effectively worth.
     pub effective_n: f64,
+    /// Mean importance weight. Near 1 when the logging policy could have
+    /// taken every action the target takes; well below 1 means the target
+    /// puts weight where the logger never went (for the agent: outside the
+    /// trust regions it logged with), and IPS and DR are then biased low.
+    pub mean_weight: f64,
 }
 
 impl Estimate {
@@ -178,7 +189,14 @@ fn mean_ci(xs: &[f64], w: &[f64]) -> Estimate {
     let mean = xs.iter().sum::<f64>() / n;
     let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     let half = Z95 * (var / n).sqrt();
-    Estimate { value: mean, ci_low: mean - half, ci_high: mean + half, n: xs.len(), effective_n: effective_n(w) }
+    Estimate {
+        value: mean,
+        ci_low: mean - half,
+        ci_high: mean + half,
+        n: xs.len(),
+        effective_n: effective_n(w),
+        mean_weight: w.iter().sum::<f64>() / n,
+    }
 }
 
 fn effective_n(w: &[f64]) -> f64 {
@@ -217,7 +235,14 @@ pub fn snips(logs: &[LoggedDecision], target: &TargetPolicy) -> Result<Estimate,
     let mean_w = sw / n;
     let var = logs.iter().zip(&w).map(|(l, w)| (w * (l.reward - value)).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     let half = Z95 * (var / n).sqrt() / mean_w;
-    Ok(Estimate { value, ci_low: value - half, ci_high: value + half, n: logs.len(), effective_n: effective_n(&w) })
+    Ok(Estimate {
+        value,
+        ci_low: value - half,
+        ci_high: value + half,
+        n: logs.len(),
+        effective_n: effective_n(&w),
+        mean_weight: mean_w,
+    })
 }
 
 /// An additive reward model per context: the context's mean plus, per
