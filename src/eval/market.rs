@@ -3,11 +3,15 @@
 //! A market is either the built-in synthetic one or a user's CSV (see
 //! [`super::csv`]). Both go through the same trailing indicators
 //! ([`SignalState`]), which is all the trading rules see, so a rule cannot
-//! peek at the synthetic market's hidden state. The synthetic market's returns
-//! respond to those same indicators with loadings that depend on the regime,
-//! the session and slowly on time: that is the only reason any parameter
-//! setting earns more than another, and why the best settings differ by
-//! context and drift.
+//! peek at the synthetic market's hidden state.
+//!
+//! The synthetic market has a hidden, persistent order-flow factor. In a
+//! trend it moves the next returns (more in the sessions where information
+//! is), and it shows, noisily, in momentum and in unusual volume; in a range
+//! returns revert against momentum instead; a volatile market is mostly
+//! noise. The factor's strength drifts slowly over the stream. Those are the
+//! only reasons one parameter setting earns more than another, which is why
+//! the best settings differ by session and regime and drift over time.
 
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -216,7 +220,7 @@ pub struct SyntheticMarket {
     pub base_vol: f64,
     /// Mean bars between regime switches.
     pub regime_duration: f64,
-    /// Bars in one cycle of the slow drift of the momentum loading.
+    /// Bars in one cycle of the slow drift of the factor's strength.
     pub drift_period: f64,
 }
 
@@ -379,7 +383,7 @@ mod tests {
             }
         }
         assert!(trend.0 / trend.1 as f64 > 0.05, "{trend:?}");
-        assert!(range.0 / range.1 as f64 < -0.05, "{range:?}");
+        assert!(range.0 / (range.1 as f64) < -0.05, "{range:?}");
     }
 
     #[test]

@@ -229,6 +229,7 @@ pub fn snips(logs: &[LoggedDecision], target: &TargetPolicy) -> Result<Estimate,
             ci_high: f64::INFINITY,
             n: logs.len(),
             effective_n: 0.0,
+            mean_weight: 0.0,
         });
     }
     let value = logs.iter().zip(&w).map(|(l, w)| w * l.reward).sum::<f64>() / sw;

@@ -282,10 +282,15 @@ impl Rule for StocksRule {
 /// Options: at most one position per bar, chosen among five strategies.
 ///
 /// Each strategy has a confidence: long calls and bull spreads the bullish
-/// signal, protective puts the bearish one, covered calls how neutral it is,
-/// straddles how cheap implied volatility is against realised. Among those
-/// above their thresholds, the one furthest above opens. Its capital is
-/// `min(contracts x 8%, max_allocation)`. Every bar it is repriced with
+/// signal, protective puts the bearish one, covered calls how neutral it is
+/// times how rich implied volatility is against realised (premium worth
+/// selling), straddles how cheap it is. The strategies are tried from the
+/// most aggressive down (long calls, bull spreads, straddles, covered calls,
+/// protective puts) and the first whose confidence
+/// exceeds its threshold opens; so the long-call threshold decides between a
+/// call and a spread on a strong signal, and when none qualifies nothing is
+/// traded. Its capital is
+/// `min(contracts x 12%, max_allocation)`. Every bar it is repriced with
 /// Black-Scholes at the market's implied volatility; it closes when its P&L,
 /// as a fraction of the premium, reaches `-stop_loss_pct` or
 /// `+profit_target_pct`, or after a day.
@@ -298,12 +303,14 @@ pub struct OptionsRule {
     allocation: usize,
 }
 
+/// Long calls, bull spreads, straddles, covered calls, protective puts.
+const OPTION_PRIORITY: [usize; 5] = [0, 1, 4, 3, 2];
 /// Bars a position is held at most.
 const OPTION_HOLD: usize = 24;
 /// Bid-ask paid per round trip, as a fraction of the premium.
 const OPTION_SPREAD: f64 = 0.03;
 /// Capital per contract-multiplier unit.
-const CAPITAL_PER_CONTRACT: f64 = 0.08;
+const CAPITAL_PER_CONTRACT: f64 = 0.12;
 
 impl OptionsRule {
     pub fn new(space: &ModuleSpace) -> Result<OptionsRule, RuleError> {
@@ -373,7 +380,7 @@ impl Rule for OptionsRule {
             bullish,
             bullish,
             1.0 - bullish,
-            1.0 - (2.0 * bullish - 1.0).abs(),
+            (1.0 - (2.0 * bullish - 1.0).abs()) * normal_cdf(3.0 * (iv / realised).ln()),
             normal_cdf(3.0 * (realised / iv).ln()),
         ];
         let bar_years = 1.0 / market.periods_per_year;
@@ -396,14 +403,9 @@ impl Rule for OptionsRule {
         Opportunity { bar: t, context: market.contexts[t], features: vec![iv, days, bullish], data }
     }
     fn trade(&self, o: &Opportunity, v: &[f64]) -> Trade {
-        let mut best: Option<(usize, f64)> = None;
-        for i in 0..5 {
-            let margin = o.data[i] - v[self.threshold[i]];
-            if margin > 0.0 && best.is_none_or(|(_, m)| margin > m) {
-                best = Some((i, margin));
-            }
-        }
-        let Some((strategy, _)) = best else { return Trade::skip(o.bar) };
+        let Some(strategy) = OPTION_PRIORITY.into_iter().find(|&i| o.data[i] > v[self.threshold[i]]) else {
+            return Trade::skip(o.bar);
+        };
         let path = &o.data[5 + strategy * OPTION_HOLD..5 + (strategy + 1) * OPTION_HOLD];
         let (stop, target) = (v[self.stop], v[self.target]);
         let (mut held, mut pnl) = (OPTION_HOLD, path[OPTION_HOLD - 1]);
