@@ -208,14 +208,6 @@ pub struct Stream {
     pub periods_per_year: f64,
 }
 
-impl Default for Stream {
-    fn default() -> Self {
-        let space = Spaces::builtin().get("crypto").cloned().expect("crypto is built in");
-        let rule = rule_for(&space).expect("crypto has a rule");
-        Stream { space, rule, opportunities: vec![], periods_per_year: 8_760.0 }
-    }
-}
-
 impl Stream {
     pub fn new(space: Arc<ModuleSpace>, market: &Market) -> Result<Stream, BacktestError> {
         let rule = rule_for(&space)?;
@@ -305,6 +297,16 @@ fn drive<D: Driver>(stream: &Stream, driver: &mut D, progress: &dyn Fn(usize)) -
             progress(i);
         }
     }
+    // Trades still open after the last decision close within the data
+    // (decisions stop a holding period before its end): report them too, so
+    // every log entry has its outcome.
+    while let Some(Reverse((_, j))) = open.pop() {
+        let trade = trades[j].expect("decided");
+        let ticket = tickets[j].take().expect("reported once");
+        let o = &stream.opportunities[j];
+        driver.report(o, ticket, trade.return_pct, trade.traded, stream.reward(trade.traded, trade.return_pct))?;
+    }
+    driver.sync();
     progress(n);
     Ok(pass)
 }
@@ -476,12 +478,6 @@ pub fn run_module(
             .collect::<Vec<_>>(),
         stream.periods_per_year,
     );
-    if std::env::var_os("PARAMOPT_DIAG").is_some() {
-        for c in Context::all() {
-            let g: Vec<usize> = space.params.iter().zip(&greedy[c.index()]).map(|(p, v)| p.nearest_arm(*v)).collect();
-            eprintln!("{} {c:<22} greedy {:?} oracle {:?}", space.name, g, oracle_half.arms[c.index()]);
-        }
-    }
     let oracle_first = baselines::oracle(&space, stream.rule.as_ref(), &all[..half]);
     let first_half_fit = Metrics::of(
         &stream.returns_of(half..n, |c| arm_values(&space, &oracle_first.arms[c.index()])),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use paramopt::eval::backtest::{self, BacktestOptions, BacktestReport, MarketSource, ModuleBacktest};
 use paramopt::eval::baselines::arm_values;
 use paramopt::eval::csv;
+use paramopt::eval::effectiveness::{attribution, effectiveness};
 use paramopt::eval::ope::{doubly_robust, ips, snips, LoggedDecision, TargetPolicy};
 use paramopt::space::{Context, Spaces};
 use rand::{Rng, SeedableRng};
@@ -286,6 +287,22 @@ fn csv_good_file_backtests_with_progress_and_plots() {
         let oracle = m.policy("oracle").unwrap().second_half.mean_return;
         assert!(oracle >= m.policy("defaults").unwrap().second_half.mean_return);
         assert!(m.policies.iter().all(|p| p.second_half.mean_return.is_finite() && p.full.sharpe.is_finite()));
+    }
+    // Parameter effectiveness from the agent's log: per parameter, the rows
+    // over all contexts count every decision once.
+    for m in &r.modules {
+        let space = &m.stream.space;
+        let rows = effectiveness(space, &m.agent_log, "2026-11-24T00:00:00Z");
+        for p in &space.params {
+            let n: u64 = rows
+                .iter()
+                .filter(|r| r.parameter_type == p.full_name && r.session.is_none())
+                .map(|r| r.sample_size)
+                .sum();
+            assert_eq!(n as usize, m.decisions, "{} {}", m.module, p.full_name);
+        }
+        assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.success_rate) && r.avg_return.is_finite()));
+        assert!(attribution(space, &m.agent_log).iter().all(|a| a.correlation.abs() <= 1.0 + 1e-12));
     }
     // Five learning passes and the oracle per module each end at 100%.
     assert_eq!(finished.load(Ordering::Relaxed), 3 * 6);
