@@ -256,11 +256,17 @@ pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String> {
     Ok(out)
 }
 
-const W: f64 = 720.0;
-const H: f64 = 360.0;
-const PAD: f64 = 56.0;
+pub(crate) const W: f64 = 720.0;
+pub(crate) const H: f64 = 360.0;
+pub(crate) const PAD: f64 = 56.0;
 
-fn svg_frame(title: &str, x_label: &str, y_label: &str, (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> String {
+pub(crate) fn svg_frame(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> String {
     let mut s = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
@@ -301,11 +307,11 @@ fn svg_frame(title: &str, x_label: &str, y_label: &str, (x0, x1): (f64, f64), (y
     s
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-fn scale(v: f64, (lo, hi): (f64, f64), from: f64, to: f64) -> f64 {
+pub(crate) fn scale(v: f64, (lo, hi): (f64, f64), from: f64, to: f64) -> f64 {
     if hi > lo {
         from + (v - lo) / (hi - lo) * (to - from)
     } else {
@@ -313,7 +319,7 @@ fn scale(v: f64, (lo, hi): (f64, f64), from: f64, to: f64) -> f64 {
     }
 }
 
-fn padded(lo: f64, hi: f64) -> (f64, f64) {
+pub(crate) fn padded(lo: f64, hi: f64) -> (f64, f64) {
     let pad = ((hi - lo) * 0.1).max(1e-6);
     (lo - pad, hi + pad)
 }

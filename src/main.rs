@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
+use paramopt::eval::backtest::{self, BacktestOptions, MarketSource};
 use paramopt::eval::simulate::{self, SimulateOptions};
 use paramopt::inspect;
 use paramopt::runtime::{RollbackTarget, Runtime, RuntimeOptions};
@@ -44,6 +45,30 @@ enum Command {
         /// Only this module.
         #[arg(long)]
         module: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trade each module on a market (synthetic or an OHLCV CSV) with the agent
+    /// and with baselines on the same bars, and compare them.
+    Backtest {
+        /// An OHLCV CSV (timestamp,open,high,low,close,volume) instead of the synthetic market.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Hourly bars of the synthetic market.
+        #[arg(long, default_value_t = 30_000)]
+        bars: usize,
+        /// Seeds the synthetic market, the agent and the random baselines.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Only this module (repeatable).
+        #[arg(long)]
+        module: Vec<String>,
+        /// Exploration rate of the epsilon-greedy baseline.
+        #[arg(long, default_value_t = 0.1)]
+        epsilon: f64,
+        /// Write each module's learning curve here as `backtest-<module>.svg`.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -231,6 +256,9 @@ fn main() -> Result<()> {
                 print!("{}", simulate::table(&report));
             }
         }
+        Command::Backtest { csv, bars, seed, module, epsilon, plot, json } => {
+            backtest(&spaces()?, csv.clone(), *bars, *seed, module.clone(), *epsilon, plot.as_deref(), *json)?;
+        }
         Command::Serve(_) => unreachable!("handled above"),
         Command::Inspect { store, what } => {
             let spaces = spaces()?;
@@ -327,6 +355,48 @@ fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
     let errors = std::thread::scope(|s| s.spawn(|| server::finish(&state)).join().expect("shutdown thread"));
     drop(runtime);
     anyhow::ensure!(errors.is_empty(), "shutdown hooks failed: {errors:?}");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backtest(
+    spaces: &Spaces,
+    csv: Option<PathBuf>,
+    bars: usize,
+    seed: u64,
+    modules: Vec<String>,
+    epsilon: f64,
+    plot: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    let market = match csv {
+        Some(path) => MarketSource::Csv(path),
+        None => MarketSource::Synthetic { bars },
+    };
+    let progress: Option<backtest::ProgressFn> = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let f: backtest::ProgressFn = Arc::new(|e: &backtest::ProgressEvent| {
+            eprint!("\r{:<8} {:<15} {:>3}%", e.module, e.policy, 100 * e.done / e.total.max(1));
+        });
+        f
+    });
+    let opts = BacktestOptions { market, seed, modules, epsilon, progress, ..Default::default() };
+    let report = backtest::run(spaces, &opts)?;
+    if opts.progress.is_some() {
+        eprintln!();
+    }
+    if let Some(dir) = plot {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for m in &report.modules {
+            let path = dir.join(format!("backtest-{}.svg", m.module));
+            std::fs::write(&path, backtest::curve_svg(m)).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", backtest::table(&report));
+    }
     Ok(())
 }
 

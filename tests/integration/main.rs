@@ -3,6 +3,7 @@
 mod cli;
 mod dashboard;
 mod e2e;
+mod eval;
 mod invariants;
 mod learning;
 mod outage;

@@ -1,0 +1,665 @@
+//! `paramopt backtest`: every module trades one market with the agent's
+//! parameters and with each baseline's, on the same bars, and the results are
+//! compared (in full, and over the second half alone).
+//!
+//! Outcomes are delayed as in production: a decision's outcome is reported
+//! when its trade closes, bars later, so the agent and the learning baselines
+//! decide with several trades still open. The agent explores (Thompson
+//! sampling) throughout, so its figures include the cost of learning.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand_pcg::Pcg64Mcg;
+use serde::Serialize;
+
+use crate::agent::{Agent, AgentError, AgentOptions, ModuleView, Outcome};
+use crate::eval::simulate::align;
+use crate::inspect::{escape, padded, scale, svg_frame, H, PAD, W};
+use crate::space::{Context, ModuleSpace, Spaces};
+
+use super::baselines::{self, arm_values, Baseline, EpsilonGreedy, Fixed, Ucb1, UniformRandom};
+use super::csv::{self, CsvError};
+use super::market::{Market, SyntheticMarket};
+use super::ope::LoggedDecision;
+use super::trading::{rule_for, Opportunity, Rule, RuleError};
+
+/// Bars the indicators need before the first decision.
+pub const WARMUP: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error("agent: {0}")]
+    Agent(#[from] AgentError),
+    #[error("unknown module {module:?}; known: {known:?}")]
+    UnknownModule { module: String, known: Vec<String> },
+    #[error("the market has {bars} bars; after warm-up and the longest holding period ({need}) none is left")]
+    TooShort { bars: usize, need: usize },
+}
+
+#[derive(Debug, Clone)]
+pub enum MarketSource {
+    /// The built-in synthetic market with this many hourly bars, seeded by the run's seed.
+    Synthetic {
+        bars: usize,
+    },
+    Csv(PathBuf),
+    Given(Arc<Market>),
+}
+
+/// Where a run is: sent after every 1% of a policy's pass over a module.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProgressEvent {
+    pub module: String,
+    pub policy: String,
+    pub done: usize,
+    pub total: usize,
+}
+
+pub type ProgressFn = Arc<dyn Fn(&ProgressEvent) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct BacktestOptions {
+    pub market: MarketSource,
+    pub seed: u64,
+    /// Only these modules; all when empty.
+    pub modules: Vec<String>,
+    /// Exploration rate of the epsilon-greedy baseline.
+    pub epsilon: f64,
+    /// Points on each learning curve.
+    pub curve_points: usize,
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for BacktestOptions {
+    fn default() -> Self {
+        BacktestOptions {
+            market: MarketSource::Synthetic { bars: 30_000 },
+            seed: 7,
+            modules: vec![],
+            epsilon: 0.1,
+            curve_points: 50,
+            progress: None,
+        }
+    }
+}
+
+/// Performance over a stretch of decisions. Returns are per decision, as a
+/// fraction of equity, 0 when the rule did not trade.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Metrics {
+    pub decisions: usize,
+    pub total_return: f64,
+    pub mean_return: f64,
+    /// Mean over standard deviation of per-decision returns, annualised by
+    /// the market's bars per year.
+    pub sharpe: f64,
+    /// Share of trades with a positive return.
+    pub win_rate: f64,
+    /// Largest fall of cumulative return from its running peak.
+    pub max_drawdown: f64,
+    /// Share of opportunities traded.
+    pub traded_share: f64,
+}
+
+impl Metrics {
+    pub fn of(returns: &[f64], traded: &[bool], periods_per_year: f64) -> Metrics {
+        let n = returns.len();
+        if n == 0 {
+            return Metrics::default();
+        }
+        let total: f64 = returns.iter().sum();
+        let mean = total / n as f64;
+        let var = returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
+        let trades = traded.iter().filter(|&&t| t).count();
+        let wins = returns.iter().zip(traded).filter(|(r, &t)| t && **r > 0.0).count();
+        let (mut cum, mut peak, mut dd) = (0.0f64, 0.0f64, 0.0f64);
+        for r in returns {
+            cum += r;
+            peak = peak.max(cum);
+            dd = dd.max(peak - cum);
+        }
+        Metrics {
+            decisions: n,
+            total_return: total,
+            mean_return: mean,
+            sharpe: if var > 0.0 { mean / var.sqrt() * periods_per_year.sqrt() } else { 0.0 },
+            win_rate: if trades > 0 { wins as f64 / trades as f64 } else { 0.0 },
+            max_drawdown: dd,
+            traded_share: trades as f64 / n as f64,
+        }
+    }
+}
+
+/// One policy's results on one module.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyResult {
+    pub policy: String,
+    pub full: Metrics,
+    pub second_half: Metrics,
+    /// The oracle's total return minus this policy's, over the second half.
+    pub regret: f64,
+    /// Mean return per decision minus the defaults', over the second half.
+    pub improvement_over_defaults: f64,
+    /// Share of the defaults-to-oracle gap in mean return closed, second half.
+    pub gap_closed: f64,
+    /// Mean return per decision in consecutive windows, for the learning curve.
+    pub curve: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleBacktest {
+    pub module: String,
+    pub decisions: usize,
+    /// Index of the first decision of the second half.
+    pub second_half_from: usize,
+    /// Agent, defaults, random, epsilon-greedy, UCB1, oracle, in that order.
+    pub policies: Vec<PolicyResult>,
+    /// The oracle's search run on the first half and scored on the second:
+    /// how much of the hindsight edge could be known in advance.
+    pub first_half_fit: Metrics,
+    /// The agent's greedy values at the end of the stream, held fixed and
+    /// scored on the second half: what its final checkpoint would earn
+    /// without exploring (hindsight, like the oracle).
+    pub final_greedy: Metrics,
+    /// Per context (`session/regime`), the oracle's values over the second half.
+    pub oracle_values: Vec<(String, Vec<(String, f64)>)>,
+    /// The agent's decisions with their outcomes, for off-policy evaluation
+    /// and parameter effectiveness.
+    #[serde(skip)]
+    pub agent_log: Vec<LoggedDecision>,
+    /// The agent's view at the end of the stream (its last checkpoint), for
+    /// instance to evaluate its greedy policy off-policy.
+    #[serde(skip)]
+    pub agent_view: Option<Arc<ModuleView>>,
+    /// The opportunities and the rule, to score any other policy on the same bars.
+    #[serde(skip)]
+    pub stream: Arc<Stream>,
+}
+
+impl ModuleBacktest {
+    pub fn policy(&self, name: &str) -> Option<&PolicyResult> {
+        self.policies.iter().find(|p| p.policy == name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BacktestReport {
+    pub market: String,
+    pub bars: usize,
+    pub seed: u64,
+    pub modules: Vec<ModuleBacktest>,
+}
+
+/// A module's decisions on a market: the rule and its opportunities.
+#[derive(Debug)]
+pub struct Stream {
+    pub space: Arc<ModuleSpace>,
+    pub rule: Box<dyn Rule>,
+    pub opportunities: Vec<Opportunity>,
+    pub periods_per_year: f64,
+}
+
+impl Stream {
+    pub fn new(space: Arc<ModuleSpace>, market: &Market) -> Result<Stream, BacktestError> {
+        let rule = rule_for(&space)?;
+        let end = market.len().saturating_sub(rule.horizon() + 1);
+        if end <= WARMUP {
+            return Err(BacktestError::TooShort { bars: market.len(), need: WARMUP + rule.horizon() + 1 });
+        }
+        let opportunities = (WARMUP..end).map(|t| rule.opportunity(market, t)).collect();
+        Ok(Stream { space, rule, opportunities, periods_per_year: market.periods_per_year })
+    }
+
+    /// The return each decision in `range` makes with `values(context)`:
+    /// the true value of a fixed policy on these bars.
+    pub fn returns_of(&self, range: std::ops::Range<usize>, values: impl Fn(Context) -> Vec<f64>) -> Vec<f64> {
+        let per_context: Vec<Vec<f64>> = Context::all().map(values).collect();
+        self.opportunities[range]
+            .iter()
+            .map(|o| self.rule.trade(o, &per_context[o.context.index()]).return_pct)
+            .collect()
+    }
+
+    /// The reward a learner sees for a trade: the module's reward setting
+    /// applied to its return (scaled, clipped; 0 when not traded).
+    fn reward(&self, traded: bool, return_pct: f64) -> f64 {
+        let r = &self.space.reward;
+        if traded {
+            (return_pct * r.scale).clamp(-r.clip, r.clip)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Each decision's return and whether it traded, in decision order.
+struct Pass {
+    returns: Vec<f64>,
+    traded: Vec<bool>,
+}
+
+/// Drives one policy through the stream with delayed outcomes.
+trait Driver {
+    type Ticket;
+    fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), BacktestError>;
+    fn report(
+        &mut self,
+        opp: &Opportunity,
+        ticket: Self::Ticket,
+        trade_return: f64,
+        traded: bool,
+        reward: f64,
+    ) -> Result<(), BacktestError>;
+    /// Called once per bar after that bar's reports.
+    fn sync(&mut self) {}
+}
+
+fn drive<D: Driver>(stream: &Stream, driver: &mut D, progress: &dyn Fn(usize)) -> Result<Pass, BacktestError> {
+    let n = stream.opportunities.len();
+    let mut open: BinaryHeap<Reverse<(usize, usize)>> = BinaryHeap::new();
+    let mut tickets: Vec<Option<D::Ticket>> = (0..n).map(|_| None).collect();
+    let mut trades = vec![None; n];
+    let mut pass = Pass { returns: Vec::with_capacity(n), traded: Vec::with_capacity(n) };
+    let step = (n / 100).max(1);
+    for (i, opp) in stream.opportunities.iter().enumerate() {
+        let mut reported = false;
+        while let Some(&Reverse((close, j))) = open.peek() {
+            if close > opp.bar {
+                break;
+            }
+            open.pop();
+            let trade: super::trading::Trade = trades[j].expect("decided");
+            let ticket = tickets[j].take().expect("reported once");
+            let o = &stream.opportunities[j];
+            driver.report(o, ticket, trade.return_pct, trade.traded, stream.reward(trade.traded, trade.return_pct))?;
+            reported = true;
+        }
+        if reported {
+            driver.sync();
+        }
+        let (values, ticket) = driver.decide(opp)?;
+        let trade = stream.rule.trade(opp, &values);
+        pass.returns.push(trade.return_pct);
+        pass.traded.push(trade.traded);
+        trades[i] = Some(trade);
+        tickets[i] = Some(ticket);
+        open.push(Reverse((trade.close_bar, i)));
+        if i % step == 0 {
+            progress(i);
+        }
+    }
+    // Trades still open after the last decision close within the data
+    // (decisions stop a holding period before its end): report them too, so
+    // every log entry has its outcome.
+    while let Some(Reverse((_, j))) = open.pop() {
+        let trade = trades[j].expect("decided");
+        let ticket = tickets[j].take().expect("reported once");
+        let o = &stream.opportunities[j];
+        driver.report(o, ticket, trade.return_pct, trade.traded, stream.reward(trade.traded, trade.return_pct))?;
+    }
+    driver.sync();
+    progress(n);
+    Ok(pass)
+}
+
+struct AgentDriver<'a> {
+    agent: &'a Agent,
+    stream: &'a Stream,
+    log: Vec<LoggedDecision>,
+}
+
+impl Driver for AgentDriver<'_> {
+    type Ticket = (String, usize);
+    fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), BacktestError> {
+        let features: Vec<(&str, f64)> =
+            self.stream.rule.feature_names().iter().copied().zip(opp.features.iter().copied()).collect();
+        let d = self.agent.decide(&self.stream.space.name, opp.context, &features, true)?;
+        self.log.push(LoggedDecision {
+            context: d.context,
+            arms: d.arms.clone(),
+            values: d.values.clone(),
+            propensities: d.propensities.clone(),
+            propensity: d.propensity,
+            traded: false,
+            reward: 0.0,
+        });
+        Ok((d.values.clone(), (d.id.to_string(), self.log.len() - 1)))
+    }
+    fn report(
+        &mut self,
+        _: &Opportunity,
+        ticket: Self::Ticket,
+        ret: f64,
+        traded: bool,
+        _: f64,
+    ) -> Result<(), BacktestError> {
+        let entry = &mut self.log[ticket.1];
+        entry.traded = traded;
+        entry.reward = ret;
+        self.agent.report(&ticket.0, Outcome { reward: None, traded, return_pct: Some(ret) })?;
+        Ok(())
+    }
+    fn sync(&mut self) {
+        // Deterministic runs: every closed trade is learned before the next decision.
+        self.agent.flush();
+    }
+}
+
+struct BaselineDriver<'a> {
+    policy: &'a mut dyn Baseline,
+    space: &'a ModuleSpace,
+    rng: Pcg64Mcg,
+}
+
+impl Driver for BaselineDriver<'_> {
+    type Ticket = Vec<usize>;
+    fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), BacktestError> {
+        let arms = self.policy.choose(opp.context, &mut self.rng);
+        Ok((arm_values(self.space, &arms), arms))
+    }
+    fn report(
+        &mut self,
+        opp: &Opportunity,
+        arms: Vec<usize>,
+        _: f64,
+        _: bool,
+        reward: f64,
+    ) -> Result<(), BacktestError> {
+        self.policy.learn(opp.context, &arms, reward);
+        Ok(())
+    }
+}
+
+/// Runs the backtest of every selected module (in parallel, one thread each).
+pub fn run(spaces: &Spaces, opts: &BacktestOptions) -> Result<BacktestReport, BacktestError> {
+    let market = Arc::new(match &opts.market {
+        MarketSource::Synthetic { bars } => SyntheticMarket::new(opts.seed, *bars).generate(),
+        MarketSource::Csv(path) => csv::load(path)?,
+        MarketSource::Given(m) => (**m).clone(),
+    });
+    let known: Vec<String> = spaces.names().map(String::from).collect();
+    for m in &opts.modules {
+        if !known.contains(m) {
+            return Err(BacktestError::UnknownModule { module: m.clone(), known });
+        }
+    }
+    let selected: Vec<Arc<ModuleSpace>> =
+        spaces.iter().filter(|s| opts.modules.is_empty() || opts.modules.contains(&s.name)).cloned().collect();
+    let results: Vec<Result<ModuleBacktest, BacktestError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = selected
+            .iter()
+            .map(|space| {
+                let market = market.clone();
+                scope.spawn(move || run_module(space.clone(), &market, opts))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("backtest thread panicked")).collect()
+    });
+    let modules = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(BacktestReport { market: market.source.clone(), bars: market.len(), seed: opts.seed, modules })
+}
+
+/// One module: the agent, every baseline and the oracle on the same stream.
+pub fn run_module(
+    space: Arc<ModuleSpace>,
+    market: &Market,
+    opts: &BacktestOptions,
+) -> Result<ModuleBacktest, BacktestError> {
+    let stream = Arc::new(Stream::new(space.clone(), market)?);
+    let n = stream.opportunities.len();
+    let half = n / 2;
+    let progress = |policy: &str| {
+        let module = space.name.clone();
+        let policy = policy.to_string();
+        let cb = opts.progress.clone();
+        move |done: usize| {
+            if let Some(cb) = &cb {
+                cb(&ProgressEvent { module: module.clone(), policy: policy.clone(), done, total: n });
+            }
+        }
+    };
+
+    let mut single = Spaces::default();
+    single.insert((*space).clone()).expect("one module");
+    let agent = Agent::new(&single, AgentOptions { seed: Some(opts.seed), ..Default::default() });
+    let mut driver = AgentDriver { agent: &agent, stream: &stream, log: Vec::with_capacity(n) };
+    let agent_pass = drive(&stream, &mut driver, &progress("agent"))?;
+    agent.flush();
+    let agent_log = std::mem::take(&mut driver.log);
+    let agent_view = Some(agent.view(&space.name)?);
+    let mut greedy = Vec::with_capacity(Context::COUNT);
+    for c in Context::all() {
+        greedy.push(agent.greedy(&space.name, c)?.0);
+    }
+    tracing::debug!(module = %space.name, decisions = n, "agent pass done");
+
+    let mut passes: Vec<(String, Pass)> = vec![("agent".into(), agent_pass)];
+    let mut learners: Vec<Box<dyn Baseline>> = vec![
+        Box::new(Fixed::defaults(&space)),
+        Box::new(UniformRandom::new(&space)),
+        Box::new(EpsilonGreedy::new(&space, opts.epsilon)),
+        Box::new(Ucb1::new(&space)),
+    ];
+    for (i, policy) in learners.iter_mut().enumerate() {
+        let name = policy.name().to_string();
+        let rng = Pcg64Mcg::seed_from_u64(crate::agent::splitmix64(opts.seed ^ (0xba5e + i as u64)));
+        let mut driver = BaselineDriver { policy: policy.as_mut(), space: &space, rng };
+        passes.push((name.clone(), drive(&stream, &mut driver, &progress(&name))?));
+    }
+
+    // The oracle is searched separately for the reported stretches, so it is
+    // the best fixed choice for exactly the decisions it is compared on.
+    let all: Vec<&Opportunity> = stream.opportunities.iter().collect();
+    let oracle_full = baselines::oracle(&space, stream.rule.as_ref(), &all);
+    let oracle_half = baselines::oracle(&space, stream.rule.as_ref(), &all[half..]);
+    let full_returns = stream.returns_of(0..n, |c| arm_values(&space, &oracle_full.arms[c.index()]));
+    let half_returns = stream.returns_of(half..n, |c| arm_values(&space, &oracle_half.arms[c.index()]));
+    let traded_of = |f: &Fixed, range: std::ops::Range<usize>| -> Vec<bool> {
+        stream.opportunities[range]
+            .iter()
+            .map(|o| stream.rule.trade(o, &arm_values(&space, &f.arms[o.context.index()])).traded)
+            .collect()
+    };
+    let oracle_full_traded = traded_of(&oracle_full, 0..n);
+    let final_greedy = Metrics::of(
+        &stream.returns_of(half..n, |c| greedy[c.index()].clone()),
+        &stream.opportunities[half..n]
+            .iter()
+            .map(|o| stream.rule.trade(o, &greedy[o.context.index()]).traded)
+            .collect::<Vec<_>>(),
+        stream.periods_per_year,
+    );
+    let oracle_first = baselines::oracle(&space, stream.rule.as_ref(), &all[..half]);
+    let first_half_fit = Metrics::of(
+        &stream.returns_of(half..n, |c| arm_values(&space, &oracle_first.arms[c.index()])),
+        &traded_of(&oracle_first, half..n),
+        stream.periods_per_year,
+    );
+    let oracle_half_traded = traded_of(&oracle_half, half..n);
+    progress("oracle")(n);
+
+    let ppy = stream.periods_per_year;
+    let oracle_second = Metrics::of(&half_returns, &oracle_half_traded, ppy);
+    let mut policies: Vec<PolicyResult> = passes
+        .iter()
+        .map(|(name, p)| PolicyResult {
+            policy: name.clone(),
+            full: Metrics::of(&p.returns, &p.traded, ppy),
+            second_half: Metrics::of(&p.returns[half..], &p.traded[half..], ppy),
+            regret: 0.0,
+            improvement_over_defaults: 0.0,
+            gap_closed: 0.0,
+            curve: curve(&p.returns, opts.curve_points),
+        })
+        .collect();
+    policies.push(PolicyResult {
+        policy: "oracle".into(),
+        full: Metrics::of(&full_returns, &oracle_full_traded, ppy),
+        second_half: oracle_second,
+        regret: 0.0,
+        improvement_over_defaults: 0.0,
+        gap_closed: 1.0,
+        curve: curve(&full_returns, opts.curve_points),
+    });
+    let defaults_mean = policies[1].second_half.mean_return;
+    for p in policies.iter_mut() {
+        p.regret = oracle_second.total_return - p.second_half.total_return;
+        p.improvement_over_defaults = p.second_half.mean_return - defaults_mean;
+        let gap = oracle_second.mean_return - defaults_mean;
+        p.gap_closed = if gap.abs() > 1e-15 { p.improvement_over_defaults / gap } else { 1.0 };
+    }
+    let oracle_values = Context::all()
+        .map(|c| {
+            let values = arm_values(&space, &oracle_half.arms[c.index()]);
+            (c.to_string(), space.params.iter().map(|p| p.full_name.clone()).zip(values).collect())
+        })
+        .collect();
+    Ok(ModuleBacktest {
+        module: space.name.clone(),
+        decisions: n,
+        second_half_from: half,
+        policies,
+        first_half_fit,
+        final_greedy,
+        oracle_values,
+        agent_log,
+        agent_view,
+        stream,
+    })
+}
+
+/// Mean return in `points` consecutive windows.
+fn curve(returns: &[f64], points: usize) -> Vec<f64> {
+    let w = (returns.len() / points.max(1)).max(1);
+    returns.chunks(w).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect()
+}
+
+/// Per module: every policy's metrics over the second half and in full.
+pub fn table(report: &BacktestReport) -> String {
+    let mut out = format!("Market {}, {} bars, seed {}.\n", report.market, report.bars, report.seed);
+    for m in &report.modules {
+        let _ = writeln!(
+            out,
+            "\n{}: {} decisions; second half from decision {} (returns per decision, fraction of equity)",
+            m.module, m.decisions, m.second_half_from
+        );
+        let mut rows = vec![[
+            "policy",
+            "mean 2nd",
+            "sharpe 2nd",
+            "win 2nd",
+            "traded 2nd",
+            "max dd 2nd",
+            "regret 2nd",
+            "vs defaults",
+            "gap closed",
+            "total (all)",
+            "sharpe (all)",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for p in &m.policies {
+            let (s, f) = (&p.second_half, &p.full);
+            rows.push(vec![
+                p.policy.clone(),
+                format!("{:+.6}", s.mean_return),
+                format!("{:.2}", s.sharpe),
+                format!("{:.1}%", 100.0 * s.win_rate),
+                format!("{:.1}%", 100.0 * s.traded_share),
+                format!("{:.4}", s.max_drawdown),
+                format!("{:.3}", p.regret),
+                format!("{:+.6}", p.improvement_over_defaults),
+                format!("{:.0}%", 100.0 * p.gap_closed),
+                format!("{:+.3}", f.total_return),
+                format!("{:.2}", f.sharpe),
+            ]);
+        }
+        out.push_str(&align(&rows));
+        let _ = writeln!(
+            out,
+            "(second half: the oracle's search fitted on the first half scores {:+.6} mean, {:.2} Sharpe; \
+             the agent's final greedy values {:+.6}, {:.2})",
+            m.first_half_fit.mean_return, m.first_half_fit.sharpe, m.final_greedy.mean_return, m.final_greedy.sharpe
+        );
+    }
+    out
+}
+
+const COLOURS: [&str; 6] = ["#cc3333", "#888888", "#bbbb33", "#33aa55", "#3366cc", "#222222"];
+
+/// The learning curve of one module: each policy's mean return per window.
+pub fn curve_svg(m: &ModuleBacktest) -> String {
+    let points = m.policies.iter().map(|p| p.curve.len()).max().unwrap_or(0);
+    let xs = (0.0, m.decisions as f64);
+    let (lo, hi) = m
+        .policies
+        .iter()
+        .flat_map(|p| p.curve.iter())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let ys = if lo.is_finite() { padded(lo, hi) } else { (0.0, 1.0) };
+    let mut s = svg_frame(
+        &format!("{}: mean return per decision, in {} windows", m.module, points),
+        "decision",
+        "mean return",
+        xs,
+        ys,
+    );
+    let step = m.decisions as f64 / points.max(1) as f64;
+    for (i, p) in m.policies.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let path: Vec<String> = p
+            .curve
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| {
+                format!("{:.1},{:.1}", scale((k as f64 + 0.5) * step, xs, PAD, W - PAD), scale(v, ys, H - PAD, PAD))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.5"/>"##,
+            path.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="{colour}">{}</text>"##,
+            W - PAD - 90.0,
+            PAD + 14.0 * i as f64,
+            escape(&p.policy)
+        );
+    }
+    let half_x = scale(m.second_half_from as f64, xs, PAD, W - PAD);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{half_x:.1}" y1="{PAD}" x2="{half_x:.1}" y2="{}" stroke="#999" stroke-dasharray="4,3"/>"##,
+        H - PAD
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_of_a_known_series() {
+        let m = Metrics::of(&[0.1, -0.2, 0.0, 0.3], &[true, true, false, true], 1.0);
+        assert!((m.total_return - 0.2).abs() < 1e-12);
+        assert!((m.mean_return - 0.05).abs() < 1e-12);
+        assert!((m.win_rate - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m.traded_share - 0.75).abs() < 1e-12);
+        assert!((m.max_drawdown - 0.2).abs() < 1e-12);
+        let sd = ((0.0025 + 0.0625 + 0.0025 + 0.0625) / 3.0f64).sqrt();
+        assert!((m.sharpe - 0.05 / sd).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,326 @@
+//! `paramopt backtest` and off-policy evaluation on the synthetic market and
+//! on a CSV, each with a fixed seed and stated bounds.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use paramopt::eval::backtest::{self, BacktestOptions, BacktestReport, MarketSource, ModuleBacktest};
+use paramopt::eval::baselines::arm_values;
+use paramopt::eval::csv;
+use paramopt::eval::effectiveness::{attribution, effectiveness};
+use paramopt::eval::ope::{doubly_robust, ips, snips, LoggedDecision, TargetPolicy};
+use paramopt::space::{Context, Spaces};
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+
+const SEEDS: [u64; 3] = [1, 2, 3];
+const BARS: usize = 30_000;
+
+fn report(seed: u64) -> BacktestReport {
+    let opts = BacktestOptions { market: MarketSource::Synthetic { bars: BARS }, seed, ..Default::default() };
+    backtest::run(&Spaces::builtin(), &opts).unwrap()
+}
+
+fn second_half(m: &ModuleBacktest, policy: &str) -> (f64, f64) {
+    let p = m.policy(policy).unwrap();
+    (p.second_half.mean_return, p.second_half.sharpe)
+}
+
+/// Second half of each module's stream, three seeds. What the agent does
+/// reliably: a better Sharpe ratio than the seed defaults and than random
+/// parameters in every run; a better mean return than random in every run and
+/// than the defaults on average over the seeds; a share of the defaults-to-
+/// oracle gap that differs by module (BENCHMARKS.md has every figure). The
+/// oracle, searched from the defaults, is never worse than them.
+#[test]
+fn backtest_agent_beats_defaults_and_random_on_the_synthetic_market() {
+    let spaces = Spaces::builtin();
+    let mut gap = std::collections::BTreeMap::<String, Vec<f64>>::new();
+    let mut means = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for seed in SEEDS {
+        let r = report(seed);
+        assert_eq!(r.modules.len(), 3);
+        for m in &r.modules {
+            let (agent, defaults, random, oracle) = (
+                second_half(m, "agent"),
+                second_half(m, "defaults"),
+                second_half(m, "random"),
+                second_half(m, "oracle"),
+            );
+            let tag = format!("{} seed {seed}", m.module);
+            eprintln!(
+                "{tag}: agent {agent:?} defaults {defaults:?} random {random:?} oracle {oracle:?} gap closed {:.0}%",
+                100.0 * m.policy("agent").unwrap().gap_closed
+            );
+            assert!(agent.1 > defaults.1 && agent.1 > random.1, "{tag}: Sharpe");
+            assert!(agent.0 > random.0, "{tag}: mean");
+            assert!(oracle.0 >= defaults.0, "{tag}: the oracle starts from the defaults");
+            // Every decision of the second half was scored, by every policy.
+            for p in &m.policies {
+                assert_eq!(p.second_half.decisions, m.decisions - m.second_half_from, "{tag} {}", p.policy);
+            }
+            assert!(spaces.get(&m.module).is_some());
+            gap.entry(m.module.clone()).or_default().push(m.policy("agent").unwrap().gap_closed);
+            let e = means.entry(m.module.clone()).or_default();
+            e.0 += agent.0;
+            e.1 += defaults.0;
+        }
+    }
+    for (module, (agent, defaults)) in &means {
+        assert!(agent > defaults, "{module}: mean over seeds, agent {agent} vs defaults {defaults}");
+    }
+    let avg = |m: &str| gap[m].iter().sum::<f64>() / gap[m].len() as f64;
+    eprintln!("mean gap closed: crypto {:.2} options {:.2} stocks {:.2}", avg("crypto"), avg("options"), avg("stocks"));
+    assert!(avg("crypto") >= 0.3, "crypto closes {:.2}", avg("crypto"));
+    assert!(avg("options") >= 0.2, "options closes {:.2}", avg("options"));
+    assert!(avg("stocks") > 0.0, "stocks closes {:.2}", avg("stocks"));
+}
+
+/// The target issue 6 sets: in the second half the agent beats every
+/// non-oracle baseline on mean return and Sharpe and closes at least 70% of
+/// the gap to the oracle. Not met (BENCHMARKS.md, "Backtest"); kept so the
+/// shortfall is measured by a command, not remembered.
+#[test]
+#[ignore = "not met yet: see BENCHMARKS.md, Backtest"]
+fn backtest_agent_meets_the_issue_6_target() {
+    for seed in SEEDS {
+        for m in &report(seed).modules {
+            let agent = second_half(m, "agent");
+            for b in ["defaults", "random", "epsilon-greedy", "ucb1"] {
+                let other = second_half(m, b);
+                assert!(
+                    agent.0 > other.0 && agent.1 > other.1,
+                    "{} seed {seed}: agent {agent:?} vs {b} {other:?}",
+                    m.module
+                );
+            }
+            let closed = m.policy("agent").unwrap().gap_closed;
+            assert!(closed >= 0.7, "{} seed {seed}: closed {closed:.2}", m.module);
+        }
+    }
+}
+
+/// A logging policy whose propensities are known: every parameter keeps its
+/// default arm with probability 0.8, else takes one of the other four
+/// uniformly. On the crypto stream of the synthetic market, IPS, SNIPS and DR
+/// estimates of two fixed policies — the defaults, and the defaults with the
+/// Asia threshold one arm higher — contain the truth: those parameters run
+/// through the trading rule on the same bars.
+#[test]
+fn ope_estimates_cover_the_true_value_of_fixed_policies() {
+    let opts = BacktestOptions {
+        market: MarketSource::Synthetic { bars: BARS },
+        seed: 11,
+        modules: vec!["crypto".into()],
+        ..Default::default()
+    };
+    let r = backtest::run(&Spaces::builtin(), &opts).unwrap();
+    let stream = &r.modules[0].stream;
+    let space = stream.space.clone();
+    let mut rng = Pcg64Mcg::seed_from_u64(11);
+    let logs: Vec<LoggedDecision> = stream
+        .opportunities
+        .iter()
+        .map(|o| {
+            let (mut arms, mut propensities) = (vec![], vec![]);
+            for p in &space.params {
+                let keep = rng.random::<f64>() < 0.8;
+                let k = if keep {
+                    p.default_arm
+                } else {
+                    let other = rng.random_range(0..p.arms.len() - 1);
+                    if other >= p.default_arm {
+                        other + 1
+                    } else {
+                        other
+                    }
+                };
+                arms.push(k);
+                propensities.push(if k == p.default_arm { 0.8 } else { 0.2 / (p.arms.len() - 1) as f64 });
+            }
+            let values = arm_values(&space, &arms);
+            let trade = stream.rule.trade(o, &values);
+            LoggedDecision {
+                context: o.context,
+                propensity: propensities.iter().product(),
+                arms,
+                values,
+                propensities,
+                traded: trade.traded,
+                reward: trade.return_pct,
+            }
+        })
+        .collect();
+    let defaults: Vec<usize> = space.params.iter().map(|p| p.default_arm).collect();
+    let mut raised = defaults.clone();
+    let asia = space.param_index("session_confidence.asia_prime").unwrap();
+    raised[asia] += 1;
+    for (name, arms) in [("defaults", defaults), ("asia threshold +1 arm", raised)] {
+        let target = TargetPolicy::fixed(name, &space, &vec![arms.clone(); Context::COUNT]);
+        let values = arm_values(&space, &arms);
+        let truth_returns = stream.returns_of(0..stream.opportunities.len(), |_| values.clone());
+        let truth = truth_returns.iter().sum::<f64>() / truth_returns.len() as f64;
+        for (estimator, est) in [
+            ("ips", ips(&logs, &target).unwrap()),
+            ("snips", snips(&logs, &target).unwrap()),
+            ("dr", doubly_robust(&logs, &target).unwrap()),
+        ] {
+            eprintln!("{name} {estimator}: {est:?} truth {truth}");
+            assert!(est.effective_n >= 100.0, "{name} {estimator}: {est:?}");
+            assert!(est.contains(truth), "{name} {estimator}: {est:?} does not contain {truth}");
+            assert!(est.ci_high - est.ci_low < 0.01, "{name} {estimator}: interval too wide to be useful: {est:?}");
+        }
+    }
+}
+
+/// The agent's own log: its exploring policy at the end of the stream (the
+/// last checkpoint's Thompson sampling) evaluated on the last quarter of its
+/// decisions. The truth draws that policy's choices (values as it serves
+/// them) on the same bars, 16 per bar. A deterministic target over nine
+/// parameters would match almost no logged decision, which is why this uses
+/// the stochastic one (see ope.rs).
+///
+/// Fails today: the logged mean is 0.0070 and the truth 0.0076, but IPS says
+/// 0.0036 with a mean weight near 0.5. The final policy explores arms the
+/// trust regions of the logged decisions did not reach, so the log has no
+/// support there. Kept to measure that limit.
+#[test]
+#[ignore = "no support: the agent's log cannot evaluate its own later policy (see the comment)"]
+fn ope_estimates_cover_the_true_value_of_the_agents_final_policy() {
+    let opts = BacktestOptions {
+        market: MarketSource::Synthetic { bars: BARS },
+        seed: 11,
+        modules: vec!["crypto".into()],
+        ..Default::default()
+    };
+    let r = backtest::run(&Spaces::builtin(), &opts).unwrap();
+    let m = &r.modules[0];
+    let space = m.stream.space.clone();
+    let view = m.agent_view.as_ref().unwrap();
+    let target = TargetPolicy::thompson(&space, view);
+    let from = 3 * m.decisions / 4;
+    let mut rng = Pcg64Mcg::seed_from_u64(12);
+    let (mut sum, mut count) = (0.0, 0usize);
+    for o in &m.stream.opportunities[from..] {
+        let features: Vec<Option<f64>> = o.features.iter().map(|&f| Some(f)).collect();
+        for _ in 0..16 {
+            let choice = view.cells[o.context.index()].choose(&space, None, o.context, &features, true, &mut rng);
+            sum += m.stream.rule.trade(o, &choice.values).return_pct;
+            count += 1;
+        }
+    }
+    let truth = sum / count as f64;
+    let logs = &m.agent_log[from..];
+    let logged = logs.iter().map(|l| l.reward).sum::<f64>() / logs.len() as f64;
+    let (mut greedy_sum, mut n) = (0.0, 0usize);
+    for o in &m.stream.opportunities[from..] {
+        let features: Vec<Option<f64>> = o.features.iter().map(|&f| Some(f)).collect();
+        let choice = view.cells[o.context.index()].choose(&space, None, o.context, &features, false, &mut rng);
+        greedy_sum += m.stream.rule.trade(o, &choice.values).return_pct;
+        n += 1;
+    }
+    eprintln!("logged mean {logged}, final greedy {}, final thompson {truth}", greedy_sum / n as f64);
+    for (name, est) in [
+        ("ips", ips(logs, &target).unwrap()),
+        ("snips", snips(logs, &target).unwrap()),
+        ("dr", doubly_robust(logs, &target).unwrap()),
+    ] {
+        eprintln!("agent's final policy {name}: {est:?} truth {truth}");
+        assert!(est.mean_weight > 0.9, "{name}: the log lacks support for the target: {est:?}");
+        assert!(est.effective_n >= 100.0, "{name}: {est:?}");
+        assert!(est.contains(truth), "{name}: {est:?} does not contain {truth}");
+    }
+}
+
+/// A CSV with a bad row fails with that row's line number, from the library
+/// and from the command line.
+#[test]
+fn csv_bad_row_is_reported_by_line_number() {
+    let good = std::fs::read_to_string(fixture()).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    // Line 42 (the header is line 1): high below low.
+    lines[41] = "2024-06-02T16:00:00Z,60000.00,59000.00,59500.00,60000.00,100.0";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.csv");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let err = csv::load(&path).unwrap_err().to_string();
+    assert!(err.contains("bad.csv:42: high"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_paramopt"))
+        .args(["backtest", "--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models"), "--csv"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(":42: high"), "{stderr}");
+}
+
+fn fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ohlcv-hourly.csv")
+}
+
+/// The fixture (600 hourly bars) backtests every module, reporting progress
+/// to the end of every pass; the command line prints JSON and writes plots.
+#[test]
+fn csv_good_file_backtests_with_progress_and_plots() {
+    let events = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let (e, f) = (events.clone(), finished.clone());
+    let opts = BacktestOptions {
+        market: MarketSource::Csv(fixture()),
+        seed: 3,
+        progress: Some(Arc::new(move |p: &backtest::ProgressEvent| {
+            e.fetch_add(1, Ordering::Relaxed);
+            if p.done == p.total {
+                f.fetch_add(1, Ordering::Relaxed);
+            }
+        })),
+        ..Default::default()
+    };
+    let r = backtest::run(&Spaces::builtin(), &opts).unwrap();
+    assert_eq!(r.bars, 600);
+    for m in &r.modules {
+        assert!(m.decisions > 300, "{}: {}", m.module, m.decisions);
+        assert_eq!(m.policies.len(), 6);
+        let oracle = m.policy("oracle").unwrap().second_half.mean_return;
+        assert!(oracle >= m.policy("defaults").unwrap().second_half.mean_return);
+        assert!(m.policies.iter().all(|p| p.second_half.mean_return.is_finite() && p.full.sharpe.is_finite()));
+    }
+    // Parameter effectiveness from the agent's log: per parameter, the rows
+    // over all contexts count every decision once.
+    for m in &r.modules {
+        let space = &m.stream.space;
+        let rows = effectiveness(space, &m.agent_log, "2026-11-24T00:00:00Z");
+        for p in &space.params {
+            let n: u64 = rows
+                .iter()
+                .filter(|r| r.parameter_type == p.full_name && r.session.is_none())
+                .map(|r| r.sample_size)
+                .sum();
+            assert_eq!(n as usize, m.decisions, "{} {}", m.module, p.full_name);
+        }
+        assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.success_rate) && r.avg_return.is_finite()));
+        assert!(attribution(space, &m.agent_log).iter().all(|a| a.correlation.abs() <= 1.0 + 1e-12));
+    }
+    // Five learning passes and the oracle per module each end at 100%.
+    assert_eq!(finished.load(Ordering::Relaxed), 3 * 6);
+    assert!(events.load(Ordering::Relaxed) > 3 * 6 * 50);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_paramopt"))
+        .args(["backtest", "--json", "--module", "options", "--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models")])
+        .arg("--csv")
+        .arg(fixture())
+        .arg("--plot")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["modules"][0]["module"], "options");
+    assert_eq!(json["modules"][0]["policies"].as_array().unwrap().len(), 6);
+    let svg = std::fs::read_to_string(dir.path().join("backtest-options.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 6, "{svg}");
+}
