@@ -19,6 +19,8 @@ use serde_json::json;
 use crate::agent::{module_seed, Agent, AgentError, AgentOptions, Journal, ModuleLearner};
 use crate::bandit::ModuleStats;
 use crate::decision_log::DecisionLog;
+use crate::eval::effectiveness::effectiveness;
+use crate::eval::ope::LoggedDecision;
 use crate::space::{Context, Spaces};
 use crate::store::{
     now_secs, open_store, rfc3339, Checkpoint, CheckpointKind, CheckpointMeta, FileJournal, LearningEvent,
@@ -104,6 +106,12 @@ pub enum RollbackTarget {
     Generation(u64),
     Defaults,
 }
+
+/// Decisions read per module when parameter effectiveness is recomputed.
+pub const EFFECTIVENESS_WINDOW: usize = 50_000;
+/// Parameter effectiveness is recomputed at most this often per module (it
+/// reads the decision log), after a checkpoint and at shutdown.
+const EFFECTIVENESS_EVERY_SECS: f64 = 60.0;
 
 pub struct Runtime {
     pub agent: Agent,
@@ -288,6 +296,23 @@ impl Runtime {
         }
     }
 
+    /// Recomputes `module`'s rows of `parameter_effectiveness` from the
+    /// decision log (the settled decisions of the last week, at most
+    /// [`EFFECTIVENESS_WINDOW`]) and stores them. Returns the rows written.
+    pub async fn refresh_effectiveness(&self, module: &str) -> Result<usize, RuntimeError> {
+        let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
+        let now = now_secs();
+        let records = self.store.list_decisions(module, now - 7.0 * 86_400.0, EFFECTIVENESS_WINDOW).await?;
+        let logs: Vec<LoggedDecision> = records.iter().filter_map(LoggedDecision::from_record).collect();
+        if logs.is_empty() {
+            return Ok(0);
+        }
+        let rows = effectiveness(&space, &logs, &rfc3339(now));
+        self.store.put_parameter_effectiveness(&rows).await?;
+        tracing::debug!(module, decisions = logs.len(), rows = rows.len(), "parameter effectiveness refreshed");
+        Ok(rows.len())
+    }
+
     /// Syncs every module every `sync_every_secs`, forever, when this process
     /// is a replica; start it with `tokio::spawn`.
     pub async fn run_syncer(self: Arc<Self>) {
@@ -397,6 +422,7 @@ impl Runtime {
     pub async fn run_checkpointer(self: Arc<Self>) {
         let mut backoff_until: HashMap<String, f64> = HashMap::new();
         let mut backoff: HashMap<String, f64> = HashMap::new();
+        let mut analysed: HashMap<String, f64> = HashMap::new();
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             for module in self.spaces.names().map(String::from).collect::<Vec<_>>() {
@@ -422,6 +448,12 @@ impl Runtime {
                             outcomes = meta.outcome_count,
                             "checkpoint"
                         );
+                        if analysed.get(&module).is_none_or(|&t| now - t >= EFFECTIVENESS_EVERY_SECS) {
+                            analysed.insert(module.clone(), now);
+                            if let Err(e) = self.refresh_effectiveness(&module).await {
+                                tracing::warn!(module, error = %e, "could not refresh parameter effectiveness");
+                            }
+                        }
                     }
                     Err(e) => {
                         let max = self.options.store_retry_max_secs;
@@ -431,6 +463,19 @@ impl Runtime {
                         tracing::warn!(module, error = %e, retry_in_secs = wait, "checkpoint failed; decisions go on");
                     }
                 }
+            }
+        }
+    }
+
+    /// At shutdown: everything queued for the decision log is written, every
+    /// module's parameter effectiveness recomputed from it, and a final
+    /// checkpoint taken of every module that learned since its last one.
+    pub async fn shutdown(&self) {
+        self.final_checkpoint().await;
+        self.decision_log.flush().await;
+        for module in self.spaces.names().map(String::from).collect::<Vec<_>>() {
+            if let Err(e) = self.refresh_effectiveness(&module).await {
+                tracing::warn!(module, error = %e, "could not refresh parameter effectiveness");
             }
         }
     }

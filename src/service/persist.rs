@@ -103,10 +103,7 @@ impl CheckpointStore for RuntimeHooks {
     }
 
     fn on_shutdown(&self) -> Result<(), StoreError> {
-        self.handle.block_on(async {
-            self.runtime.final_checkpoint().await;
-            self.runtime.decision_log.flush().await;
-        });
+        self.handle.block_on(self.runtime.shutdown());
         Ok(())
     }
 

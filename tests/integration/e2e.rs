@@ -56,13 +56,22 @@ fn inspect(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn decision_log(dir: &Path, module: &str) -> Vec<paramopt::store::DecisionLogRecord> {
+/// Reads the local store under `dir` the way `paramopt inspect` would.
+fn read_store<T>(dir: &Path, read: impl AsyncFnOnce(&dyn paramopt::store::Store) -> T) -> T {
     let url = format!("local://{}", dir.join("store").display());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let store = paramopt::store::open_store(&url).await.unwrap();
-        store.list_decisions(module, 0.0, usize::MAX).await.unwrap()
+        read(store.as_ref()).await
     })
+}
+
+fn decision_log(dir: &Path, module: &str) -> Vec<paramopt::store::DecisionLogRecord> {
+    read_store(dir, async |store| store.list_decisions(module, 0.0, usize::MAX).await.unwrap())
+}
+
+fn effectiveness_rows(dir: &Path, module: &str) -> Vec<paramopt::store::ParameterEffectiveness> {
+    read_store(dir, async |store| store.list_parameter_effectiveness(module).await.unwrap())
 }
 
 /// Samples behind every arm of one parameter, over all contexts: each
@@ -102,6 +111,16 @@ fn a_thousand_outcomes_survive_a_restart_and_inspect_shows_them() {
         assert!(r.reward.is_some(), "{} has no reward in the log", r.decision_id);
         assert!(r.propensity > 0.0 && r.propensity <= 1.0 && r.propensities.len() == r.values.len());
     }
+    // Parameter effectiveness, recomputed from that log at shutdown: over all
+    // contexts, each parameter's rows count every decision once.
+    let rows = effectiveness_rows(dir.path(), "crypto");
+    let overall: u64 = rows
+        .iter()
+        .filter(|r| r.parameter_type == "session_confidence.asia_prime" && r.session.is_none())
+        .map(|r| r.sample_size)
+        .sum();
+    assert_eq!(overall, 1000, "{rows:?}");
+    assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.success_rate) && r.sample_size > 0));
     let show = inspect(dir.path(), &["show", "crypto", "--json"]);
     // Evidence is discounted (crypto forgets 0.2% per outcome in a cell), so
     // the arms hold less than 1,000 samples, but every context has some.
