@@ -25,8 +25,6 @@ use crate::store::{DecisionLogRecord, Store, StoreError};
 const QUEUE: usize = 100_000;
 /// Entries taken per batch.
 const BATCH: usize = 5_000;
-/// Settlements of earlier batches written at once.
-const CONCURRENT_SETTLEMENTS: usize = 32;
 /// How long the writer lets entries gather between batches.
 const GATHER: Duration = Duration::from_millis(100);
 
@@ -135,13 +133,21 @@ async fn write_loop(
                 }
             }
         }
-        for chunk in later.chunks(CONCURRENT_SETTLEMENTS) {
-            let writes = chunk.iter().map(|(d, reward, at)| {
-                let id = d.id.to_string();
-                let store = &store;
-                async move { with_retries(|| store.settle_decision(&d.module, &id, *reward, *at)).await }
-            });
-            for result in futures::future::join_all(writes).await {
+        let mut by_module: HashMap<&str, Vec<(String, f64, f64)>> = HashMap::new();
+        for (d, reward, at) in &later {
+            by_module.entry(&d.module).or_default().push((d.id.to_string(), *reward, *at));
+        }
+        for (module, settlements) in by_module {
+            let results = match store.settle_decisions(module, &settlements).await {
+                Ok(results) => results,
+                Err(e) => {
+                    counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.dropped.fetch_add(settlements.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(module, settlements = settlements.len(), error = %e, "decision log: dropped settlements");
+                    continue;
+                }
+            };
+            for result in results {
                 match result {
                     Ok(()) => {
                         counters.settled.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +159,7 @@ async fn write_loop(
                     Err(e) => {
                         counters.store_errors.fetch_add(1, Ordering::Relaxed);
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "decision log: dropped a settlement");
+                        tracing::warn!(module, error = %e, "decision log: dropped a settlement");
                     }
                 }
             }

@@ -622,6 +622,31 @@ impl Store for LocalStore {
         .await
     }
 
+    /// One append for all of them, without fdatasync, like the decisions.
+    async fn settle_decisions(
+        &self,
+        module: &str,
+        settlements: &[(String, f64, f64)],
+    ) -> StoreResult<Vec<StoreResult<()>>> {
+        let (module, settlements) = (module.to_string(), settlements.to_vec());
+        self.run(move |inner| {
+            let mut results = Vec::with_capacity(settlements.len());
+            let mut rows = Vec::with_capacity(settlements.len());
+            for (decision_id, reward, settled_at) in settlements {
+                if inner.is_logged(&module, &decision_id)? {
+                    rows.push(Settlement { decision_id, reward, settled_at });
+                    results.push(Ok(()));
+                } else {
+                    let what = format!("decision {decision_id:?} of module {module:?}");
+                    results.push(Err(StoreError::NotFound { what }));
+                }
+            }
+            inner.append_with(&inner.file("decisions", &module, "settled.jsonl")?, &rows, Sync::No)?;
+            Ok(results)
+        })
+        .await
+    }
+
     async fn list_decisions(&self, module: &str, since: f64, limit: usize) -> StoreResult<Vec<DecisionLogRecord>> {
         let module = module.to_string();
         self.run(move |inner| inner.list_decisions(&module, since, limit)).await

@@ -156,6 +156,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn append_decisions(&self, records: &[DecisionLogRecord]) -> StoreResult<()>;
     /// Records the reward of a logged decision. `NotFound` if it was never logged.
     async fn settle_decision(&self, module: &str, decision_id: &str, reward: f64, settled_at: f64) -> StoreResult<()>;
+    /// Records many rewards of `module`'s logged decisions, `(decision_id,
+    /// reward, settled_at)`: an error for the whole batch, or one result per
+    /// settlement, in order. Backends that can write them together override it.
+    async fn settle_decisions(
+        &self,
+        module: &str,
+        settlements: &[(String, f64, f64)],
+    ) -> StoreResult<Vec<StoreResult<()>>> {
+        let mut results = Vec::with_capacity(settlements.len());
+        for chunk in settlements.chunks(32) {
+            let writes = chunk.iter().map(|(id, reward, at)| self.settle_decision(module, id, *reward, *at));
+            results.extend(futures::future::join_all(writes).await);
+        }
+        Ok(results)
+    }
     /// Decisions of `module` created at or after `since` (epoch seconds),
     /// oldest first, at most `limit`, each with its reward once settled.
     async fn list_decisions(&self, module: &str, since: f64, limit: usize) -> StoreResult<Vec<DecisionLogRecord>>;
