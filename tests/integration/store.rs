@@ -660,6 +660,18 @@ async fn decision_log_round_trips_and_settles(b: Backend) {
     assert!(matches!(err, StoreError::NotFound { .. }) && err.to_string().contains("bad"), "{err}");
     let err = b.store.settle_decision("stocks", &records[3].decision_id, 0.1, 0.0).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "a decision is settled in its own module: {err}");
+    // Many at once: each answered in order, an unknown one refused alone.
+    let batch = [
+        (records[4].decision_id.clone(), 0.007, 1_750_000_101.0),
+        ("00000000000000000000000000000bad".to_string(), 0.1, 0.0),
+        (records[5].decision_id.clone(), 0.0, 1_750_000_102.0),
+    ];
+    let results = b.store.settle_decisions("crypto", &batch).await.unwrap();
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(matches!(results[1], Err(StoreError::NotFound { .. })), "{results:?}");
+    assert_eq!(results.len(), 3);
+    (records[4].reward, records[4].settled_at) = (Some(0.007), Some(1_750_000_101.0));
+    (records[5].reward, records[5].settled_at) = (Some(0.0), Some(1_750_000_102.0));
 
     assert_eq!(
         b.store.list_decisions("crypto", 0.0, 100).await.unwrap(),
