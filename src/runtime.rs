@@ -20,7 +20,7 @@ use crate::agent::{module_seed, Agent, AgentError, AgentOptions, Journal, Module
 use crate::bandit::ModuleStats;
 use crate::decision_log::DecisionLog;
 use crate::eval::effectiveness::effectiveness;
-use crate::eval::ope::LoggedDecision;
+use crate::eval::ope::{doubly_robust, Estimate, LoggedDecision, TargetPolicy};
 use crate::space::{Context, Spaces};
 use crate::store::{
     now_secs, open_store, rfc3339, Checkpoint, CheckpointKind, CheckpointMeta, FileJournal, LearningEvent,
@@ -91,12 +91,19 @@ pub struct RuntimeStatus {
     pub checkpoints_written: AtomicU64,
     /// Per module: (when, outcome count) of the last stored checkpoint.
     last: Mutex<HashMap<String, (f64, u64)>>,
+    /// Per module: the seed defaults' mean reward estimated off-policy (doubly robust)
+    /// from the decision log, as of the last effectiveness refresh.
+    defaults_estimates: Mutex<HashMap<String, Estimate>>,
 }
 
 impl RuntimeStatus {
     /// Seconds since `module`'s last stored checkpoint (or since start).
     pub fn checkpoint_age(&self, module: &str, now: f64) -> Option<f64> {
         self.last.lock().get(module).map(|(at, _)| now - at)
+    }
+
+    pub fn defaults_estimate(&self, module: &str) -> Option<Estimate> {
+        self.defaults_estimates.lock().get(module).copied()
     }
 }
 
@@ -171,7 +178,18 @@ impl Runtime {
         );
         let module_locks = spaces.names().map(|m| (m.to_string(), tokio::sync::Mutex::new(()))).collect();
         let decision_log = DecisionLog::start(store.clone(), spaces.clone());
-        Ok(Arc::new(Runtime { agent, store, journal, spaces, status, decision_log, options, seed, module_locks }))
+        let runtime =
+            Arc::new(Runtime { agent, store, journal, spaces, status, decision_log, options, seed, module_locks });
+        // What the decision log already holds, analysed without delaying the start.
+        let analyse = runtime.clone();
+        tokio::spawn(async move {
+            for module in analyse.spaces.names().map(String::from).collect::<Vec<_>>() {
+                if let Err(e) = analyse.refresh_effectiveness(&module).await {
+                    tracing::warn!(module, error = %e, "could not refresh parameter effectiveness");
+                }
+            }
+        });
+        Ok(runtime)
     }
 
     fn lock(&self, module: &str) -> Result<&tokio::sync::Mutex<()>, RuntimeError> {
@@ -298,7 +316,8 @@ impl Runtime {
 
     /// Recomputes `module`'s rows of `parameter_effectiveness` from the
     /// decision log (the settled decisions of the last week, at most
-    /// [`EFFECTIVENESS_WINDOW`]) and stores them. Returns the rows written.
+    /// [`EFFECTIVENESS_WINDOW`]) and stores them, and the seed defaults'
+    /// off-policy estimate from the same decisions. Returns the rows written.
     pub async fn refresh_effectiveness(&self, module: &str) -> Result<usize, RuntimeError> {
         let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
         let now = now_secs();
@@ -306,6 +325,16 @@ impl Runtime {
         let logs: Vec<LoggedDecision> = records.iter().filter_map(LoggedDecision::from_record).collect();
         if logs.is_empty() {
             return Ok(0);
+        }
+        // Doubly robust: the agent seldom serves every default at once, so
+        // importance weights alone have almost no support; the reward model
+        // (additive arm effects per context) carries the estimate then.
+        match doubly_robust(&logs, &TargetPolicy::defaults(&space)) {
+            Ok(e) if e.value.is_finite() && e.ci_low.is_finite() && e.ci_high.is_finite() => {
+                self.status.defaults_estimates.lock().insert(module.to_string(), e);
+            }
+            Ok(e) => tracing::debug!(module, estimate = ?e, "no usable off-policy estimate of the defaults"),
+            Err(e) => tracing::debug!(module, error = %e, "no off-policy estimate of the defaults"),
         }
         let rows = effectiveness(&space, &logs, &rfc3339(now));
         self.store.put_parameter_effectiveness(&rows).await?;

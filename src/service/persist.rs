@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 
 use crate::agent::Decision;
+use crate::eval::ope::Estimate;
 use crate::runtime::{self, Runtime, RuntimeError};
 use crate::store::{
     now_secs, CheckpointMeta, LearningEvent, ParameterEffectiveness, StoreError as BackendError, TradeRecord,
@@ -113,6 +114,10 @@ impl CheckpointStore for RuntimeHooks {
 
     fn effectiveness(&self, module: &str) -> Result<Vec<ParameterEffectiveness>, StoreError> {
         self.handle.block_on(self.runtime.store.list_parameter_effectiveness(module)).map_err(backend)
+    }
+
+    fn defaults_estimate(&self, module: &str) -> Option<Estimate> {
+        self.runtime.status.defaults_estimate(module)
     }
 }
 

@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Decision, Outcome};
+use crate::eval::ope::Estimate;
 use crate::store::{LearningEvent, ParameterEffectiveness};
 
 use super::wire::Trade;
@@ -126,6 +127,12 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn effectiveness(&self, module: &str) -> Result<Vec<ParameterEffectiveness>, StoreError> {
         let _ = module;
         Ok(Vec::new())
+    }
+    /// The seed defaults' mean reward estimated off-policy from the decision
+    /// log, if there is one yet; read by the dashboard.
+    fn defaults_estimate(&self, module: &str) -> Option<Estimate> {
+        let _ = module;
+        None
     }
 }
 

@@ -428,10 +428,23 @@ pub struct DashboardProgress {
     pub reward: Vec<RewardPoint>,
     /// The seed defaults' estimated mean reward (off-policy); null until an evaluator provides it.
     pub defaults_estimate: Option<f64>,
+    /// That estimate with its 95% interval and how many decisions it is
+    /// effectively worth (few when the agent rarely served the defaults).
+    pub defaults_estimate_detail: Option<DefaultsEstimate>,
     /// The running A/B test; null when none runs.
     pub ab_test: Option<Value>,
     /// Per parameter: widths of the 95% intervals of the arms' posterior means, now.
     pub posterior: Vec<PosteriorWidth>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DefaultsEstimate {
+    pub estimator: &'static str,
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub decisions: usize,
+    pub effective_n: f64,
 }
 
 #[derive(Debug, Serialize)]

@@ -99,6 +99,23 @@ fn a_thousand_outcomes_survive_a_restart_and_inspect_shows_them() {
     let (server, url) = serve(dir.path());
     let health: Value = ureq_get(&format!("{url}/v1/checkpoints?module=crypto"));
     assert_eq!(health["checkpoints"][0]["outcomes"], 1000, "{health}");
+    // It analyses the decision log it finds: the dashboard gets the defaults'
+    // off-policy estimate and what it is worth (an exploring agent seldom
+    // serves all nine defaults at once, so the reward model carries it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let estimate = loop {
+        let progress: Value = ureq_get(&format!("{url}/v1/dashboard/modules/crypto/progress"));
+        if !progress["defaults_estimate_detail"].is_null() {
+            break progress["defaults_estimate_detail"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no estimate of the defaults within 60 s: {progress}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let number = |field: &str| estimate[field].as_f64().unwrap_or_else(|| panic!("{field} in {estimate}"));
+    let (value, low, high) = (number("value"), number("ci_low"), number("ci_high"));
+    assert!(low <= value && value <= high, "{estimate}");
+    assert_eq!(estimate["decisions"], 1000, "{estimate}");
+    assert!(number("effective_n") >= 0.0, "{estimate}");
     sigterm(server);
 
     let list = inspect(dir.path(), &["list", "crypto", "--json"]);

@@ -298,6 +298,17 @@ function stat(label, value, id, none) {
     h("div", { class: "value" + (none ? " none" : ""), id }, value));
 }
 
+// The off-policy estimate with its interval and worth: an estimate from a
+// handful of effective decisions must look like one.
+// Below 30 effective decisions the interval only reflects the reward model's
+// spread, not its error, so it is not shown.
+function estimateText(e) {
+  if (e.effective_n < 30) {
+    return `≈ ${fmt(e.value)} (reward model; effective n ${fmt(e.effective_n, 1)} of ${int(e.decisions)})`;
+  }
+  return `${fmt(e.value)} (95% ${fmt(e.ci_low)}…${fmt(e.ci_high)}, effective n ${fmt(e.effective_n, 1)} of ${int(e.decisions)})`;
+}
+
 function renderProgress(prog) {
   const widths = prog.posterior.map((p) => p.mean_width);
   const meanWidth = widths.length ? widths.reduce((a, b) => a + b, 0) / widths.length : null;
@@ -305,7 +316,7 @@ function renderProgress(prog) {
   document.getElementById("progress-stats").replaceChildren(
     stat("outcomes learned", int(prog.outcomes), "progress-outcomes"),
     stat("recent mean reward", last ? fmt(last.window_reward) : "–", "progress-recent"),
-    stat("defaults' estimate", prog.defaults_estimate === null ? "no off-policy estimate yet" : fmt(prog.defaults_estimate),
+    stat("defaults' estimate", prog.defaults_estimate === null ? "no off-policy estimate yet" : estimateText(prog.defaults_estimate_detail),
       "progress-defaults", prog.defaults_estimate === null),
     stat("posterior width", meanWidth === null ? "–" : fmt(meanWidth, 3), "progress-width"),
     stat("A/B test", prog.ab_test === null ? "No A/B test running" : abText(prog.ab_test), "ab-status", prog.ab_test === null)

@@ -35,8 +35,8 @@ use super::extract::{PathParams, QueryPairs};
 use super::store::{CheckpointStore, CheckpointSummary, StoreError};
 use super::wire::{
     context_json, ContextBody, DashboardEffectiveness, DashboardGrid, DashboardHistory, DashboardOverview,
-    DashboardProgress, DashboardStore, EffectivenessRow, EventMark, GridCell, GridParameter, LivePoint, ModuleOps,
-    PosteriorWidth, RewardPoint,
+    DashboardProgress, DashboardStore, DefaultsEstimate, EffectivenessRow, EventMark, GridCell, GridParameter,
+    LivePoint, ModuleOps, PosteriorWidth, RewardPoint,
 };
 use super::AppState;
 
@@ -342,6 +342,7 @@ async fn progress(
     })
     .await?;
     let (generations, stride, reward) = read.unwrap_or((0, 1, Vec::new()));
+    let estimate = d.app.hooks().checkpoints.as_deref().and_then(|s| s.defaults_estimate(&space.name));
     json(&DashboardProgress {
         module: space.name.clone(),
         generation: view.generation,
@@ -349,7 +350,15 @@ async fn progress(
         generations,
         stride,
         reward,
-        defaults_estimate: None,
+        defaults_estimate: estimate.map(|e| e.value),
+        defaults_estimate_detail: estimate.map(|e| DefaultsEstimate {
+            estimator: "doubly_robust",
+            value: e.value,
+            ci_low: e.ci_low,
+            ci_high: e.ci_high,
+            decisions: e.n,
+            effective_n: e.effective_n,
+        }),
         ab_test: None,
         posterior,
     })
