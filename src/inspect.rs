@@ -230,6 +230,35 @@ pub fn history_table(parameter: &str, context: Context, points: &[HistoryPoint])
     format!("{parameter} in {context}:\n{}", align(&table))
 }
 
+/// `parameter_effectiveness` rows as a table: per parameter value and
+/// context (`all` over every context), success rate, average return and
+/// sample size, best average return first within each parameter and context.
+pub fn effectiveness_table(rows: &[crate::store::ParameterEffectiveness]) -> String {
+    let mut sorted: Vec<_> = rows.iter().collect();
+    let context = |r: &crate::store::ParameterEffectiveness| match (r.session, r.regime) {
+        (Some(s), Some(g)) => format!("{}/{}", s.as_str(), g.as_str()),
+        _ => "all".to_string(),
+    };
+    sorted.sort_by(|a, b| {
+        (&a.parameter_type, context(a))
+            .cmp(&(&b.parameter_type, context(b)))
+            .then(b.avg_return.total_cmp(&a.avg_return))
+    });
+    let mut table =
+        vec![["parameter", "context", "value", "success", "avg return", "samples"].map(String::from).to_vec()];
+    for r in sorted {
+        table.push(vec![
+            r.parameter_type.clone(),
+            context(r),
+            format!("{:.4}", r.parameter_value),
+            format!("{:.1}%", 100.0 * r.success_rate),
+            format!("{:+.5}", r.avg_return),
+            r.sample_size.to_string(),
+        ]);
+    }
+    align(&table)
+}
+
 /// CSV of serialisable rows, header from the field names.
 pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String> {
     let mut out = String::new();

@@ -139,6 +139,21 @@ enum InspectCmd {
         #[arg(long)]
         csv: bool,
     },
+    /// `parameter_effectiveness`: how each parameter value did, per context
+    /// and overall (recomputed by `serve` from its decision log).
+    Effectiveness {
+        module: String,
+        /// Only this parameter, `group.name`.
+        #[arg(long)]
+        parameter: Option<String>,
+        /// Only this context, `session/regime`, or `all` for the rows over every context.
+        #[arg(long)]
+        context: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
     /// A generation's posteriors per context, parameter and arm, as JSON or CSV.
     Export {
         module: String,
@@ -460,6 +475,32 @@ async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
                 print!("{}", inspect::to_csv(&points)?);
             } else {
                 print!("{}", inspect::history_table(parameter, ctx, &points));
+            }
+        }
+        InspectCmd::Effectiveness { module, parameter, context, json, csv } => {
+            space(module)?;
+            let only = match context.as_deref() {
+                None => None,
+                Some("all") => Some(None),
+                Some(c) => Some(Some(parse_context(c)?)),
+            };
+            let mut rows = store.list_parameter_effectiveness(module).await?;
+            rows.retain(|r| {
+                parameter.as_ref().is_none_or(|p| &r.parameter_type == p)
+                    && only.is_none_or(|c| match (c, r.session, r.regime) {
+                        (None, None, None) => true,
+                        (Some(c), Some(s), Some(g)) => c.session == s && c.regime == g,
+                        _ => false,
+                    })
+            });
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if *csv {
+                print!("{}", inspect::to_csv(&rows)?);
+            } else if rows.is_empty() {
+                println!("no parameter_effectiveness rows for {module} yet: `serve` writes them from its decision log");
+            } else {
+                print!("{}", inspect::effectiveness_table(&rows));
             }
         }
         InspectCmd::Export { module, generation, format, out } => {

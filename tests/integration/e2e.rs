@@ -138,6 +138,13 @@ fn a_thousand_outcomes_survive_a_restart_and_inspect_shows_them() {
         .sum();
     assert_eq!(overall, 1000, "{rows:?}");
     assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.success_rate) && r.sample_size > 0));
+    // And `paramopt inspect effectiveness` shows the same rows.
+    let shown = inspect(
+        dir.path(),
+        &["effectiveness", "crypto", "--parameter", "session_confidence.asia_prime", "--context", "all", "--json"],
+    );
+    let shown: u64 = shown.as_array().unwrap().iter().map(|r| r["sample_size"].as_u64().unwrap()).sum();
+    assert_eq!(shown, 1000);
     let show = inspect(dir.path(), &["show", "crypto", "--json"]);
     // Evidence is discounted (crypto forgets 0.2% per outcome in a cell), so
     // the arms hold less than 1,000 samples, but every context has some.
