@@ -17,13 +17,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{warm_agent, FEATURES};
 use criterion::{criterion_group, Criterion};
-use paramopt::agent::{Agent, AgentOptions, Outcome};
+use paramopt::agent::Agent;
 use paramopt::runtime::{Runtime, RuntimeOptions};
 use paramopt::space::{Context, Spaces};
 use paramopt::store::{checkpoint, open_store, Checkpoint, CheckpointKind};
 
-const FEATURES: [(&str, f64); 3] = [("momentum_score", 0.72), ("volatility_score", 0.85), ("volume_score", 0.63)];
 /// Decisions timed per phase; under the crypto module's pending capacity
 /// (100,000) for both phases together, so none is dropped for space.
 const DECIDES: usize = 40_000;
@@ -35,14 +37,7 @@ const PACE: Duration = Duration::from_micros(50);
 /// The crypto checkpoint of an agent that learned from 6,000 outcomes spread
 /// over all 12 contexts (as `benches/agent.rs` warms up).
 fn warm_checkpoint() -> Checkpoint {
-    let agent = Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(1), ..Default::default() });
-    for i in 0..6_000u64 {
-        let ctx = Context::from_index((i % 12) as usize).unwrap();
-        let d = agent.decide("crypto", ctx, &FEATURES, true).unwrap();
-        let reward = 0.01 * ((i * 7919) % 13) as f64 / 13.0 - 0.004;
-        agent.report(&d.id.to_string(), Outcome { reward: Some(reward), traded: true, return_pct: None }).unwrap();
-    }
-    agent.flush();
+    let agent = warm_agent();
     let learner = agent.shutdown().into_iter().find(|l| l.space.name == "crypto").unwrap();
     assert!(learner.stats.cell_outcomes.iter().all(|&n| n > 0.0), "every context learned");
     Checkpoint::from_learner(&learner, CheckpointKind::Checkpoint, None, None, 1_750_000_000.0)
