@@ -101,6 +101,17 @@ fn backtest_agent_meets_the_issue_6_target() {
     }
 }
 
+/// The crypto stream both off-policy tests evaluate on: seed 11, `BARS` bars.
+fn crypto_backtest_seed_11() -> backtest::BacktestReport {
+    let opts = BacktestOptions {
+        market: MarketSource::Synthetic { bars: BARS },
+        seed: 11,
+        modules: vec!["crypto".into()],
+        ..Default::default()
+    };
+    backtest::run(&Spaces::builtin(), &opts).unwrap()
+}
+
 /// A logging policy whose propensities are known: every parameter keeps its
 /// default arm with probability 0.8, else takes one of the other four
 /// uniformly. On the crypto stream of the synthetic market, IPS, SNIPS and DR
@@ -109,13 +120,7 @@ fn backtest_agent_meets_the_issue_6_target() {
 /// through the trading rule on the same bars.
 #[test]
 fn ope_estimates_cover_the_true_value_of_fixed_policies() {
-    let opts = BacktestOptions {
-        market: MarketSource::Synthetic { bars: BARS },
-        seed: 11,
-        modules: vec!["crypto".into()],
-        ..Default::default()
-    };
-    let r = backtest::run(&Spaces::builtin(), &opts).unwrap();
+    let r = crypto_backtest_seed_11();
     let stream = &r.modules[0].stream;
     let space = stream.space.clone();
     let mut rng = Pcg64Mcg::seed_from_u64(11);
@@ -188,13 +193,7 @@ fn ope_estimates_cover_the_true_value_of_fixed_policies() {
 #[test]
 #[ignore = "no support: the agent's log cannot evaluate its own later policy (see the comment)"]
 fn ope_estimates_cover_the_true_value_of_the_agents_final_policy() {
-    let opts = BacktestOptions {
-        market: MarketSource::Synthetic { bars: BARS },
-        seed: 11,
-        modules: vec!["crypto".into()],
-        ..Default::default()
-    };
-    let r = backtest::run(&Spaces::builtin(), &opts).unwrap();
+    let r = crypto_backtest_seed_11();
     let m = &r.modules[0];
     let space = m.stream.space.clone();
     let view = m.agent_view.as_ref().unwrap();
