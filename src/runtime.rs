@@ -16,12 +16,15 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::agent::{module_seed, Agent, AgentError, AgentOptions, Journal, ModuleLearner};
-use crate::bandit::ModuleStats;
+use crate::agent::{
+    module_seed, splitmix64, AbServing, AbSnapshot, AbTest, Agent, AgentError, AgentOptions, Journal, ModuleLearner,
+};
+use crate::bandit::{ModuleStats, Stats};
 use crate::decision_log::DecisionLog;
+use crate::eval::ab::{ab_verdict, degraded, estimate_se, AbSettings, AbVerdict, Comparison, Degradation};
 use crate::eval::effectiveness::effectiveness;
 use crate::eval::ope::{doubly_robust, Estimate, LoggedDecision, TargetPolicy};
-use crate::space::{Context, Spaces};
+use crate::space::{Context, ModuleSpace, ParamKind, Spaces};
 use crate::store::{
     now_secs, open_store, rfc3339, Checkpoint, CheckpointKind, CheckpointMeta, FileJournal, LearningEvent,
     LearningEventKind, OptimizationData, PerformancePoint, Store, StoreError,
@@ -47,6 +50,62 @@ pub enum RuntimeError {
     NotAReplica(String),
     #[error("module {module:?} has no generation {generation}")]
     UnknownGeneration { module: String, generation: u64 },
+    #[error("an A/B test (id {test}) is already running on module {module:?}")]
+    AbTestRunning { module: String, test: u64 },
+    #[error("no A/B test is running on module {0:?}")]
+    NoAbTest(String),
+    #[error("challenger for module {module:?}: {detail}")]
+    BadChallenger { module: String, detail: String },
+}
+
+/// What an A/B test's challenger serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Challenger {
+    /// The incumbents of a stored generation; a promotion restores its whole state.
+    Generation(u64),
+    /// The seed defaults.
+    Defaults,
+    /// Values by `group.name`, the same in every context; parameters not
+    /// named keep their seed default.
+    Parameters(BTreeMap<String, f64>),
+}
+
+/// How an A/B test ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AbResult {
+    pub test: u64,
+    pub challenger: String,
+    /// `promoted`, `rejected`, `inconclusive`, `stopped` or `ended by rollback`.
+    pub outcome: String,
+    pub reason: String,
+    pub champion_rewards: Stats,
+    pub challenger_rewards: Stats,
+    pub comparison: Option<Comparison>,
+    pub ope: Option<Estimate>,
+    /// The generation a promotion made.
+    pub generation: Option<u64>,
+    pub ended_at: f64,
+}
+
+/// What one review of a module did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Review {
+    Nothing,
+    /// An A/B test's planned look.
+    AbLook(AbVerdict),
+    /// The live policy fell below a reference and was rolled back.
+    RolledBack {
+        meta: CheckpointMeta,
+        reason: String,
+    },
+}
+
+/// A generation of the live policy's line, with the rolling reward it had.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LineageEntry {
+    generation: u64,
+    outcome_count: u64,
+    rolling: Stats,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +153,12 @@ pub struct RuntimeStatus {
     /// Per module: the seed defaults' mean reward estimated off-policy (doubly robust)
     /// from the decision log, as of the last effectiveness refresh.
     defaults_estimates: Mutex<HashMap<String, Estimate>>,
+    /// Per module: how its last A/B test ended.
+    ab_results: Mutex<HashMap<String, AbResult>>,
+    /// Per module: automatic rollbacks, and the last one's reason.
+    auto_rollbacks: Mutex<HashMap<String, (u64, String)>>,
+    /// Per module: A/B promotions.
+    promotions: Mutex<HashMap<String, u64>>,
 }
 
 impl RuntimeStatus {
@@ -104,6 +169,19 @@ impl RuntimeStatus {
 
     pub fn defaults_estimate(&self, module: &str) -> Option<Estimate> {
         self.defaults_estimates.lock().get(module).copied()
+    }
+
+    pub fn last_ab_result(&self, module: &str) -> Option<AbResult> {
+        self.ab_results.lock().get(module).cloned()
+    }
+
+    /// Automatic rollbacks of `module` so far, and the last one's reason.
+    pub fn auto_rollbacks(&self, module: &str) -> (u64, Option<String>) {
+        self.auto_rollbacks.lock().get(module).map_or((0, None), |(n, r)| (*n, Some(r.clone())))
+    }
+
+    pub fn promotions(&self, module: &str) -> u64 {
+        self.promotions.lock().get(module).copied().unwrap_or(0)
     }
 }
 
@@ -132,6 +210,9 @@ pub struct Runtime {
     seed: u64,
     /// One checkpoint or rollback per module at a time.
     module_locks: HashMap<String, tokio::sync::Mutex<()>>,
+    /// Per module: the generations of the live policy since its last
+    /// rollback or promotion, oldest first; the rollback watch's references.
+    lineage: Mutex<HashMap<String, Vec<LineageEntry>>>,
 }
 
 impl Runtime {
@@ -146,6 +227,7 @@ impl Runtime {
         let seed = options.seed.unwrap_or_else(rand::random);
         let status = Arc::new(RuntimeStatus { store_healthy: AtomicBool::new(true), ..Default::default() });
         let mut learners = Vec::new();
+        let mut lineage = HashMap::new();
         for space in spaces.iter() {
             let module = space.name.clone();
             let restore = |detail: String| RuntimeError::Restore { module: module.clone(), detail };
@@ -153,6 +235,11 @@ impl Runtime {
             let mut learner = match store.latest_checkpoint(&module).await? {
                 Some(cp) => {
                     status.last.lock().insert(module.clone(), (cp.created_at, cp.outcome_count));
+                    if let Some(rolling) = cp.rolling_reward {
+                        let entry =
+                            LineageEntry { generation: cp.generation, outcome_count: cp.outcome_count, rolling };
+                        lineage.insert(module.clone(), vec![entry]);
+                    }
                     cp.to_learner(space.clone(), module_seed)?
                 }
                 None => ModuleLearner::new(space.clone(), module_seed).map_err(|e| restore(e.to_string()))?,
@@ -178,8 +265,18 @@ impl Runtime {
         );
         let module_locks = spaces.names().map(|m| (m.to_string(), tokio::sync::Mutex::new(()))).collect();
         let decision_log = DecisionLog::start(store.clone(), spaces.clone());
-        let runtime =
-            Arc::new(Runtime { agent, store, journal, spaces, status, decision_log, options, seed, module_locks });
+        let runtime = Arc::new(Runtime {
+            agent,
+            store,
+            journal,
+            spaces,
+            status,
+            decision_log,
+            options,
+            seed,
+            module_locks,
+            lineage: Mutex::new(lineage),
+        });
         // What the decision log already holds, analysed without delaying the start.
         let analyse = runtime.clone();
         tokio::spawn(async move {
@@ -199,25 +296,63 @@ impl Runtime {
     /// Writes `module`'s current state as a new generation now.
     pub async fn checkpoint(&self, module: &str) -> Result<CheckpointMeta, RuntimeError> {
         let _guard = self.lock(module)?.lock().await;
+        self.save(module, CheckpointKind::Checkpoint, None, None).await
+    }
+
+    /// Writes the module's state, after `prepare` has changed it on the
+    /// writer, as a new generation of `kind`. The caller holds the module's lock.
+    async fn save(
+        &self,
+        module: &str,
+        kind: CheckpointKind,
+        reason: Option<String>,
+        prepare: Option<Box<dyn FnOnce(&mut ModuleLearner) + Send>>,
+    ) -> Result<CheckpointMeta, RuntimeError> {
         let index = self.agent.module_index(module)?;
         let agent = self.agent.clone();
         let mut cp = tokio::task::spawn_blocking(move || {
             agent.with_writer(move |learners| {
-                let l = &learners[index];
+                let l = &mut learners[index];
+                if let Some(prepare) = prepare {
+                    prepare(l);
+                }
                 let weights = l.policy.as_ref().and_then(|p| p.to_safetensors().ok());
                 let parent = (l.generation > 0).then_some(l.generation);
-                Checkpoint::from_learner(l, CheckpointKind::Checkpoint, parent, weights, now_secs())
+                Checkpoint::from_learner(l, kind, parent, weights, now_secs())
             })
         })
         .await
         .expect("checkpoint task")?;
+        cp.note = reason.clone();
         let before = self.previous_parameters(module, cp.parent).await;
         cp.generation = self.put_checkpoint(&cp).await?;
-        self.adopt_generation(index, cp.generation)?;
+        let generation = cp.generation;
+        let takes_over = kind != CheckpointKind::Checkpoint;
+        // A cheap task; blocking here for it is shorter than spawning.
+        self.agent.with_writer(move |learners| {
+            learners[index].generation = generation;
+            if takes_over {
+                learners[index].rolling_since = generation;
+            }
+        })?;
+        {
+            let mut lineage = self.lineage.lock();
+            let line = lineage.entry(module.to_string()).or_default();
+            if takes_over {
+                line.clear();
+            } else if let Some(rolling) = cp.rolling_reward {
+                line.push(LineageEntry { generation, outcome_count: cp.outcome_count, rolling });
+            }
+        }
         if let Err(e) = self.journal.compact(module, cp.journal_seq) {
             tracing::warn!(module, error = %e, "journal compaction failed; it will be retried at the next checkpoint");
         }
-        self.record(&cp, LearningEventKind::Checkpoint, before).await;
+        let event = match kind {
+            CheckpointKind::Checkpoint => LearningEventKind::Checkpoint,
+            CheckpointKind::Rollback => LearningEventKind::Rollback,
+            CheckpointKind::Promotion => LearningEventKind::Promotion,
+        };
+        self.record(&cp, event, before, reason).await;
         Ok(cp.meta())
     }
 
@@ -225,11 +360,31 @@ impl Runtime {
     /// History is never deleted: the target and everything after it stay.
     pub async fn rollback(&self, module: &str, target: RollbackTarget) -> Result<CheckpointMeta, RuntimeError> {
         let _guard = self.lock(module)?.lock().await;
+        let note = match target {
+            RollbackTarget::Generation(g) => format!("rollback to generation {g}"),
+            RollbackTarget::Defaults => "rollback to the seed defaults".into(),
+        };
+        self.restore(module, target, CheckpointKind::Rollback, note).await
+    }
+
+    /// Replaces the module's learned state with `target`'s as a new
+    /// generation of `kind`. Any A/B test ends with it. The caller holds the
+    /// module's lock.
+    async fn restore(
+        &self,
+        module: &str,
+        target: RollbackTarget,
+        kind: CheckpointKind,
+        note: String,
+    ) -> Result<CheckpointMeta, RuntimeError> {
         let index = self.agent.module_index(module)?;
         let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
         let agent = self.agent.clone();
-        let (current, journal_seq) = tokio::task::spawn_blocking(move || {
-            agent.with_writer(move |learners| (learners[index].generation, learners[index].journal_seq))
+        let (current, journal_seq, test) = tokio::task::spawn_blocking(move || {
+            agent.with_writer(move |learners| {
+                let l = &learners[index];
+                (l.generation, l.journal_seq, l.ab.as_ref().map(AbTest::snapshot))
+            })
         })
         .await
         .expect("rollback task")?;
@@ -241,23 +396,22 @@ impl Runtime {
                 .await?
                 .ok_or(RuntimeError::UnknownGeneration { module: module.to_string(), generation: g })?,
         };
-        cp.kind = CheckpointKind::Rollback;
+        cp.kind = kind;
         cp.rollback_to = match target {
             RollbackTarget::Generation(g) => Some(g),
             RollbackTarget::Defaults => None,
         };
-        cp.note = Some(match target {
-            RollbackTarget::Generation(g) => format!("rollback to generation {g}"),
-            RollbackTarget::Defaults => "rollback to the seed defaults".into(),
-        });
+        cp.note = Some(note.clone());
         cp.parent = (current > 0).then_some(current);
         cp.created_at = now_secs();
+        cp.ab_test = None;
         // Outcomes learned before the rollback are deliberately not replayed onto it.
         cp.journal_seq = journal_seq;
         let mut learner = cp.to_learner(space, module_seed(self.seed, module))?;
         let before = self.previous_parameters(module, cp.parent).await;
         cp.generation = self.put_checkpoint(&cp).await?;
         learner.generation = cp.generation;
+        learner.rolling_since = cp.generation;
         let agent = self.agent.clone();
         tokio::task::spawn_blocking(move || {
             agent.with_writer(move |learners| {
@@ -270,9 +424,296 @@ impl Runtime {
         })
         .await
         .expect("rollback task")?;
-        self.record(&cp, LearningEventKind::Rollback, before).await;
-        tracing::warn!(module, generation = cp.generation, target = ?target, "rolled back");
+        self.lineage.lock().insert(module.to_string(), Vec::new());
+        if let Some(test) = test.filter(|_| kind == CheckpointKind::Rollback) {
+            let reason = format!("the module was rolled back ({note})");
+            self.finish_ab(module, &test, "ended by rollback", reason, None, None, None);
+        }
+        let event = match kind {
+            CheckpointKind::Promotion => LearningEventKind::Promotion,
+            _ => LearningEventKind::Rollback,
+        };
+        self.record(&cp, event, before, Some(note)).await;
+        tracing::warn!(module, generation = cp.generation, target = ?target, kind = kind.as_str(), "restored an earlier state");
         Ok(cp.meta())
+    }
+
+    /// Starts an A/B test on `module`: from now on a share `settings.split`
+    /// of its decisions serve `challenger`, the rest the live policy.
+    pub async fn start_ab(
+        &self,
+        module: &str,
+        challenger: Challenger,
+        settings: AbSettings,
+    ) -> Result<AbSnapshot, RuntimeError> {
+        let _guard = self.lock(module)?.lock().await;
+        let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
+        if let Some(test) = &self.agent.view(module)?.ab {
+            return Err(RuntimeError::AbTestRunning { module: module.to_string(), test: test.serving.test });
+        }
+        let bad = |detail: String| RuntimeError::BadChallenger { module: module.to_string(), detail };
+        let (label, generation, values) = match &challenger {
+            Challenger::Generation(g) => {
+                let cp = self
+                    .store
+                    .get_checkpoint(module, *g)
+                    .await?
+                    .ok_or(RuntimeError::UnknownGeneration { module: module.to_string(), generation: *g })?;
+                // Refuses a generation of another parameter space, naming the difference.
+                cp.to_learner(space.clone(), 0)?;
+                (format!("generation {g}"), Some(*g), cp.incumbents)
+            }
+            Challenger::Defaults => ("defaults".to_string(), None, vec![space.defaults(); Context::COUNT]),
+            Challenger::Parameters(given) => {
+                let values = challenger_values(&space, given).map_err(bad)?;
+                ("parameters".to_string(), None, vec![values; Context::COUNT])
+            }
+        };
+        let arms =
+            values.iter().map(|ctx| space.params.iter().zip(ctx).map(|(p, &v)| p.nearest_arm(v)).collect()).collect();
+        let started_at = now_secs();
+        let test = AbTest {
+            serving: Arc::new(AbServing {
+                // 53 bits: exact as a Firestore integer and as a JavaScript number.
+                test: splitmix64(self.seed ^ started_at.to_bits() ^ module_seed(0, module)) & ((1 << 53) - 1),
+                split: settings.split,
+                values,
+                arms,
+            }),
+            challenger: label,
+            challenger_generation: generation,
+            settings,
+            started_at,
+            champion_rewards: Stats::default(),
+            challenger_rewards: Stats::default(),
+            looks_done: 0,
+        };
+        let snapshot = test.snapshot();
+        let index = self.agent.module_index(module)?;
+        let agent = self.agent.clone();
+        tokio::task::spawn_blocking(move || agent.with_writer(move |learners| learners[index].ab = Some(test)))
+            .await
+            .expect("A/B task")?;
+        tracing::info!(module, test = snapshot.serving.test, challenger = %snapshot.challenger, split = settings.split, "A/B test started");
+        Ok(snapshot)
+    }
+
+    /// Ends `module`'s A/B test without a verdict; the live policy stays.
+    pub async fn stop_ab(&self, module: &str) -> Result<AbResult, RuntimeError> {
+        let _guard = self.lock(module)?.lock().await;
+        let test = self.take_ab(module, None).await?.ok_or_else(|| RuntimeError::NoAbTest(module.to_string()))?;
+        Ok(self.finish_ab(module, &test, "stopped", "stopped on request".into(), None, None, None))
+    }
+
+    /// Takes the module's test off the writer (only test `id`, when given).
+    async fn take_ab(&self, module: &str, id: Option<u64>) -> Result<Option<AbSnapshot>, RuntimeError> {
+        let index = self.agent.module_index(module)?;
+        let agent = self.agent.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            agent.with_writer(move |learners| {
+                let l = &mut learners[index];
+                let matches = l.ab.as_ref().is_some_and(|t| id.is_none_or(|id| t.serving.test == id));
+                if matches {
+                    l.ab.take().map(|t| t.snapshot())
+                } else {
+                    None
+                }
+            })
+        })
+        .await
+        .expect("A/B task")?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_ab(
+        &self,
+        module: &str,
+        test: &AbSnapshot,
+        outcome: &str,
+        reason: String,
+        comparison: Option<Comparison>,
+        ope: Option<Estimate>,
+        generation: Option<u64>,
+    ) -> AbResult {
+        let result = AbResult {
+            test: test.serving.test,
+            challenger: test.challenger.clone(),
+            outcome: outcome.to_string(),
+            reason,
+            champion_rewards: test.champion_rewards,
+            challenger_rewards: test.challenger_rewards,
+            comparison,
+            ope,
+            generation,
+            ended_at: now_secs(),
+        };
+        tracing::info!(module, test = result.test, outcome, reason = %result.reason, "A/B test ended");
+        self.status.ab_results.lock().insert(module.to_string(), result.clone());
+        result
+    }
+
+    /// Looks at `module`'s A/B test when a planned look is due, and watches
+    /// its live policy for a fall that calls for an automatic rollback. Cheap
+    /// when there is nothing to do; the checkpointer runs it every tick.
+    pub async fn review(&self, module: &str) -> Result<Review, RuntimeError> {
+        let view = self.agent.view(module)?;
+        if let Some(test) = &view.ab {
+            let due = test.settings.looks().get(test.looks_done).copied();
+            let n = test.champion_rewards.n.min(test.challenger_rewards.n);
+            if due.is_some_and(|due| n >= due as f64) {
+                return Ok(Review::AbLook(self.look_at_ab(module, test).await?));
+            }
+        }
+        self.watch(module, &view.rolling, view.outcomes).await
+    }
+
+    async fn look_at_ab(&self, module: &str, test: &AbSnapshot) -> Result<AbVerdict, RuntimeError> {
+        let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
+        // Everything decided and settled so far is in the log before it is read.
+        self.decision_log.flush().await;
+        let serving = &test.serving;
+        let expected = test.settings.max_outcomes as f64 / serving.split.min(1.0 - serving.split);
+        let limit = (4.0 * expected).min(400_000.0) as usize;
+        let records = self.store.list_decisions(module, test.started_at - 1.0, limit).await?;
+        let logs: Vec<LoggedDecision> = records
+            .iter()
+            .filter(|r| r.ab.is_some_and(|a| a.test == serving.test))
+            .filter_map(LoggedDecision::from_record)
+            .collect();
+        let target = TargetPolicy::fixed("challenger", &space, &serving.arms);
+        let ope = doubly_robust(&logs, &target).ok().filter(|e| e.value.is_finite());
+        let verdict =
+            ab_verdict(&test.settings, test.looks_done, &test.champion_rewards, &test.challenger_rewards, ope.as_ref());
+        let id = serving.test;
+        tracing::info!(
+            module,
+            test = id,
+            look = test.looks_done,
+            verdict = verdict.name(),
+            logged = logs.len(),
+            "A/B look"
+        );
+        let level = test.settings.alpha_per_look();
+        let summary = |c: &Comparison| {
+            format!(
+                "A/B test {id}: challenger ({}) mean {:.6} over {} outcomes vs champion {:.6} over {}; one-sided p = {:.2e} better, {:.2e} worse (level {:.2e} per look)",
+                test.challenger,
+                test.challenger_rewards.mean,
+                test.challenger_rewards.n,
+                test.champion_rewards.mean,
+                test.champion_rewards.n,
+                c.p_better,
+                c.p_worse,
+                level
+            )
+        };
+        let ope_text = |e: &Option<Estimate>| match e {
+            Some(e) => format!(
+                "; doubly robust estimate of the challenger {:.6} [{:.6}, {:.6}] over {} decisions",
+                e.value, e.ci_low, e.ci_high, e.n
+            ),
+            None => "; no off-policy estimate".to_string(),
+        };
+        let _guard = self.lock(module)?.lock().await;
+        match &verdict {
+            AbVerdict::Wait => {}
+            AbVerdict::Continue { .. } => {
+                let index = self.agent.module_index(module)?;
+                let agent = self.agent.clone();
+                tokio::task::spawn_blocking(move || {
+                    agent.with_writer(move |learners| {
+                        if let Some(t) = learners[index].ab.as_mut().filter(|t| t.serving.test == id) {
+                            t.looks_done += 1;
+                        }
+                    })
+                })
+                .await
+                .expect("A/B task")?;
+            }
+            AbVerdict::Promote { comparison, ope } => {
+                let Some(test) = self.take_ab(module, Some(id)).await? else { return Ok(AbVerdict::Wait) };
+                let reason = format!("promoted: {}{}", summary(comparison), ope_text(&Some(*ope)));
+                let meta = match test.challenger_generation {
+                    Some(g) => {
+                        self.restore(module, RollbackTarget::Generation(g), CheckpointKind::Promotion, reason.clone())
+                            .await?
+                    }
+                    None => {
+                        let values = test.serving.values.clone();
+                        let adopt: Box<dyn FnOnce(&mut ModuleLearner) + Send> =
+                            Box::new(move |l| l.adopt_incumbents(values));
+                        self.save(module, CheckpointKind::Promotion, Some(reason.clone()), Some(adopt)).await?
+                    }
+                };
+                *self.status.promotions.lock().entry(module.to_string()).or_default() += 1;
+                self.finish_ab(module, &test, "promoted", reason, Some(*comparison), Some(*ope), Some(meta.generation));
+            }
+            AbVerdict::Reject { comparison } | AbVerdict::Inconclusive { comparison, .. } => {
+                let Some(test) = self.take_ab(module, Some(id)).await? else { return Ok(AbVerdict::Wait) };
+                let (outcome, ope) = match &verdict {
+                    AbVerdict::Inconclusive { ope, .. } => ("inconclusive", *ope),
+                    _ => ("rejected", ope),
+                };
+                let reason = format!("{outcome}: {}{}", summary(comparison), ope_text(&ope));
+                self.record_event(
+                    module,
+                    LearningEventKind::Other(format!("ab_test_{outcome}")),
+                    reason.clone(),
+                    comparison,
+                )
+                .await;
+                self.finish_ab(module, &test, outcome, reason, Some(*comparison), ope, None);
+            }
+        }
+        Ok(verdict)
+    }
+
+    /// The rollback watch: rolls the module back when the live policy's
+    /// rolling reward is significantly below an earlier generation's (one
+    /// whose window does not overlap the live one) or below the seed
+    /// defaults' off-policy estimate, by more than the module's margin.
+    async fn watch(&self, module: &str, live: &Stats, outcomes: u64) -> Result<Review, RuntimeError> {
+        let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?;
+        let cfg = &space.rollback;
+        if !cfg.enabled || live.n < cfg.window as f64 {
+            return Ok(Review::Nothing);
+        }
+        let window = cfg.window as u64;
+        let reference = self.lineage.lock().get(module).and_then(|line| {
+            line.iter()
+                .rev()
+                .find(|e| e.outcome_count + window <= outcomes && e.rolling.n >= cfg.window as f64)
+                .copied()
+        });
+        let mut found: Option<(RollbackTarget, Degradation)> = None;
+        if let Some(r) = reference {
+            let se = r.rolling.variance().map_or(0.0, |v| (v / r.rolling.n).sqrt());
+            found = degraded(live, format!("generation {}", r.generation), r.rolling.mean, se, cfg.margin, cfg.alpha)
+                .map(|d| (RollbackTarget::Generation(r.generation), d));
+        }
+        if found.is_none() {
+            // Only an estimate the log supports, not the reward model's word alone.
+            if let Some(e) = self.status.defaults_estimate(module).filter(|e| e.effective_n >= 30.0) {
+                found = degraded(live, "the seed defaults".into(), e.value, estimate_se(&e), cfg.margin, cfg.alpha)
+                    .map(|d| (RollbackTarget::Defaults, d));
+            }
+        }
+        let Some((target, degradation)) = found else { return Ok(Review::Nothing) };
+        let reason = degradation.reason(live.n);
+        let _guard = self.lock(module)?.lock().await;
+        // Still the policy that was judged? (A rollback or promotion may have raced.)
+        if self.agent.view(module)?.rolling != *live {
+            return Ok(Review::Nothing);
+        }
+        tracing::warn!(module, target = ?target, reason = %reason, "automatic rollback");
+        let meta = self.restore(module, target, CheckpointKind::Rollback, reason.clone()).await?;
+        {
+            let mut counts = self.status.auto_rollbacks.lock();
+            let entry = counts.entry(module.to_string()).or_insert((0, String::new()));
+            entry.0 += 1;
+            entry.1 = reason.clone();
+        }
+        Ok(Review::RolledBack { meta, reason })
     }
 
     /// Merges `module`'s evidence since the last sync into the store's shared
@@ -358,11 +799,6 @@ impl Runtime {
         }
     }
 
-    fn adopt_generation(&self, index: usize, generation: u64) -> Result<(), RuntimeError> {
-        // A cheap task; blocking here for it is shorter than spawning.
-        Ok(self.agent.with_writer(move |learners| learners[index].generation = generation)?)
-    }
-
     /// Stores a checkpoint, retrying transient failures with backoff; health
     /// and metrics follow the outcome.
     async fn put_checkpoint(&self, cp: &Checkpoint) -> Result<u64, RuntimeError> {
@@ -402,7 +838,13 @@ impl Runtime {
 
     /// The plan's `ml_learning_events` and `ml_optimization_data` for a new generation.
     /// Best effort: the generation itself is already stored.
-    async fn record(&self, cp: &Checkpoint, kind: LearningEventKind, before: serde_json::Value) {
+    async fn record(
+        &self,
+        cp: &Checkpoint,
+        kind: LearningEventKind,
+        before: serde_json::Value,
+        reason: Option<String>,
+    ) {
         let now = now_secs();
         let event = LearningEvent {
             model_name: format!("{}.bandit", cp.module),
@@ -415,6 +857,7 @@ impl Runtime {
             timestamp: rfc3339(now),
             created_at: now,
             generation: Some(cp.generation),
+            reason,
         };
         if let Err(e) = self.store.put_learning_event(&event).await {
             tracing::warn!(module = %cp.module, error = %e, "could not record the learning event");
@@ -447,6 +890,28 @@ impl Runtime {
         }
     }
 
+    /// An `ml_learning_event` that made no generation: an A/B test that ended
+    /// without a promotion. Best effort, like [`Runtime::record`].
+    async fn record_event(&self, module: &str, kind: LearningEventKind, reason: String, comparison: &Comparison) {
+        let now = now_secs();
+        let event = LearningEvent {
+            model_name: format!("{module}.bandit"),
+            module_name: module.to_string(),
+            learning_event: kind,
+            parameters_before: serde_json::Value::Null,
+            parameters_after: serde_json::Value::Null,
+            performance_impact: comparison.difference,
+            confidence_change: 0.0,
+            timestamp: rfc3339(now),
+            created_at: now,
+            generation: None,
+            reason: Some(reason),
+        };
+        if let Err(e) = self.store.put_learning_event(&event).await {
+            tracing::warn!(module, error = %e, "could not record the learning event");
+        }
+    }
+
     /// Checkpoints every module that is due, forever; start it with `tokio::spawn`.
     pub async fn run_checkpointer(self: Arc<Self>) {
         let mut backoff_until: HashMap<String, f64> = HashMap::new();
@@ -456,6 +921,9 @@ impl Runtime {
             tokio::time::sleep(Duration::from_millis(250)).await;
             for module in self.spaces.names().map(String::from).collect::<Vec<_>>() {
                 let now = now_secs();
+                if let Err(e) = self.review(&module).await {
+                    tracing::warn!(module, error = %e, "A/B look or rollback watch failed; retried at the next tick");
+                }
                 if backoff_until.get(&module).is_some_and(|&t| now < t) {
                     continue;
                 }
@@ -520,6 +988,32 @@ impl Runtime {
             }
         }
     }
+}
+
+/// A challenger's values from `group.name -> value`, checked against the
+/// safety limits: known names, inside the range, whole numbers for integer
+/// parameters, and groups of weights that still sum to 1. Parameters not
+/// named keep their seed default.
+fn challenger_values(space: &ModuleSpace, given: &BTreeMap<String, f64>) -> Result<Vec<f64>, String> {
+    let mut values = space.defaults();
+    for (name, &v) in given {
+        let p = space.param_index(name).ok_or_else(|| format!("unknown parameter {name:?}"))?;
+        let param = &space.params[p];
+        if !(v.is_finite() && v >= param.lo && v <= param.hi) {
+            return Err(format!("{name} = {v} is outside its range [{}, {}]", param.lo, param.hi));
+        }
+        if param.kind == ParamKind::Integer && v.fract() != 0.0 {
+            return Err(format!("{name} = {v} must be a whole number"));
+        }
+        values[p] = v;
+    }
+    for group in &space.simplex_groups {
+        let sum: f64 = group.members.iter().map(|&p| values[p]).sum();
+        if (sum - 1.0).abs() > 1e-6 {
+            return Err(format!("the weights of group {:?} sum to {sum}, not 1", group.name));
+        }
+    }
+    Ok(values)
 }
 
 fn incumbents_map(cp: &Checkpoint) -> BTreeMap<String, BTreeMap<String, f64>> {

@@ -10,6 +10,7 @@ use crate::bandit::{thompson_propensities, BanditSettings, ModuleStats, Nig};
 use crate::policy::{PolicyError, PolicySnapshot, PolicyTrainer, Sample};
 use crate::space::{Context, ModuleSpace, Parameter};
 
+use super::rollout::{AbArm, AbTest, RewardWindow};
 use super::safety::{project_simplex, trust_box, trust_width};
 use super::view::{CellView, ModuleView, ParamView};
 use super::Decision;
@@ -30,6 +31,14 @@ pub struct ModuleLearner {
     pub journal_seq: u64,
     /// Set when this agent is one of several replicas sharing their learning.
     pub replica: Option<ReplicaState>,
+    /// The A/B test running on this module, if any.
+    pub ab: Option<AbTest>,
+    /// The live policy's rewards, for the rollback watch: decisions of this
+    /// generation or later, the challenger's excluded.
+    pub rolling: RewardWindow,
+    /// The generation the live policy took over at (a rollback or promotion);
+    /// rewards of older decisions are not the live policy's.
+    pub rolling_since: u64,
     policy_snapshot: Option<Arc<PolicySnapshot>>,
     outcomes_since_refresh: u64,
 }
@@ -81,6 +90,7 @@ impl ModuleLearner {
             baseline_decay: 1.0 - 1.0 / l.baseline_window,
         };
         let arms: Vec<usize> = space.params.iter().map(|p| p.arms.len()).collect();
+        let window = space.rollback.window;
         Ok(ModuleLearner {
             stats: ModuleStats::new(Context::COUNT, &arms),
             incumbents: vec![space.defaults(); Context::COUNT],
@@ -92,6 +102,9 @@ impl ModuleLearner {
             policy_snapshot: policy.as_ref().map(PolicyTrainer::snapshot).transpose()?,
             journal_seq: 0,
             replica: None,
+            ab: None,
+            rolling: RewardWindow::new(window),
+            rolling_since: 0,
             policy,
             outcomes_since_refresh: 0,
         })
@@ -101,6 +114,13 @@ impl ModuleLearner {
     /// network from its offsets.
     pub fn apply(&mut self, decision: &Decision, reward: f64) -> Result<Applied, PolicyError> {
         let learned = self.learn(decision.context.index(), &decision.arms, reward);
+        if let Some(test) = &mut self.ab {
+            test.record(decision.ab, reward);
+        }
+        let challenger = decision.ab.is_some_and(|a| a.arm == AbArm::Challenger);
+        if !challenger && decision.generation >= self.rolling_since {
+            self.rolling.push(reward);
+        }
         let mut policy_changed = false;
         if let Some(trainer) = self.policy.as_mut() {
             let scaled = learned.beyond_arms / self.space.learning.prior_noise_sd;
@@ -270,6 +290,9 @@ impl ModuleLearner {
             outcomes: self.outcomes,
             cells: (0..Context::COUNT).map(|c| Arc::new(self.cell_view(c))).collect(),
             policy: self.policy_snapshot.clone(),
+            ab: self.ab.as_ref().map(|t| Arc::new(t.snapshot())),
+            rolling: self.rolling.stats(),
+            rolling_since: self.rolling_since,
         }
     }
 
@@ -286,7 +309,18 @@ impl ModuleLearner {
                 .map(|c| if touched[c] { Arc::new(self.cell_view(c)) } else { previous.cells[c].clone() })
                 .collect(),
             policy: self.policy_snapshot.clone(),
+            ab: self.ab.as_ref().map(|t| Arc::new(t.snapshot())),
+            rolling: self.rolling.stats(),
+            rolling_since: self.rolling_since,
         }
+    }
+
+    /// Serves `values` (`[context][param]`, already checked against the
+    /// safety limits) as the incumbents from now on: a promoted challenger.
+    /// The evidence stays; the live policy's rolling reward starts afresh.
+    pub fn adopt_incumbents(&mut self, values: Vec<Vec<f64>>) {
+        self.incumbents = values;
+        self.rolling = RewardWindow::new(self.space.rollback.window);
     }
 
     /// The arm with the best posterior mean in `context`, over all arms:

@@ -9,6 +9,7 @@
 
 mod learner;
 mod pending;
+mod rollout;
 pub mod safety;
 mod view;
 
@@ -33,6 +34,7 @@ use crate::space::{Context, ModuleSpace, Spaces};
 
 pub use learner::{eligible_arms, Applied, ModuleLearner, ReplicaState};
 pub use pending::{Evictions, Tombstone};
+pub use rollout::{AbArm, AbAssignment, AbServing, AbSnapshot, AbTest, RewardWindow};
 pub use view::{CellView, Choice, ModuleView, ParamView};
 
 use pending::{Lookup, PendingTable};
@@ -152,6 +154,10 @@ pub struct Decision {
     pub generation: u64,
     /// Seconds since the Unix epoch, by the agent's clock.
     pub created_at: f64,
+    /// The A/B test arm that served the decision, when a test was running.
+    /// `propensity` is then the probability under the test's mixture of arms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab: Option<AbAssignment>,
 }
 
 /// What a module reports when its trade closes.
@@ -405,7 +411,7 @@ impl Agent {
         let seed = splitmix64(self.inner.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut rng = Pcg64Mcg::seed_from_u64(seed);
         let view = handle.view.load();
-        let choice = view.cells[context.index()].choose(
+        let mut choice = view.cells[context.index()].choose(
             space,
             view.policy.as_deref(),
             context,
@@ -413,6 +419,17 @@ impl Agent {
             explore,
             &mut rng,
         );
+        let mut propensity = choice.propensities.iter().product();
+        let ab = view.ab.as_ref().map(|test| {
+            let serving = &test.serving;
+            let arm = serving.assign(n);
+            if arm == AbArm::Challenger {
+                serving.serve_challenger(context.index(), &mut choice);
+            }
+            propensity =
+                serving.mixture_propensity(context.index(), &view.cells[context.index()], explore, &choice.arms);
+            AbAssignment { test: serving.test, arm }
+        });
         let now = self.inner.clock.now();
         let decision = Arc::new(Decision {
             id: DecisionId::new(self.inner.run_id, module_index, n),
@@ -420,7 +437,7 @@ impl Agent {
             context,
             features: feature_values,
             explore,
-            propensity: choice.propensities.iter().product(),
+            propensity,
             values: choice.values,
             arms: choice.arms,
             propensities: choice.propensities,
@@ -429,6 +446,7 @@ impl Agent {
             seed,
             generation: view.generation,
             created_at: now,
+            ab,
         });
         let ev = handle.pending.insert(decision.clone(), now);
         handle.counters.decisions.fetch_add(1, Ordering::Relaxed);

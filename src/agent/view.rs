@@ -9,10 +9,11 @@ use rand::Rng;
 
 use rand_distr::StandardNormal;
 
-use crate::bandit::sample_argmax;
+use crate::bandit::{sample_argmax, Stats};
 use crate::policy::{gaussian_log_density, offset_value, refine_box, PolicySnapshot};
 use crate::space::{Context, ModuleSpace};
 
+use super::rollout::AbSnapshot;
 use super::safety::project_simplex;
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,11 @@ pub struct ModuleView {
     pub cells: Vec<Arc<CellView>>,
     /// The policy network's weights, when the module refines values.
     pub policy: Option<Arc<PolicySnapshot>>,
+    /// The A/B test running on the module, as of this view.
+    pub ab: Option<Arc<AbSnapshot>>,
+    /// The live policy's rolling reward (see [`ModuleLearner::rolling`](super::ModuleLearner)).
+    pub rolling: Stats,
+    pub rolling_since: u64,
 }
 
 /// Values chosen for one decision.

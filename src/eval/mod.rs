@@ -6,7 +6,9 @@
 //! the modules' trading rules on a synthetic or CSV market against baselines.
 //! `ope`: off-policy estimates of other policies from logged decisions.
 //! `effectiveness`: per-parameter-value performance rows.
+//! `ab`: the verdicts of A/B tests and of the automatic rollback watch.
 
+pub mod ab;
 pub mod backtest;
 pub mod baselines;
 pub mod csv;

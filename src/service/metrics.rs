@@ -146,6 +146,29 @@ impl Metrics {
         per_module(&mut out, "paramopt_policy_generation", "gauge", "Generation of the served policy.", &|m| {
             agent.view(m).map(|v| v.generation.to_string()).unwrap_or_else(|_| "NaN".into())
         });
+        per_module(&mut out, "paramopt_ab_test_running", "gauge", "Whether an A/B test is running.", &|m| {
+            agent.view(m).map(|v| u8::from(v.ab.is_some()).to_string()).unwrap_or_else(|_| "NaN".into())
+        });
+        per_module(&mut out, "paramopt_ab_promotions_total", "counter", "Challengers promoted by A/B tests.", &|m| {
+            store.map_or(0, |s| s.rollout_counts(m).0).to_string()
+        });
+        per_module(
+            &mut out,
+            "paramopt_automatic_rollbacks_total",
+            "counter",
+            "Rollbacks made by the rollback watch (the log and ml_learning_events say why).",
+            &|m| store.map_or(0, |s| s.rollout_counts(m).1).to_string(),
+        );
+        per_module(
+            &mut out,
+            "paramopt_rolling_reward",
+            "gauge",
+            "Mean reward of the live policy's recent decisions (the rollback watch's window); NaN before any.",
+            &|m| match agent.view(m) {
+                Ok(v) if v.rolling.n > 0.0 => format!("{}", v.rolling.mean),
+                _ => "NaN".into(),
+            },
+        );
         per_module(
             &mut out,
             "paramopt_checkpoint_age_seconds",

@@ -128,6 +128,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/checkpoints/{module}/{generation}", get(routes::get_checkpoint))
         .route("/v1/checkpoints/{module}", post(routes::create_checkpoint))
         .route("/v1/rollback", post(routes::rollback))
+        .route("/v1/ab-tests", post(routes::start_ab_test))
+        .route("/v1/ab-tests/{module}", get(routes::ab_test_status).delete(routes::stop_ab_test))
         .route("/healthz", get(routes::healthz))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)

@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
+use serde_json::Value;
+
 use crate::agent::Decision;
+use crate::eval::ab::AbSettings;
 use crate::eval::ope::Estimate;
-use crate::runtime::{self, Runtime, RuntimeError};
+use crate::runtime::{self, Challenger, Runtime, RuntimeError};
 use crate::store::{
     now_secs, CheckpointMeta, LearningEvent, ParameterEffectiveness, StoreError as BackendError, TradeRecord,
 };
@@ -16,6 +19,7 @@ use crate::store::{
 use super::store::{
     CheckpointStore, CheckpointSummary, OutcomeRecord, OutcomeSink, RollbackTarget, SinkFuture, StoreError,
 };
+use super::wire::ab_test_json;
 
 /// Checkpoints and trades through a [`Runtime`]. Its blocking methods run on
 /// tokio's blocking pool (the service's contract) and wait on `handle`.
@@ -54,6 +58,9 @@ fn runtime_error(e: RuntimeError) -> StoreError {
         RuntimeError::Store(e) => backend(e),
         e @ RuntimeError::UnknownGeneration { .. } => StoreError::NotFound(e.to_string()),
         e @ RuntimeError::UnknownModule(_) => StoreError::Invalid(e.to_string()),
+        e @ RuntimeError::BadChallenger { .. } => StoreError::Invalid(e.to_string()),
+        e @ RuntimeError::AbTestRunning { .. } => StoreError::Conflict(e.to_string()),
+        e @ RuntimeError::NoAbTest(_) => StoreError::NotFound(e.to_string()),
         e => StoreError::Internal(e.to_string()),
     }
 }
@@ -118,6 +125,25 @@ impl CheckpointStore for RuntimeHooks {
 
     fn defaults_estimate(&self, module: &str) -> Option<Estimate> {
         self.runtime.status.defaults_estimate(module)
+    }
+
+    fn start_ab(&self, module: &str, challenger: Challenger, settings: AbSettings) -> Result<Value, StoreError> {
+        let test = self.handle.block_on(self.runtime.start_ab(module, challenger, settings)).map_err(runtime_error)?;
+        Ok(ab_test_json(&test))
+    }
+
+    fn stop_ab(&self, module: &str) -> Result<Value, StoreError> {
+        let result = self.handle.block_on(self.runtime.stop_ab(module)).map_err(runtime_error)?;
+        serde_json::to_value(&result).map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
+    fn last_ab_result(&self, module: &str) -> Option<Value> {
+        self.runtime.status.last_ab_result(module).and_then(|r| serde_json::to_value(&r).ok())
+    }
+
+    fn rollout_counts(&self, module: &str) -> (u64, u64, Option<String>) {
+        let (rollbacks, reason) = self.runtime.status.auto_rollbacks(module);
+        (self.runtime.status.promotions(module), rollbacks, reason)
     }
 }
 

@@ -15,8 +15,8 @@ use super::error::ApiError;
 use super::extract::{JsonBody, PathParams, QueryPairs};
 use super::store::{CheckpointStore, OutcomeRecord, StoreError};
 use super::wire::{
-    context_json, ContextBody, DecisionRequest, DecisionResponse, NamedValues, OutcomeRequest, OutcomeResponse,
-    ParametersResponse, RollbackRequest,
+    ab_test_json, context_json, AbTestRequest, ContextBody, DecisionRequest, DecisionResponse, NamedValues,
+    OutcomeRequest, OutcomeResponse, ParametersResponse, RollbackRequest,
 };
 use super::AppState;
 
@@ -183,6 +183,42 @@ pub async fn rollback(
     let summary = on_store(&state, move |s| s.rollback(&module, to)).await?;
     tracing::info!(module = %summary.module, generation = summary.generation, ?to, "rolled back");
     json(&serde_json::json!({ "rolled_back_to": to, "checkpoint": summary }))
+}
+
+/// `POST /v1/ab-tests`: starts an A/B test.
+pub async fn start_ab_test(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<AbTestRequest>,
+) -> Result<Response, ApiError> {
+    state.agent().space(&req.module)?;
+    let settings = req.settings().map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let AbTestRequest { module, challenger, .. } = req;
+    let test = on_store(&state, move |s| s.start_ab(&module, challenger, settings)).await?;
+    json(&serde_json::json!({ "ab_test": test }))
+}
+
+/// `GET /v1/ab-tests/{module}`: the running test, and how the last one ended.
+pub async fn ab_test_status(
+    State(state): State<AppState>,
+    PathParams(module): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let view = state.agent().view(&module)?;
+    let last = state.hooks().checkpoints.as_ref().and_then(|s| s.last_ab_result(&module));
+    json(&serde_json::json!({
+        "module": module,
+        "running": view.ab.as_deref().map(ab_test_json),
+        "last": last,
+    }))
+}
+
+/// `DELETE /v1/ab-tests/{module}`: ends the running test without a verdict.
+pub async fn stop_ab_test(
+    State(state): State<AppState>,
+    PathParams(module): PathParams<String>,
+) -> Result<Response, ApiError> {
+    state.agent().space(&module)?;
+    let result = on_store(&state, move |s| s.stop_ab(&module)).await?;
+    json(&serde_json::json!({ "stopped": result }))
 }
 
 /// `GET /healthz`.

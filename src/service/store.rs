@@ -14,9 +14,12 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::agent::{Decision, Outcome};
+use crate::eval::ab::AbSettings;
 use crate::eval::ope::Estimate;
+use crate::runtime::Challenger;
 use crate::store::{LearningEvent, ParameterEffectiveness};
 
 use super::wire::Trade;
@@ -34,6 +37,8 @@ pub enum StoreError {
     /// No store is configured, or it is down. Answered 503.
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Conflict(String),
     /// Anything else; logged with its details, answered 500 without them.
     #[error("store failure: {0}")]
     Internal(String),
@@ -45,6 +50,7 @@ impl StoreError {
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Conflict(_) => StatusCode::CONFLICT,
             StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -133,6 +139,26 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn defaults_estimate(&self, module: &str) -> Option<Estimate> {
         let _ = module;
         None
+    }
+    /// Starts an A/B test; answers its state as JSON.
+    fn start_ab(&self, module: &str, challenger: Challenger, settings: AbSettings) -> Result<Value, StoreError> {
+        let _ = (module, challenger, settings);
+        Err(StoreError::Unavailable("A/B tests need a checkpoint store: this server runs without one".into()))
+    }
+    /// Stops the running A/B test without a verdict; answers how it ended.
+    fn stop_ab(&self, module: &str) -> Result<Value, StoreError> {
+        let _ = module;
+        Err(StoreError::Unavailable("A/B tests need a checkpoint store: this server runs without one".into()))
+    }
+    /// How the module's last A/B test ended, if one has.
+    fn last_ab_result(&self, module: &str) -> Option<Value> {
+        let _ = module;
+        None
+    }
+    /// A/B promotions and automatic rollbacks so far, and the last rollback's reason.
+    fn rollout_counts(&self, module: &str) -> (u64, u64, Option<String>) {
+        let _ = module;
+        (0, 0, None)
     }
 }
 

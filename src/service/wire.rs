@@ -8,9 +8,12 @@ use std::collections::BTreeMap;
 
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
-use crate::agent::Decision;
+use crate::agent::{AbSnapshot, Decision};
+use crate::bandit::Stats;
+use crate::eval::ab::{AbSettings, AbSettingsError};
+use crate::runtime::Challenger;
 use crate::space::{Context, ModuleSpace, Regime, Session};
 
 use super::error::ApiError;
@@ -187,6 +190,71 @@ fn de_rollback_target<'de, D: Deserializer<'de>>(d: D) -> Result<RollbackTarget,
     }
 }
 
+/// `POST /v1/ab-tests`. Settings left out take the defaults of [`AbTestRequest::settings`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbTestRequest {
+    pub module: String,
+    #[serde(deserialize_with = "de_challenger")]
+    pub challenger: Challenger,
+    pub split: Option<f64>,
+    pub min_outcomes: Option<u64>,
+    pub max_outcomes: Option<u64>,
+    pub alpha: Option<f64>,
+    pub margin: Option<f64>,
+}
+
+impl AbTestRequest {
+    /// The validated settings: split 0.2, looks from 200 to 6,400 outcomes
+    /// per arm, alpha 0.05 and margin 0 unless given.
+    pub fn settings(&self) -> Result<AbSettings, AbSettingsError> {
+        AbSettings::new(
+            self.split.unwrap_or(0.2),
+            self.min_outcomes.unwrap_or(200),
+            self.max_outcomes.unwrap_or(6400),
+            self.alpha.unwrap_or(0.05),
+            self.margin.unwrap_or(0.0),
+        )
+    }
+}
+
+fn de_challenger<'de, D: Deserializer<'de>>(d: D) -> Result<Challenger, D::Error> {
+    let v = Value::deserialize(d)?;
+    let parameters =
+        v.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("parameters")).and_then(Value::as_object);
+    match (&v, parameters) {
+        (Value::Number(n), _) if n.as_u64().is_some() => Ok(Challenger::Generation(n.as_u64().unwrap_or_default())),
+        (Value::String(s), _) if s == "defaults" => Ok(Challenger::Defaults),
+        (_, Some(map)) => map
+            .iter()
+            .map(|(k, v)| match v.as_f64() {
+                Some(x) => Ok((k.clone(), x)),
+                None => Err(serde::de::Error::custom(format!("challenger.parameters.{k}: expected a number, got {v}"))),
+            })
+            .collect::<Result<_, _>>()
+            .map(Challenger::Parameters),
+        (other, _) => Err(serde::de::Error::custom(format!(
+            "expected a generation number, \"defaults\" or {{\"parameters\": {{\"group.name\": value, …}}}}, got {other}"
+        ))),
+    }
+}
+
+/// A running A/B test as answered by the API and shown by the dashboard.
+pub fn ab_test_json(t: &AbSnapshot) -> Value {
+    let arm = |s: &Stats| json!({ "outcomes": s.n, "mean_reward": s.mean, "sd": s.variance().map(f64::sqrt) });
+    json!({
+        "test": t.serving.test.to_string(),
+        "challenger": t.challenger,
+        "split": t.settings.split,
+        "settings": t.settings,
+        "started_at": t.started_at,
+        "champion": arm(&t.champion_rewards),
+        "challenger_arm": arm(&t.challenger_rewards),
+        "looks_done": t.looks_done,
+        "next_look_at_outcomes": t.settings.looks().get(t.looks_done),
+    })
+}
+
 /// `{"session": …, "regime": …}` in answers.
 pub fn context_json(ctx: Context) -> ContextOut {
     ContextOut { session: ctx.session.as_str(), regime: ctx.regime.as_str() }
@@ -254,6 +322,9 @@ impl Serialize for DecisionResponse<'_> {
         map.serialize_entry("propensities", &NamedValues { space: self.space, values: &d.propensities })?;
         map.serialize_entry("propensity", &d.propensity)?;
         map.serialize_entry("created_at", &d.created_at)?;
+        if let Some(ab) = &d.ab {
+            map.serialize_entry("ab_test", &json!({ "test": ab.test.to_string(), "arm": ab.arm }))?;
+        }
         map.end()
     }
 }

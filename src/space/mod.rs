@@ -17,7 +17,8 @@ use serde::Serialize;
 
 pub use context::{Context, Regime, Session};
 pub use spec::{
-    FeatureSpec, GroupSpec, LearningSpec, ModuleSpec, ParamSpec, PendingSpec, PolicySpec, RewardSpec, SafetySpec,
+    FeatureSpec, GroupSpec, LearningSpec, ModuleSpec, ParamSpec, PendingSpec, PolicySpec, RewardSpec, RollbackSpec,
+    SafetySpec,
 };
 
 /// Why a space could not be loaded. Every variant names where and what.
@@ -154,6 +155,19 @@ pub struct SafetyConfig {
     pub trust_growth_outcomes: f64,
 }
 
+/// The automatic rollback watch: the live policy's rolling reward over the
+/// last `window` decisions against an earlier generation's and the seed
+/// defaults' off-policy estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackConfig {
+    pub enabled: bool,
+    pub window: usize,
+    /// A fall smaller than this (reward units) never triggers a rollback.
+    pub margin: f64,
+    /// Significance level of each check.
+    pub alpha: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PendingConfig {
     pub capacity: usize,
@@ -189,6 +203,7 @@ pub struct ModuleSpace {
     pub safety: SafetyConfig,
     pub pending: PendingConfig,
     pub policy: PolicyConfig,
+    pub rollback: RollbackConfig,
     pub features: Vec<Feature>,
     pub params: Vec<Parameter>,
     pub simplex_groups: Vec<SimplexGroup>,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{
     Feature, LearningConfig, ModuleSpace, ParamKind, Parameter, PendingConfig, PolicyConfig, RewardConfig,
-    RewardSource, SafetyConfig, SimplexGroup, SpaceError,
+    RewardSource, RollbackConfig, SafetyConfig, SimplexGroup, SpaceError,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -22,6 +22,8 @@ pub struct ModuleSpec {
     pub pending: PendingSpec,
     #[serde(default)]
     pub policy: Option<PolicySpec>,
+    #[serde(default)]
+    pub rollback: Option<RollbackSpec>,
     #[serde(default)]
     pub features: Vec<FeatureSpec>,
     pub groups: Vec<GroupSpec>,
@@ -54,6 +56,22 @@ pub struct SafetySpec {
     pub max_change_rate: f64,
     pub trust_initial: f64,
     pub trust_growth_outcomes: f64,
+}
+
+/// The automatic rollback watch (see `eval::ab`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackSpec {
+    pub enabled: bool,
+    pub window: usize,
+    pub margin: f64,
+    pub alpha: f64,
+}
+
+impl Default for RollbackSpec {
+    fn default() -> Self {
+        RollbackSpec { enabled: true, window: 500, margin: 0.002, alpha: 0.001 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +251,30 @@ impl ModuleSpec {
             trust_growth_outcomes: c.positive("safety.trust_growth_outcomes", s.trust_growth_outcomes)?,
         };
 
+        let r = self.rollback.clone().unwrap_or_default();
+        let rollback = RollbackConfig {
+            enabled: r.enabled,
+            window: if r.window as u64 >= crate::eval::ab::MIN_OUTCOMES {
+                r.window
+            } else {
+                return Err(c.fail(
+                    "rollback.window",
+                    r.window,
+                    format!("must be >= {}", crate::eval::ab::MIN_OUTCOMES),
+                ));
+            },
+            margin: if r.margin.is_finite() && r.margin >= 0.0 {
+                r.margin
+            } else {
+                return Err(c.fail("rollback.margin", r.margin, "must be a finite number >= 0"));
+            },
+            alpha: if r.alpha > 0.0 && r.alpha <= 0.5 {
+                r.alpha
+            } else {
+                return Err(c.fail("rollback.alpha", r.alpha, "must be in (0, 0.5]"));
+            },
+        };
+
         if self.pending.capacity == 0 {
             return Err(c.fail("pending.capacity", 0, "must be >= 1"));
         }
@@ -332,6 +374,7 @@ impl ModuleSpec {
             safety,
             pending,
             policy,
+            rollback,
             features,
             params,
             simplex_groups,

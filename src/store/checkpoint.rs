@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{StoreError, StoreResult};
-use crate::agent::{ModuleLearner, ReplicaState};
-use crate::bandit::ModuleStats;
+use crate::agent::{AbTest, ModuleLearner, ReplicaState};
+use crate::bandit::{ModuleStats, Stats};
 use crate::policy::PolicyTrainer;
 use crate::space::{Context, ModuleSpace};
 
@@ -109,6 +109,13 @@ pub struct Checkpoint {
     /// What this replica has shared with the others (see `paramopt serve --sync-every-secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaState>,
+    /// The A/B test that was running, with its arms' rewards so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab_test: Option<AbTest>,
+    /// The live policy's rolling reward when this checkpoint was taken: what
+    /// the rollback watch compares later generations with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_reward: Option<Stats>,
 }
 
 impl Checkpoint {
@@ -142,6 +149,8 @@ impl Checkpoint {
             policy_weights,
             journal_seq: learner.journal_seq,
             replica: learner.replica.clone(),
+            ab_test: learner.ab.clone(),
+            rolling_reward: Some(learner.rolling.stats()).filter(|s| s.n > 0.0),
         }
     }
 
@@ -190,6 +199,7 @@ impl Checkpoint {
         learner.reward_sum = self.reward_sum;
         learner.journal_seq = self.journal_seq;
         learner.replica = self.replica.clone();
+        learner.ab = self.ab_test.clone();
         Ok(learner)
     }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::agent::Decision;
+use crate::agent::{AbAssignment, Decision};
 use crate::space::{Context, ModuleSpace, Regime, Session};
 
 /// A free-form JSON object, as the plan's nested trade fields are.
@@ -147,6 +147,10 @@ pub struct LearningEvent {
     /// The checkpoint generation the event produced, if any.
     #[serde(default)]
     pub generation: Option<u64>,
+    /// Why it happened, when it was not routine: an A/B test's verdict, an
+    /// automatic rollback's trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One point of a module's performance history.
@@ -198,6 +202,9 @@ pub struct DecisionLogRecord {
     pub reward: Option<f64>,
     #[serde(default)]
     pub settled_at: Option<f64>,
+    /// The A/B test and arm that served the decision, when a test was running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab: Option<AbAssignment>,
 }
 
 impl DecisionLogRecord {
@@ -223,6 +230,7 @@ impl DecisionLogRecord {
             created_at: d.created_at,
             reward: None,
             settled_at: None,
+            ab: d.ab,
         }
     }
 }

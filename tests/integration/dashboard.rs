@@ -525,6 +525,7 @@ fn history_with_thousands_of_generations_is_downsampled_and_exact() {
                 timestamp: String::new(),
                 created_at: cp.created_at,
                 generation: Some(g),
+                reason: None,
             };
             store.put_learning_event(&event).await.unwrap();
         }

@@ -8,6 +8,7 @@ mod invariants;
 mod learning;
 mod outage;
 mod policy;
+mod rollout;
 mod runtime;
 mod service;
 mod store;

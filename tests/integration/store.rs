@@ -404,6 +404,8 @@ fn big_checkpoint() -> Checkpoint {
         policy_weights: Some(weights),
         journal_seq: 77,
         replica: None,
+        ab_test: None,
+        rolling_reward: None,
     }
 }
 
@@ -594,6 +596,7 @@ async fn learning_events_list_newest_first(b: Backend) {
             timestamp: paramopt::store::rfc3339(1_748_687_400.0 + i as f64),
             created_at: 1_748_687_400.0 + i as f64,
             generation: (i != 3).then_some(i as u64 + 1),
+            reason: None,
         };
         b.store.put_learning_event(&e).await.unwrap();
         events.push(e);

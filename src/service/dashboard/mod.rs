@@ -26,6 +26,7 @@ use axum::Router;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::agent::ModuleView;
 use crate::inspect::HistoryPoint;
 use crate::space::{Context, ModuleSpace, Regime, Session};
 use crate::store::{now_secs, LearningEvent, LearningEventKind};
@@ -34,9 +35,9 @@ use super::error::ApiError;
 use super::extract::{PathParams, QueryPairs};
 use super::store::{CheckpointStore, CheckpointSummary, StoreError};
 use super::wire::{
-    context_json, ContextBody, DashboardEffectiveness, DashboardGrid, DashboardHistory, DashboardOverview,
-    DashboardProgress, DashboardStore, DefaultsEstimate, EffectivenessRow, EventMark, GridCell, GridParameter,
-    LivePoint, ModuleOps, PosteriorWidth, RewardPoint,
+    ab_test_json, context_json, ContextBody, DashboardEffectiveness, DashboardGrid, DashboardHistory,
+    DashboardOverview, DashboardProgress, DashboardStore, DefaultsEstimate, EffectivenessRow, EventMark, GridCell,
+    GridParameter, LivePoint, ModuleOps, PosteriorWidth, RewardPoint,
 };
 use super::AppState;
 
@@ -359,9 +360,36 @@ async fn progress(
             decisions: e.n,
             effective_n: e.effective_n,
         }),
-        ab_test: None,
+        ab_test: ab_status(&view, d.app.hooks().checkpoints.as_deref(), &space.name),
         posterior,
     })
+}
+
+/// The running A/B test, or how the last one ended, with a one-line `status`
+/// for the page; `None` when the module never had one.
+fn ab_status(view: &ModuleView, store: Option<&dyn CheckpointStore>, module: &str) -> Option<serde_json::Value> {
+    if let Some(t) = view.ab.as_deref() {
+        let (a, b) = (&t.champion_rewards, &t.challenger_rewards);
+        let next = t.settings.looks().get(t.looks_done).copied();
+        let status = format!(
+            "running: challenger {} on {:.0}% of decisions; live policy {:.5} over {} outcomes, challenger {:.5} over {}{}",
+            t.challenger,
+            100.0 * t.settings.split,
+            a.mean,
+            a.n,
+            b.mean,
+            b.n,
+            next.map(|n| format!("; next look at {n} outcomes per arm")).unwrap_or_default()
+        );
+        let mut v = ab_test_json(t);
+        v["status"] = status.into();
+        return Some(v);
+    }
+    let mut last = store?.last_ab_result(module)?;
+    let outcome = last["outcome"].as_str().unwrap_or("ended").to_string();
+    let challenger = last["challenger"].as_str().unwrap_or("?").to_string();
+    last["status"] = format!("No A/B test running; the last one ({challenger}) ended {outcome}").into();
+    Some(last)
 }
 
 /// The mean reward so far at each picked generation, and over each window

@@ -1,0 +1,360 @@
+//! When the evidence says one policy earns more than another: the verdicts of
+//! A/B tests (promote a challenger?) and of the rollback watch (has the live
+//! policy fallen below an earlier generation or the seed defaults?).
+//!
+//! Pure functions of summary statistics; the runtime gathers them and acts.
+//!
+//! Means are compared with Welch's statistic under the normal approximation,
+//! which is why every verdict needs a minimum number of outcomes per side
+//! (at least [`MIN_OUTCOMES`]). An A/B test is looked at repeatedly while it
+//! runs, and each look is another chance of a false promotion, so looks are
+//! planned in advance (at `min`, `2 min`, `4 min` ... outcomes per arm, up to
+//! `max`) and the significance level is split evenly over them (Bonferroni):
+//! the chance of promoting a challenger that is not better stays below alpha
+//! however often the runtime checks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bandit::{normal_cdf, Stats};
+
+use super::ope::Estimate;
+
+/// Fewer outcomes per side than this and the normal approximation is not trusted.
+pub const MIN_OUTCOMES: u64 = 30;
+
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// Welch's comparison of a candidate's mean reward with a reference's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Candidate mean minus reference mean.
+    pub difference: f64,
+    /// Standard error of the difference.
+    pub se: f64,
+    /// One-sided p-value of "the candidate is better by more than the margin".
+    pub p_better: f64,
+    /// One-sided p-value of "the candidate is worse by more than the margin".
+    pub p_worse: f64,
+}
+
+/// Mean and standard error of the mean of `s`; `None` below two outcomes.
+fn mean_se(s: &Stats) -> Option<(f64, f64)> {
+    let var = s.variance()?;
+    Some((s.mean, (var / s.n).sqrt()))
+}
+
+/// Compares `candidate` with `reference` by their means, `margin` being the
+/// smallest difference that matters. `reference_se` overrides the reference's
+/// standard error when it is an estimate rather than a sample (the defaults'
+/// off-policy estimate).
+pub fn compare(candidate: &Stats, reference_mean: f64, reference_se: f64, margin: f64) -> Option<Comparison> {
+    let (mean, se) = mean_se(candidate)?;
+    let se = (se * se + reference_se * reference_se).sqrt().max(f64::MIN_POSITIVE);
+    let difference = mean - reference_mean;
+    Some(Comparison {
+        difference,
+        se,
+        p_better: 1.0 - normal_cdf((difference - margin) / se),
+        p_worse: normal_cdf((difference + margin) / se),
+    })
+}
+
+/// [`compare`] of two samples.
+pub fn compare_samples(candidate: &Stats, reference: &Stats, margin: f64) -> Option<Comparison> {
+    let (mean, se) = mean_se(reference)?;
+    compare(candidate, mean, se, margin)
+}
+
+/// The settings of one A/B test, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AbSettings {
+    /// Share of decisions the challenger serves, in (0, 1).
+    pub split: f64,
+    /// Outcomes per arm before the first look.
+    pub min_outcomes: u64,
+    /// Outcomes per arm at the last look; the test ends then at the latest.
+    pub max_outcomes: u64,
+    /// Chance of promoting a challenger that is not better, over all looks.
+    pub alpha: f64,
+    /// How much better than the champion the challenger must be, in reward units.
+    pub margin: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AbSettingsError {
+    #[error("split must be in (0, 1), got {0}")]
+    Split(f64),
+    #[error("alpha must be in (0, 0.5], got {0}")]
+    Alpha(f64),
+    #[error("margin must be a finite number >= 0, got {0}")]
+    Margin(f64),
+    #[error("min_outcomes must be at least {MIN_OUTCOMES}, got {0}")]
+    MinOutcomes(u64),
+    #[error("max_outcomes ({max}) must be at least min_outcomes ({min})")]
+    MaxOutcomes { min: u64, max: u64 },
+}
+
+impl AbSettings {
+    pub fn new(
+        split: f64,
+        min_outcomes: u64,
+        max_outcomes: u64,
+        alpha: f64,
+        margin: f64,
+    ) -> Result<Self, AbSettingsError> {
+        if !(split > 0.0 && split < 1.0) {
+            return Err(AbSettingsError::Split(split));
+        }
+        if !(alpha > 0.0 && alpha <= 0.5) {
+            return Err(AbSettingsError::Alpha(alpha));
+        }
+        if !(margin.is_finite() && margin >= 0.0) {
+            return Err(AbSettingsError::Margin(margin));
+        }
+        if min_outcomes < MIN_OUTCOMES {
+            return Err(AbSettingsError::MinOutcomes(min_outcomes));
+        }
+        if max_outcomes < min_outcomes {
+            return Err(AbSettingsError::MaxOutcomes { min: min_outcomes, max: max_outcomes });
+        }
+        Ok(AbSettings { split, min_outcomes, max_outcomes, alpha, margin })
+    }
+
+    /// Outcomes per arm at each planned look: `min`, `2 min`, ... and `max`.
+    pub fn looks(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut at = self.min_outcomes;
+        while at < self.max_outcomes {
+            out.push(at);
+            at = at.saturating_mul(2);
+        }
+        out.push(self.max_outcomes);
+        out
+    }
+
+    /// The significance level of each look.
+    pub fn alpha_per_look(&self) -> f64 {
+        self.alpha / self.looks().len() as f64
+    }
+}
+
+/// What an A/B test's look concluded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum AbVerdict {
+    /// Not enough outcomes for the next planned look.
+    Wait,
+    /// A look without a conclusion; the test goes on.
+    Continue { comparison: Comparison },
+    /// The significance test and the off-policy estimate both favour the challenger.
+    Promote { comparison: Comparison, ope: Estimate },
+    /// The challenger is significantly worse than the champion.
+    Reject { comparison: Comparison },
+    /// The last look came without a conclusion; the champion stays.
+    Inconclusive { comparison: Comparison, ope: Option<Estimate> },
+}
+
+impl AbVerdict {
+    pub fn ends_test(&self) -> bool {
+        matches!(self, AbVerdict::Promote { .. } | AbVerdict::Reject { .. } | AbVerdict::Inconclusive { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            AbVerdict::Wait => "wait",
+            AbVerdict::Continue { .. } => "continue",
+            AbVerdict::Promote { .. } => "promote",
+            AbVerdict::Reject { .. } => "reject",
+            AbVerdict::Inconclusive { .. } => "inconclusive",
+        }
+    }
+}
+
+/// The verdict of look number `look` (0-based) of a test, given each arm's
+/// rewards and the off-policy estimate of the challenger's value from the
+/// test's logged decisions. Returns [`AbVerdict::Wait`] until both arms have
+/// the outcomes that look was planned at.
+///
+/// Promotion needs both: Welch's test says the challenger beats the champion
+/// by more than the margin at this look's level, and the off-policy estimate
+/// of the challenger (a different estimator, which also weighs the
+/// champion's decisions that happen to agree with the challenger) is above
+/// the champion's mean by more than the margin.
+pub fn ab_verdict(
+    settings: &AbSettings,
+    look: usize,
+    champion: &Stats,
+    challenger: &Stats,
+    ope: Option<&Estimate>,
+) -> AbVerdict {
+    let looks = settings.looks();
+    let Some(&due) = looks.get(look) else { return AbVerdict::Wait };
+    if champion.n < due as f64 || challenger.n < due as f64 {
+        return AbVerdict::Wait;
+    }
+    let Some(comparison) = compare_samples(challenger, champion, settings.margin) else { return AbVerdict::Wait };
+    let level = settings.alpha_per_look();
+    let ope_favours = ope.filter(|e| e.value.is_finite() && e.value > champion.mean + settings.margin);
+    if comparison.p_better < level {
+        if let Some(ope) = ope_favours {
+            return AbVerdict::Promote { comparison, ope: *ope };
+        }
+    }
+    // Worse by any amount: a challenger that costs money is not run to the end.
+    if compare_samples(challenger, champion, 0.0).is_some_and(|c| c.p_worse < level) {
+        return AbVerdict::Reject { comparison };
+    }
+    if look + 1 >= looks.len() {
+        return AbVerdict::Inconclusive { comparison, ope: ope.copied() };
+    }
+    AbVerdict::Continue { comparison }
+}
+
+/// Why the live policy should be rolled back, when it should.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Degradation {
+    /// What the live policy was compared with: `generation N` or `the seed defaults`.
+    pub against: String,
+    pub live_mean: f64,
+    pub reference_mean: f64,
+    pub comparison: Comparison,
+}
+
+impl Degradation {
+    /// One line for logs, events and checkpoint notes.
+    pub fn reason(&self, live_n: f64) -> String {
+        format!(
+            "automatic rollback: rolling reward {:.6} over {} outcomes is below the mean reward of {} ({:.6}) by more than the margin (p = {:.2e})",
+            self.live_mean,
+            live_n.round(),
+            self.against,
+            self.reference_mean,
+            self.comparison.p_worse
+        )
+    }
+}
+
+/// The rollback watch's test: is `live` (the live policy's rolling rewards)
+/// below the reference by more than `margin`, at level `alpha`?
+pub fn degraded(
+    live: &Stats,
+    against: String,
+    reference_mean: f64,
+    reference_se: f64,
+    margin: f64,
+    alpha: f64,
+) -> Option<Degradation> {
+    let comparison = compare(live, reference_mean, reference_se, margin)?;
+    (comparison.p_worse < alpha).then(|| Degradation { against, live_mean: live.mean, reference_mean, comparison })
+}
+
+/// The standard error an estimate's 95% interval implies.
+pub fn estimate_se(e: &Estimate) -> f64 {
+    (e.ci_high - e.ci_low) / (2.0 * Z95)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_distr::StandardNormal;
+    use rand_pcg::Pcg64Mcg;
+
+    fn sample(rng: &mut Pcg64Mcg, n: usize, mean: f64, sd: f64) -> Stats {
+        let mut s = Stats::default();
+        for _ in 0..n {
+            let z: f64 = rng.sample(StandardNormal);
+            s.push(mean + sd * z);
+        }
+        s
+    }
+
+    fn estimate(value: f64) -> Estimate {
+        Estimate { value, ci_low: value - 0.001, ci_high: value + 0.001, n: 1000, effective_n: 500.0, mean_weight: 1.0 }
+    }
+
+    fn settings() -> AbSettings {
+        AbSettings::new(0.2, 100, 1600, 0.05, 0.0).unwrap()
+    }
+
+    #[test]
+    fn looks_double_up_to_the_maximum() {
+        assert_eq!(settings().looks(), vec![100, 200, 400, 800, 1600]);
+        assert_eq!(AbSettings::new(0.5, 100, 300, 0.05, 0.0).unwrap().looks(), vec![100, 200, 300]);
+        assert!((settings().alpha_per_look() - 0.01).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_settings_name_the_value() {
+        assert_eq!(
+            AbSettings::new(1.0, 100, 200, 0.05, 0.0).unwrap_err().to_string(),
+            "split must be in (0, 1), got 1"
+        );
+        assert!(AbSettings::new(0.2, 10, 200, 0.05, 0.0).unwrap_err().to_string().contains("got 10"));
+        assert!(AbSettings::new(0.2, 100, 50, 0.05, 0.0).unwrap_err().to_string().contains("(50)"));
+        assert!(AbSettings::new(0.2, 100, 200, 0.9, 0.0).unwrap_err().to_string().contains("0.9"));
+        assert!(AbSettings::new(0.2, 100, 200, 0.05, f64::NAN).unwrap_err().to_string().contains("NaN"));
+    }
+
+    #[test]
+    fn a_clearly_better_challenger_is_promoted_and_a_worse_one_rejected() {
+        let mut rng = Pcg64Mcg::seed_from_u64(7);
+        let champion = sample(&mut rng, 400, 0.002, 0.01);
+        let better = sample(&mut rng, 400, 0.006, 0.01);
+        let worse = sample(&mut rng, 400, -0.002, 0.01);
+        assert!(matches!(
+            ab_verdict(&settings(), 2, &champion, &better, Some(&estimate(0.006))),
+            AbVerdict::Promote { .. }
+        ));
+        assert!(matches!(
+            ab_verdict(&settings(), 2, &champion, &worse, Some(&estimate(-0.002))),
+            AbVerdict::Reject { .. }
+        ));
+        // Without the off-policy estimate's agreement there is no promotion.
+        let doubtful = ab_verdict(&settings(), 2, &champion, &better, Some(&estimate(0.001)));
+        assert!(matches!(doubtful, AbVerdict::Continue { .. }), "{doubtful:?}");
+        // Not yet at the look's planned outcomes.
+        assert_eq!(ab_verdict(&settings(), 3, &champion, &better, Some(&estimate(0.006))), AbVerdict::Wait);
+    }
+
+    /// Seeded: over 2,000 A/A tests run to the last look, the share that
+    /// promotes the challenger stays below alpha, looks and all.
+    #[test]
+    fn equal_arms_are_promoted_less_often_than_alpha() {
+        let s = AbSettings::new(0.5, 50, 400, 0.05, 0.0).unwrap();
+        let mut rng = Pcg64Mcg::seed_from_u64(11);
+        let mut promoted = 0;
+        let runs = 2000;
+        for _ in 0..runs {
+            let (mut a, mut b) = (Stats::default(), Stats::default());
+            for (look, &due) in s.looks().iter().enumerate() {
+                while a.n < due as f64 {
+                    a.push(rng.sample::<f64, _>(StandardNormal) * 0.01);
+                    b.push(rng.sample::<f64, _>(StandardNormal) * 0.01);
+                }
+                // The off-policy estimate agrees with the challenger's sample:
+                // the worst case, where only the significance test protects.
+                let verdict = ab_verdict(&s, look, &a, &b, Some(&estimate(b.mean)));
+                if matches!(verdict, AbVerdict::Promote { .. }) {
+                    promoted += 1;
+                }
+                if verdict.ends_test() {
+                    break;
+                }
+            }
+        }
+        let rate = promoted as f64 / runs as f64;
+        assert!(rate < 0.05, "false promotions {rate}");
+    }
+
+    #[test]
+    fn degradation_needs_significance_beyond_the_margin() {
+        let mut rng = Pcg64Mcg::seed_from_u64(3);
+        let live = sample(&mut rng, 300, 0.000, 0.01);
+        assert!(degraded(&live, "generation 4".into(), 0.004, 0.0005, 0.001, 0.01).is_some());
+        // Within the margin: no rollback.
+        assert!(degraded(&live, "generation 4".into(), 0.0015, 0.0005, 0.002, 0.01).is_none());
+        let d = degraded(&live, "the seed defaults".into(), 0.004, 0.0005, 0.001, 0.01).unwrap();
+        assert!(d.reason(live.n).contains("below the mean reward of the seed defaults"), "{}", d.reason(live.n));
+    }
+}
