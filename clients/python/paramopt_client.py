@@ -69,7 +69,15 @@ class UnknownDecision(NotFound):
     """404 on an outcome: the decision_id is unknown or has expired."""
 
 
-class DuplicateOutcome(ParamoptError):
+class Conflict(ParamoptError):
+    """409: the request clashes with the server's state."""
+
+
+class AbTestRunning(Conflict):
+    """409: an A/B test is already running on the module."""
+
+
+class DuplicateOutcome(Conflict):
     """409: an outcome is already recorded for this decision."""
 
 
@@ -162,6 +170,22 @@ class ParamoptClient:
         """Makes a new generation equal to generation `to`, or to the seed defaults with `to="defaults"`."""
         return self._request("POST", "/v1/rollback", {"module": module, "to": to})
 
+    def start_ab_test(self, module: str, challenger: Union[int, str, Dict[str, float]], **settings: Any) -> Dict[str, Any]:
+        """Starts an A/B test. `challenger` is a generation number, "defaults", or
+        {"group.name": value, ...}; settings: split, min_outcomes, max_outcomes, alpha, margin."""
+        if isinstance(challenger, dict):
+            challenger = {"parameters": challenger}
+        body = {"module": module, "challenger": challenger, **settings}
+        return self._request("POST", "/v1/ab-tests", body, conflict=AbTestRunning)["ab_test"]
+
+    def ab_test(self, module: str) -> Dict[str, Any]:
+        """The running A/B test (`running`, or None) and how the last one ended (`last`)."""
+        return self._request("GET", f"/v1/ab-tests/{_seg(module)}")
+
+    def stop_ab_test(self, module: str) -> Dict[str, Any]:
+        """Ends the running A/B test without a verdict; the live policy stays."""
+        return self._request("DELETE", f"/v1/ab-tests/{_seg(module)}")["stopped"]
+
     def health(self) -> Dict[str, Any]:
         return self._request("GET", "/healthz")
 
@@ -185,7 +209,9 @@ class ParamoptClient:
             self._conn = cls(self._host, self._port, timeout=self._timeout)
         return self._conn
 
-    def _request(self, method: str, path: str, body: Any = None, not_found: type = NotFound) -> Any:
+    def _request(
+        self, method: str, path: str, body: Any = None, not_found: type = NotFound, conflict: type = DuplicateOutcome
+    ) -> Any:
         # allow_nan=False: NaN and Infinity are not JSON; refuse them here
         # rather than send something the server must reject.
         try:
@@ -213,7 +239,7 @@ class ParamoptClient:
                 except (OSError, http.client.HTTPException) as e:
                     self._drop()
                     raise Unavailable(f"cannot reach {self._host}:{self._port}: {e!r}") from None
-        return _answer(status, raw, not_found)
+        return _answer(status, raw, not_found, conflict)
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -225,7 +251,7 @@ def _seg(s: str) -> str:
     return urllib.parse.quote(s, safe="")
 
 
-def _answer(status: int, raw: bytes, not_found: type) -> Any:
+def _answer(status: int, raw: bytes, not_found: type, conflict: type = DuplicateOutcome) -> Any:
     try:
         payload = json.loads(raw) if raw else None
     except ValueError:
@@ -241,7 +267,7 @@ def _answer(status: int, raw: bytes, not_found: type) -> Any:
     if status == 404:
         raise not_found(message, status)
     if status == 409:
-        raise DuplicateOutcome(message, status)
+        raise conflict(message, status)
     if status == 413:
         raise PayloadTooLarge(message, status)
     if status == 408:

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paramopt_client import (  # noqa: E402
+    AbTestRunning,
     DuplicateOutcome,
     InvalidRequest,
     NotFound,
@@ -176,6 +177,28 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(back["checkpoint"]["parent"], made["generation"])
         greedy = self.client.parameters("stocks", "us_prime", "volatile")
         self.assertEqual(greedy["parameters"]["intelligence_weights.technical"], 0.40)
+
+    def test_an_ab_test_starts_assigns_decisions_and_stops(self):
+        with self.assertRaises(InvalidRequest) as bad:
+            self.client.start_ab_test("options", {"position_sizing.stop_loss_pct": 9.0})
+        self.assertIn("position_sizing.stop_loss_pct = 9", str(bad.exception))
+        test = self.client.start_ab_test("options", "defaults", split=0.5, min_outcomes=50)
+        self.assertEqual(test["challenger"], "defaults")
+        with self.assertRaises(AbTestRunning):
+            self.client.start_ab_test("options", "defaults")
+        arms = set()
+        for _ in range(30):
+            d = self.client.decide("options", "us_prime", "bullish")
+            self.assertEqual(d["ab_test"]["test"], test["test"])
+            arms.add(d["ab_test"]["arm"])
+            self.client.report(d["decision_id"], reward=0.01)
+        self.assertEqual(arms, {"champion", "challenger"})
+        self.assertEqual(self.client.ab_test("options")["running"]["test"], test["test"])
+        stopped = self.client.stop_ab_test("options")
+        self.assertEqual(stopped["outcome"], "stopped")
+        self.assertIsNone(self.client.ab_test("options")["running"])
+        with self.assertRaises(NotFound):
+            self.client.stop_ab_test("options")
 
     def test_a_wrong_token_is_unauthorized(self):
         with ParamoptClient(self.server.url, token="wrong") as bad:

@@ -328,6 +328,13 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
             );
         }
     }
+    // An A/B test of generation 3 against the live policy, just started.
+    let started = call(
+        "POST",
+        &format!("{url}/v1/ab-tests"),
+        Some(json!({"module": "crypto", "challenger": 3, "split": 0.25})),
+    );
+    assert_eq!(started["ab_test"]["challenger"], "generation 3", "{started}");
     // Three decisions left open: operations must count them as pending.
     for _ in 0..3 {
         call(
@@ -422,7 +429,9 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
     assert_eq!(page["rewardPoints"], BATCHES, "{page}");
     // The rollback to generation 3 took the count back to its three batches; six followed.
     assert_eq!(page["outcomes"], (9 * BATCH).to_string());
-    assert_eq!(page["ab"], "No A/B test running");
+    let ab = page["ab"].as_str().unwrap();
+    assert!(ab.starts_with("running: challenger generation 3 on 25% of decisions"), "{ab}");
+    assert!(ab.contains("next look at 200 outcomes per arm"), "{ab}");
     assert_eq!(page["defaults"], "no off-policy estimate yet");
     assert!(page["attribution"].as_str().unwrap().contains("No effectiveness rows yet"), "{page}");
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use paramopt::agent::ModuleLearner;
+use paramopt::agent::{AbArm, AbAssignment, ModuleLearner};
 use paramopt::bandit::{ModuleStats, Stats};
 use paramopt::space::{Context, Regime, Session, Spaces};
 use paramopt::store::checkpoint::{self, FORMAT_VERSION};
@@ -596,7 +596,7 @@ async fn learning_events_list_newest_first(b: Backend) {
             timestamp: paramopt::store::rfc3339(1_748_687_400.0 + i as f64),
             created_at: 1_748_687_400.0 + i as f64,
             generation: (i != 3).then_some(i as u64 + 1),
-            reason: None,
+            reason: (i == 2).then(|| "automatic rollback: rolling reward 0.001 below generation 2's 0.004".into()),
         };
         b.store.put_learning_event(&e).await.unwrap();
         events.push(e);
@@ -649,6 +649,8 @@ async fn decision_log_round_trips_and_settles(b: Backend) {
         records.push(r);
     }
     records[0].seed = u64::MAX; // beyond Firestore's signed integers
+    // Served by an A/B test's challenger (ids have 53 bits).
+    records[1].ab = Some(AbAssignment { test: (1 << 53) - 1, arm: AbArm::Challenger });
     let other = {
         let d = agent.decide("stocks", Context::new(Session::UsPrime, Regime::Volatile), &[], true).unwrap();
         DecisionLogRecord::new(&d, &space("stocks"))
