@@ -293,9 +293,9 @@ function renderHistory(hist) {
   box.replaceChildren(svg);
 }
 
-function stat(label, value, id, none) {
+function stat(label, value, id, none, long) {
   return h("div", { class: "stat" }, h("div", { class: "label" }, label),
-    h("div", { class: "value" + (none ? " none" : ""), id }, value));
+    h("div", { class: "value" + (none ? " none" : "") + (long ? " long" : ""), id }, value));
 }
 
 // The off-policy estimate with its interval and worth: an estimate from a
@@ -319,7 +319,7 @@ function renderProgress(prog) {
     stat("defaults' estimate", prog.defaults_estimate === null ? "no off-policy estimate yet" : estimateText(prog.defaults_estimate_detail),
       "progress-defaults", prog.defaults_estimate === null),
     stat("posterior width", meanWidth === null ? "–" : fmt(meanWidth, 3), "progress-width"),
-    stat("A/B test", prog.ab_test === null ? "No A/B test running" : abText(prog.ab_test), "ab-status", prog.ab_test === null)
+    stat("A/B test", prog.ab_test === null ? "No A/B test running" : abText(prog.ab_test), "ab-status", prog.ab_test === null, true)
   );
 
   const box = document.getElementById("reward-chart");
