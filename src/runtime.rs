@@ -564,7 +564,7 @@ impl Runtime {
                 return Ok(Review::AbLook(self.look_at_ab(module, test).await?));
             }
         }
-        self.watch(module, &view.rolling, view.outcomes).await
+        self.watch(module, &view.rolling, view.rolling_since, view.outcomes).await
     }
 
     async fn look_at_ab(&self, module: &str, test: &AbSnapshot) -> Result<AbVerdict, RuntimeError> {
@@ -672,7 +672,7 @@ impl Runtime {
     /// rolling reward is significantly below an earlier generation's (one
     /// whose window does not overlap the live one) or below the seed
     /// defaults' off-policy estimate, by more than the module's margin.
-    async fn watch(&self, module: &str, live: &Stats, outcomes: u64) -> Result<Review, RuntimeError> {
+    async fn watch(&self, module: &str, live: &Stats, since: u64, outcomes: u64) -> Result<Review, RuntimeError> {
         let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?;
         let cfg = &space.rollback;
         if !cfg.enabled || live.n < cfg.window as f64 {
@@ -701,8 +701,9 @@ impl Runtime {
         let Some((target, degradation)) = found else { return Ok(Review::Nothing) };
         let reason = degradation.reason(live.n);
         let _guard = self.lock(module)?.lock().await;
-        // Still the policy that was judged? (A rollback or promotion may have raced.)
-        if self.agent.view(module)?.rolling != *live {
+        // Still the policy that was judged? (A rollback or promotion may have
+        // raced; new outcomes of the same policy do not matter.)
+        if self.agent.view(module)?.rolling_since != since {
             return Ok(Review::Nothing);
         }
         tracing::warn!(module, target = ?target, reason = %reason, "automatic rollback");

@@ -329,11 +329,8 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
         }
     }
     // An A/B test of generation 3 against the live policy, just started.
-    let started = call(
-        "POST",
-        &format!("{url}/v1/ab-tests"),
-        Some(json!({"module": "crypto", "challenger": 3, "split": 0.25})),
-    );
+    let started =
+        call("POST", &format!("{url}/v1/ab-tests"), Some(json!({"module": "crypto", "challenger": 3, "split": 0.25})));
     assert_eq!(started["ab_test"]["challenger"], "generation 3", "{started}");
     // Three decisions left open: operations must count them as pending.
     for _ in 0..3 {

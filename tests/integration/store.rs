@@ -649,7 +649,7 @@ async fn decision_log_round_trips_and_settles(b: Backend) {
         records.push(r);
     }
     records[0].seed = u64::MAX; // beyond Firestore's signed integers
-    // Served by an A/B test's challenger (ids have 53 bits).
+                                // Served by an A/B test's challenger (ids have 53 bits).
     records[1].ab = Some(AbAssignment { test: (1 << 53) - 1, arm: AbArm::Challenger });
     let other = {
         let d = agent.decide("stocks", Context::new(Session::UsPrime, Regime::Volatile), &[], true).unwrap();
