@@ -79,6 +79,8 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
         store: store.clone(),
         data_dir: opts.data_dir.clone(),
         seed: Some(opts.seed),
+        // About four generations per module, for `inspect list`, `diff` and `history`.
+        checkpoint_every_outcomes: (opts.bars as u64 / 4).max(250),
         ..Default::default()
     };
     let learning = tokio_rt
@@ -151,7 +153,6 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     let greedy = greedy.expect("passes succeeded")?;
     served.context("the server task")?.context("serving")?;
     anyhow::ensure!(errors.is_empty(), "shutdown hooks failed: {errors:?}");
-    let served_secs = started.elapsed().as_secs_f64();
 
     eprintln!("Scoring the same bars with the seed defaults and the oracle (best fixed parameters in hindsight)...");
     let bt = BacktestOptions { seed: opts.seed, ..Default::default() };
@@ -194,10 +195,7 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     std::fs::write(&svg, backtest::cumulative_svg(&report.modules))
         .with_context(|| format!("writing {}", svg.display()))?;
     println!("\nLearning curves (cumulative return: agent, defaults, oracle): {}", svg.display());
-    println!(
-        "Served and learned in {served_secs:.0} s, scored in {:.0} s.",
-        started.elapsed().as_secs_f64() - served_secs
-    );
+    println!("Served, learned and scored in {:.0} s.", started.elapsed().as_secs_f64());
 
     let exe = shell_word(&program());
     let models = opts.models.as_ref().map(|m| format!(" --models {}", shell_word(&m.display().to_string())));
@@ -208,7 +206,7 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     println!("\nWhat was learned is in {}. Look at it with:", opts.data_dir.display());
     println!("  {exe}{models} inspect list --store {store}");
     println!("  {exe}{models} inspect show {module} --context {context} --store {store}");
-    if let [.., first, last] = generations.as_slice() {
+    if let (Some(first), Some(last)) = (generations.first(), generations.last().filter(|_| generations.len() > 1)) {
         println!("  {exe}{models} inspect diff {module} {first} {last} --store {store}");
     }
     println!("  {exe}{models} inspect effectiveness {module} --context all --store {store}");

@@ -55,7 +55,7 @@ enum Command {
     /// defaults and the oracle and show how to inspect what it learned.
     Demo {
         /// Seeds the synthetic market and the agent.
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Hourly bars of the synthetic market: each module decides once per bar
         /// (after a 200-bar warm-up); fewer bars make a shorter demo.
