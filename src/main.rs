@@ -1,5 +1,7 @@
 //! The `paramopt` command line.
 
+mod demo;
+
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
@@ -47,6 +49,24 @@ enum Command {
         module: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// The first command to run: serve the agent on a local store, drive the three
+    /// simulated modules against it over HTTP, then compare it with the seed
+    /// defaults and the oracle and show how to inspect what it learned.
+    Demo {
+        /// Seeds the synthetic market and the agent.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Hourly bars of the synthetic market: each module decides once per bar
+        /// (after a 200-bar warm-up); fewer bars make a shorter demo.
+        #[arg(long, default_value_t = 20_000)]
+        bars: usize,
+        /// Where the demo's store and learning curves go; a rerun clears it.
+        #[arg(long, default_value = "demo-data")]
+        data_dir: PathBuf,
+        /// Address to serve on; by default a free port on 127.0.0.1.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: std::net::SocketAddr,
     },
     /// Trade each module on a market (synthetic or an OHLCV CSV) with the agent
     /// and with baselines on the same bars, and compare them.
@@ -249,7 +269,10 @@ fn main() -> Result<()> {
     if let Command::Serve(args) = &cli.command {
         return serve(&cli.models, args);
     }
-    init_logging("warn", false);
+    // The demo drives the service as fast as it answers: its decision log
+    // falling behind (and sampling) is expected there, not worth a warning.
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    init_logging(if quiet { "warn,paramopt::decision_log=error" } else { "warn" }, false);
     let spaces =
         || Spaces::load_dir(&cli.models).with_context(|| format!("loading spaces from {}", cli.models.display()));
     match &cli.command {
@@ -270,6 +293,11 @@ fn main() -> Result<()> {
             } else {
                 print!("{}", simulate::table(&report));
             }
+        }
+        Command::Demo { seed, bars, data_dir, addr } => {
+            let models = (cli.models != std::path::Path::new("models")).then(|| cli.models.clone());
+            let opts = demo::DemoOptions { seed: *seed, bars: *bars, data_dir: data_dir.clone(), addr: *addr, models };
+            demo::run(spaces()?, &opts)?;
         }
         Command::Backtest { csv, bars, seed, module, epsilon, plot, json } => {
             backtest(&spaces()?, csv.clone(), *bars, *seed, module.clone(), *epsilon, plot.as_deref(), *json)?;

@@ -41,6 +41,8 @@ pub enum BacktestError {
     Agent(#[from] AgentError),
     #[error("unknown module {module:?}; known: {known:?}")]
     UnknownModule { module: String, known: Vec<String> },
+    #[error("{module}: a pass of {decisions} decisions for a stream of {want}, or greedy values missing contexts")]
+    PassLength { module: String, decisions: usize, want: usize },
     #[error("the market has {bars} bars; after warm-up and the longest holding period ({need}) none is left")]
     TooShort { bars: usize, need: usize },
 }
@@ -242,15 +244,21 @@ impl Stream {
 }
 
 /// Each decision's return and whether it traded, in decision order.
-struct Pass {
-    returns: Vec<f64>,
-    traded: Vec<bool>,
+#[derive(Debug, Clone, Default)]
+pub struct Pass {
+    pub returns: Vec<f64>,
+    pub traded: Vec<bool>,
 }
 
-/// Drives one policy through the stream with delayed outcomes.
-trait Driver {
+/// Drives one policy through the stream with delayed outcomes: the agent
+/// in-process, the baselines, or (`paramopt demo`) a served agent over HTTP.
+pub trait Driver {
+    /// What a decision needs to remember until its outcome is reported.
     type Ticket;
-    fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), BacktestError>;
+    type Error;
+    /// The module's parameters (in the space's order) for this opportunity.
+    fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), Self::Error>;
+    /// The outcome of the decision `ticket`, once its trade closed.
     fn report(
         &mut self,
         opp: &Opportunity,
@@ -258,12 +266,15 @@ trait Driver {
         trade_return: f64,
         traded: bool,
         reward: f64,
-    ) -> Result<(), BacktestError>;
+    ) -> Result<(), Self::Error>;
     /// Called once per bar after that bar's reports.
     fn sync(&mut self) {}
 }
 
-fn drive<D: Driver>(stream: &Stream, driver: &mut D, progress: &dyn Fn(usize)) -> Result<Pass, BacktestError> {
+/// Walks the stream in bar order: before each decision, reports every trade
+/// that closed by its bar; after the last, reports the trades still open.
+/// `progress` gets the number of decisions made, every 1% of the stream.
+pub fn drive<D: Driver>(stream: &Stream, driver: &mut D, progress: &dyn Fn(usize)) -> Result<Pass, D::Error> {
     let n = stream.opportunities.len();
     let mut open: BinaryHeap<Reverse<(usize, usize)>> = BinaryHeap::new();
     let mut tickets: Vec<Option<D::Ticket>> = (0..n).map(|_| None).collect();
@@ -319,6 +330,7 @@ struct AgentDriver<'a> {
 
 impl Driver for AgentDriver<'_> {
     type Ticket = (String, usize);
+    type Error = BacktestError;
     fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), BacktestError> {
         let features: Vec<(&str, f64)> =
             self.stream.rule.feature_names().iter().copied().zip(opp.features.iter().copied()).collect();
@@ -362,6 +374,7 @@ struct BaselineDriver<'a> {
 
 impl Driver for BaselineDriver<'_> {
     type Ticket = Vec<usize>;
+    type Error = BacktestError;
     fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), BacktestError> {
         let arms = self.policy.choose(opp.context, &mut self.rng);
         Ok((arm_values(self.space, &arms), arms))
@@ -416,7 +429,6 @@ pub fn run_module(
 ) -> Result<ModuleBacktest, BacktestError> {
     let stream = Arc::new(Stream::new(space.clone(), market)?);
     let n = stream.opportunities.len();
-    let half = n / 2;
     let progress = |policy: &str| {
         let module = space.name.clone();
         let policy = policy.to_string();
@@ -455,7 +467,51 @@ pub fn run_module(
         let mut driver = BaselineDriver { policy: policy.as_mut(), space: &space, rng };
         passes.push((name.clone(), drive(&stream, &mut driver, &progress(&name))?));
     }
+    Ok(assemble(stream, passes, &greedy, agent_log, agent_view, opts.curve_points, &progress("oracle")))
+}
 
+/// Scores an agent whose decisions were made elsewhere (`paramopt demo`: a
+/// served agent, over HTTP) on `stream` as [`run_module`] scores its own:
+/// against the seed defaults and the oracle, on the same opportunities.
+/// `agent` is its pass over the whole stream, in decision order; `greedy` its
+/// greedy values per context (by [`Context::index`]) at the end.
+pub fn compare_served(
+    stream: Arc<Stream>,
+    agent: Pass,
+    greedy: &[Vec<f64>],
+    opts: &BacktestOptions,
+) -> Result<ModuleBacktest, BacktestError> {
+    let n = stream.opportunities.len();
+    if agent.returns.len() != n || agent.traded.len() != n || greedy.len() != Context::COUNT {
+        return Err(BacktestError::PassLength {
+            module: stream.space.name.clone(),
+            decisions: agent.returns.len(),
+            want: n,
+        });
+    }
+    let space = stream.space.clone();
+    let mut defaults = Fixed::defaults(&space);
+    let rng = Pcg64Mcg::seed_from_u64(crate::agent::splitmix64(opts.seed ^ 0xba5e));
+    let mut driver = BaselineDriver { policy: &mut defaults, space: &space, rng };
+    let defaults_pass = drive(&stream, &mut driver, &|_| {})?;
+    let passes = vec![("agent".to_string(), agent), ("defaults".to_string(), defaults_pass)];
+    Ok(assemble(stream, passes, greedy, Vec::new(), None, opts.curve_points, &|_| {}))
+}
+
+/// The oracle and every figure of a module's result from its policies'
+/// passes (the agent first, the defaults second) and the agent's final greedy values.
+fn assemble(
+    stream: Arc<Stream>,
+    passes: Vec<(String, Pass)>,
+    greedy: &[Vec<f64>],
+    agent_log: Vec<LoggedDecision>,
+    agent_view: Option<Arc<ModuleView>>,
+    curve_points: usize,
+    progress: &dyn Fn(usize),
+) -> ModuleBacktest {
+    let space = stream.space.clone();
+    let n = stream.opportunities.len();
+    let half = n / 2;
     // The oracle is searched separately for the reported stretches, so it is
     // the best fixed choice for exactly the decisions it is compared on.
     let all: Vec<&Opportunity> = stream.opportunities.iter().collect();
@@ -485,7 +541,7 @@ pub fn run_module(
         stream.periods_per_year,
     );
     let oracle_half_traded = traded_of(&oracle_half, half..n);
-    progress("oracle")(n);
+    progress(n);
 
     let ppy = stream.periods_per_year;
     let oracle_second = Metrics::of(&half_returns, &oracle_half_traded, ppy);
@@ -498,7 +554,7 @@ pub fn run_module(
             regret: 0.0,
             improvement_over_defaults: 0.0,
             gap_closed: 0.0,
-            curve: curve(&p.returns, opts.curve_points),
+            curve: curve(&p.returns, curve_points),
         })
         .collect();
     policies.push(PolicyResult {
@@ -508,7 +564,7 @@ pub fn run_module(
         regret: 0.0,
         improvement_over_defaults: 0.0,
         gap_closed: 1.0,
-        curve: curve(&full_returns, opts.curve_points),
+        curve: curve(&full_returns, curve_points),
     });
     let defaults_mean = policies[1].second_half.mean_return;
     for p in policies.iter_mut() {
@@ -523,7 +579,7 @@ pub fn run_module(
             (c.to_string(), space.params.iter().map(|p| p.full_name.clone()).zip(values).collect())
         })
         .collect();
-    Ok(ModuleBacktest {
+    ModuleBacktest {
         module: space.name.clone(),
         decisions: n,
         second_half_from: half,
@@ -534,7 +590,7 @@ pub fn run_module(
         agent_log,
         agent_view,
         stream,
-    })
+    }
 }
 
 /// Mean return in `points` consecutive windows.
@@ -599,25 +655,62 @@ const COLOURS: [&str; 6] = ["#cc3333", "#888888", "#bbbb33", "#33aa55", "#3366cc
 /// The learning curve of one module: each policy's mean return per window.
 pub fn curve_svg(m: &ModuleBacktest) -> String {
     let points = m.policies.iter().map(|p| p.curve.len()).max().unwrap_or(0);
+    let series: Vec<(&str, Vec<f64>)> = m.policies.iter().map(|p| (p.policy.as_str(), p.curve.clone())).collect();
+    let title = format!("{}: mean return per decision, in {} windows", m.module, points);
+    let mut s = panel(m, &title, "mean return", &series);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Every module's cumulative return per policy (`paramopt demo`'s learning
+/// curves): one panel per module, stacked, in one SVG document.
+pub fn cumulative_svg(modules: &[ModuleBacktest]) -> String {
+    let total = H * modules.len().max(1) as f64;
+    let mut s = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{total}" viewBox="0 0 {W} {total}">
+"##
+    );
+    for (i, m) in modules.iter().enumerate() {
+        let step = m.decisions as f64 / m.policies.iter().map(|p| p.curve.len()).max().unwrap_or(0).max(1) as f64;
+        let series: Vec<(&str, Vec<f64>)> = m
+            .policies
+            .iter()
+            .map(|p| {
+                let cum = p
+                    .curve
+                    .iter()
+                    .scan(0.0, |acc, v| {
+                        *acc += v * step;
+                        Some(*acc)
+                    })
+                    .collect();
+                (p.policy.as_str(), cum)
+            })
+            .collect();
+        let title = format!("{}: cumulative return (sum of per-decision returns)", m.module);
+        let panel = panel(m, &title, "cumulative return", &series);
+        s.push_str(&panel.replacen("<svg ", &format!(r#"<svg y="{}" "#, H * i as f64), 1));
+        s.push_str("</svg>\n");
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// One module's frame with a line per series (points at window centres), a
+/// legend and the second half's start; the caller closes the `<svg>`.
+fn panel(m: &ModuleBacktest, title: &str, y_label: &str, series: &[(&str, Vec<f64>)]) -> String {
+    let points = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     let xs = (0.0, m.decisions as f64);
-    let (lo, hi) = m
-        .policies
+    let (lo, hi) = series
         .iter()
-        .flat_map(|p| p.curve.iter())
+        .flat_map(|(_, v)| v.iter())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let ys = if lo.is_finite() { padded(lo, hi) } else { (0.0, 1.0) };
-    let mut s = svg_frame(
-        &format!("{}: mean return per decision, in {} windows", m.module, points),
-        "decision",
-        "mean return",
-        xs,
-        ys,
-    );
+    let mut s = svg_frame(title, "decision", y_label, xs, ys);
     let step = m.decisions as f64 / points.max(1) as f64;
-    for (i, p) in m.policies.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        let path: Vec<String> = p
-            .curve
+    for (i, (name, values)) in series.iter().enumerate() {
+        let colour = colour_of(name, i);
+        let path: Vec<String> = values
             .iter()
             .enumerate()
             .map(|(k, &v)| {
@@ -634,7 +727,7 @@ pub fn curve_svg(m: &ModuleBacktest) -> String {
             r##"<text x="{:.1}" y="{:.1}" fill="{colour}">{}</text>"##,
             W - PAD - 90.0,
             PAD + 14.0 * i as f64,
-            escape(&p.policy)
+            escape(name)
         );
     }
     let half_x = scale(m.second_half_from as f64, xs, PAD, W - PAD);
@@ -643,8 +736,13 @@ pub fn curve_svg(m: &ModuleBacktest) -> String {
         r##"<line x1="{half_x:.1}" y1="{PAD}" x2="{half_x:.1}" y2="{}" stroke="#999" stroke-dasharray="4,3"/>"##,
         H - PAD
     );
-    s.push_str("</svg>\n");
     s
+}
+
+/// Each policy keeps its colour whichever policies a report holds.
+fn colour_of(policy: &str, i: usize) -> &'static str {
+    const NAMED: [&str; 6] = ["agent", "defaults", "random", "epsilon-greedy", "ucb1", "oracle"];
+    NAMED.iter().position(|n| *n == policy).map_or(COLOURS[i % COLOURS.len()], |k| COLOURS[k])
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 mod cli;
 mod dashboard;
+mod demo;
 mod e2e;
 mod eval;
 mod invariants;
