@@ -28,11 +28,11 @@ fn second_half(m: &ModuleBacktest, policy: &str) -> (f64, f64) {
 }
 
 /// Second half of each module's stream, three seeds. What the agent does
-/// reliably: a better Sharpe ratio than the seed defaults and than random
-/// parameters in every run; a better mean return than random in every run and
-/// than the defaults on average over the seeds; a share of the defaults-to-
-/// oracle gap that differs by module (BENCHMARKS.md has every figure). The
-/// oracle, searched from the defaults, is never worse than them.
+/// reliably: a better mean return and Sharpe ratio than the seed defaults and
+/// than random parameters in every run; a share of the defaults-to-oracle gap
+/// that differs by module (BENCHMARKS.md has every figure: seeds 1-3 average
+/// 44%, 42% and 25%; the bounds leave room below those). The oracle, searched
+/// from the defaults, is never worse than them.
 #[test]
 fn backtest_agent_beats_defaults_and_random_on_the_synthetic_market() {
     let spaces = Spaces::builtin();
@@ -54,7 +54,7 @@ fn backtest_agent_beats_defaults_and_random_on_the_synthetic_market() {
                 100.0 * m.policy("agent").unwrap().gap_closed
             );
             assert!(agent.1 > defaults.1 && agent.1 > random.1, "{tag}: Sharpe");
-            assert!(agent.0 > random.0, "{tag}: mean");
+            assert!(agent.0 > defaults.0 && agent.0 > random.0, "{tag}: mean");
             assert!(oracle.0 >= defaults.0, "{tag}: the oracle starts from the defaults");
             // Every decision of the second half was scored, by every policy.
             for p in &m.policies {
@@ -72,15 +72,16 @@ fn backtest_agent_beats_defaults_and_random_on_the_synthetic_market() {
     }
     let avg = |m: &str| gap[m].iter().sum::<f64>() / gap[m].len() as f64;
     eprintln!("mean gap closed: crypto {:.2} options {:.2} stocks {:.2}", avg("crypto"), avg("options"), avg("stocks"));
-    assert!(avg("crypto") >= 0.3, "crypto closes {:.2}", avg("crypto"));
-    assert!(avg("options") >= 0.2, "options closes {:.2}", avg("options"));
-    assert!(avg("stocks") > 0.0, "stocks closes {:.2}", avg("stocks"));
+    assert!(avg("crypto") >= 0.35, "crypto closes {:.2}", avg("crypto"));
+    assert!(avg("options") >= 0.35, "options closes {:.2}", avg("options"));
+    assert!(avg("stocks") >= 0.15, "stocks closes {:.2}", avg("stocks"));
 }
 
 /// The target issue 6 sets: in the second half the agent beats every
 /// non-oracle baseline on mean return and Sharpe and closes at least 70% of
-/// the gap to the oracle. Not met (BENCHMARKS.md, "Backtest"); kept so the
-/// shortfall is measured by a command, not remembered.
+/// the gap to the oracle. Not met (BENCHMARKS.md, "Backtest": 47%, 44% and
+/// 21% of the gap over seeds 1-5, and UCB1 keeps the higher mean on options);
+/// kept so the shortfall is measured by a command, not remembered.
 #[test]
 #[ignore = "not met yet: see BENCHMARKS.md, Backtest"]
 fn backtest_agent_meets_the_issue_6_target() {

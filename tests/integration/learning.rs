@@ -46,7 +46,7 @@ fn greedy_choice_converges_to_the_best_arm_in_every_context() {
     }
 }
 
-/// The best arms change mid-stream. With the module's discount (0.998), the
+/// The best arms change mid-stream. With the module's discount (0.9993), the
 /// greedy choice is the new best arm in every parameter within 4,000 outcomes
 /// of the switch, and stays there.
 #[test]

@@ -143,7 +143,7 @@ async fn two_replicas_on_one_firestore_sync_to_the_statistics_of_one_agent() {
     let url = format!("firestore://{project}?emulator={host}");
     // All forgetting off: the arms' discount and the baseline's window.
     let forgetting_off =
-        [("discount = 0.998", "discount = 1.0"), ("baseline_window = 100.0", "baseline_window = 1e300")];
+        [("discount = 0.9993", "discount = 1.0"), ("baseline_window = 100.0", "baseline_window = 1e300")];
     let spaces = crate::support::spaces_with(false, &forgetting_off);
     let (dir_a, dir_b, dir_c) =
         (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
