@@ -293,6 +293,17 @@ impl Runtime {
         self.module_locks.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))
     }
 
+    /// Runs `task` on the writer thread (see [`Agent::with_writer`]) from a
+    /// blocking-pool thread: under load the writer's queue can be long, and
+    /// async workers must not wait on it.
+    async fn on_writer<R: Send + 'static>(
+        &self,
+        task: impl FnOnce(&mut [ModuleLearner]) -> R + Send + 'static,
+    ) -> Result<R, RuntimeError> {
+        let agent = self.agent.clone();
+        Ok(tokio::task::spawn_blocking(move || agent.with_writer(task)).await.expect("writer task")?)
+    }
+
     /// Writes `module`'s current state as a new generation now.
     pub async fn checkpoint(&self, module: &str) -> Result<CheckpointMeta, RuntimeError> {
         let _guard = self.lock(module)?.lock().await;
@@ -309,9 +320,8 @@ impl Runtime {
         prepare: Option<Box<dyn FnOnce(&mut ModuleLearner) + Send>>,
     ) -> Result<CheckpointMeta, RuntimeError> {
         let index = self.agent.module_index(module)?;
-        let agent = self.agent.clone();
-        let mut cp = tokio::task::spawn_blocking(move || {
-            agent.with_writer(move |learners| {
+        let mut cp = self
+            .on_writer(move |learners| {
                 let l = &mut learners[index];
                 if let Some(prepare) = prepare {
                     prepare(l);
@@ -320,21 +330,20 @@ impl Runtime {
                 let parent = (l.generation > 0).then_some(l.generation);
                 Checkpoint::from_learner(l, kind, parent, weights, now_secs())
             })
-        })
-        .await
-        .expect("checkpoint task")?;
+            .await?;
         cp.note = reason.clone();
         let before = self.previous_parameters(module, cp.parent).await;
         cp.generation = self.put_checkpoint(&cp).await?;
         let generation = cp.generation;
         let takes_over = kind != CheckpointKind::Checkpoint;
-        // A cheap task; blocking here for it is shorter than spawning.
-        self.agent.with_writer(move |learners| {
+        // Off the async workers: under load the writer's queue can be long.
+        self.on_writer(move |learners| {
             learners[index].generation = generation;
             if takes_over {
                 learners[index].rolling_since = generation;
             }
-        })?;
+        })
+        .await?;
         {
             let mut lineage = self.lineage.lock();
             let line = lineage.entry(module.to_string()).or_default();
@@ -379,15 +388,12 @@ impl Runtime {
     ) -> Result<CheckpointMeta, RuntimeError> {
         let index = self.agent.module_index(module)?;
         let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
-        let agent = self.agent.clone();
-        let (current, journal_seq, test) = tokio::task::spawn_blocking(move || {
-            agent.with_writer(move |learners| {
+        let (current, journal_seq, test) = self
+            .on_writer(move |learners| {
                 let l = &learners[index];
                 (l.generation, l.journal_seq, l.ab.as_ref().map(AbTest::snapshot))
             })
-        })
-        .await
-        .expect("rollback task")?;
+            .await?;
         let mut cp = match target {
             RollbackTarget::Defaults => Checkpoint::defaults(space.clone(), None, now_secs()),
             RollbackTarget::Generation(g) => self
@@ -412,18 +418,14 @@ impl Runtime {
         cp.generation = self.put_checkpoint(&cp).await?;
         learner.generation = cp.generation;
         learner.rolling_since = cp.generation;
-        let agent = self.agent.clone();
-        tokio::task::spawn_blocking(move || {
-            agent.with_writer(move |learners| {
-                // A rollback is this replica's: what it has shared stays shared,
-                // and later syncs bring only what others learn from now on.
-                let replica = learners[index].replica.take();
-                learners[index] = learner;
-                learners[index].replica = replica;
-            })
+        self.on_writer(move |learners| {
+            // A rollback is this replica's: what it has shared stays shared,
+            // and later syncs bring only what others learn from now on.
+            let replica = learners[index].replica.take();
+            learners[index] = learner;
+            learners[index].replica = replica;
         })
-        .await
-        .expect("rollback task")?;
+        .await?;
         self.lineage.lock().insert(module.to_string(), Vec::new());
         if let Some(test) = test.filter(|_| kind == CheckpointKind::Rollback) {
             let reason = format!("the module was rolled back ({note})");
@@ -490,10 +492,7 @@ impl Runtime {
         };
         let snapshot = test.snapshot();
         let index = self.agent.module_index(module)?;
-        let agent = self.agent.clone();
-        tokio::task::spawn_blocking(move || agent.with_writer(move |learners| learners[index].ab = Some(test)))
-            .await
-            .expect("A/B task")?;
+        self.on_writer(move |learners| learners[index].ab = Some(test)).await?;
         tracing::info!(module, test = snapshot.serving.test, challenger = %snapshot.challenger, split = settings.split, "A/B test started");
         Ok(snapshot)
     }
@@ -508,9 +507,8 @@ impl Runtime {
     /// Takes the module's test off the writer (only test `id`, when given).
     async fn take_ab(&self, module: &str, id: Option<u64>) -> Result<Option<AbSnapshot>, RuntimeError> {
         let index = self.agent.module_index(module)?;
-        let agent = self.agent.clone();
-        Ok(tokio::task::spawn_blocking(move || {
-            agent.with_writer(move |learners| {
+        Ok(self
+            .on_writer(move |learners| {
                 let l = &mut learners[index];
                 let matches = l.ab.as_ref().is_some_and(|t| id.is_none_or(|id| t.serving.test == id));
                 if matches {
@@ -519,9 +517,7 @@ impl Runtime {
                     None
                 }
             })
-        })
-        .await
-        .expect("A/B task")?)
+            .await?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -619,16 +615,12 @@ impl Runtime {
             AbVerdict::Wait => {}
             AbVerdict::Continue { .. } => {
                 let index = self.agent.module_index(module)?;
-                let agent = self.agent.clone();
-                tokio::task::spawn_blocking(move || {
-                    agent.with_writer(move |learners| {
-                        if let Some(t) = learners[index].ab.as_mut().filter(|t| t.serving.test == id) {
-                            t.looks_done += 1;
-                        }
-                    })
+                self.on_writer(move |learners| {
+                    if let Some(t) = learners[index].ab.as_mut().filter(|t| t.serving.test == id) {
+                        t.looks_done += 1;
+                    }
                 })
-                .await
-                .expect("A/B task")?;
+                .await?;
             }
             AbVerdict::Promote { comparison, ope } => {
                 let Some(test) = self.take_ab(module, Some(id)).await? else { return Ok(AbVerdict::Wait) };
