@@ -107,8 +107,8 @@ pub struct MlpConfig {
 }
 
 /// input -> tanh(hidden) -> output. The output holds, per (parameter, arm)
-/// head, the offset mean, then per head the advantage's curvature, then one
-/// value; see `trainer.rs`.
+/// head, the offset mean, then per head the advantage's curvature, then per
+/// head the arm's value, then one value; see `trainer.rs`.
 #[derive(Debug)]
 pub struct PolicyMlp {
     hidden: Linear,

@@ -11,26 +11,37 @@ use crate::support::{reward, rng, spaces};
 /// Cumulative regret (expected reward of the oracle's values minus that of the
 /// served values) over `n` decisions, outcomes reported 8 decisions late.
 fn cumulative_regret(policy: bool, env: &SyntheticEnv, module: &str, seed: u64, n: usize) -> f64 {
-    regret_parts(policy, env, module, seed, n).0
+    regret_parts(policy, &[], env, module, seed, n).0
 }
 
 /// The cumulative regret, and that of an oracle refinement of the same
 /// decisions: each continuous value moved to its optimum clipped to the
 /// chosen arm's cell. The second bounds what any refinement could reach.
-fn regret_parts(policy: bool, env: &SyntheticEnv, module: &str, seed: u64, n: usize) -> (f64, f64) {
-    let spaces = spaces(policy);
+fn regret_parts(
+    policy: bool,
+    edits: &[(&str, &str)],
+    env: &SyntheticEnv,
+    module: &str,
+    seed: u64,
+    n: usize,
+) -> (f64, f64, f64) {
+    let spaces = crate::support::spaces_with(policy, edits);
     let space: &ModuleSpace = spaces.get(module).unwrap();
     let agent = Agent::new(&spaces, AgentOptions { seed: Some(seed), ..Default::default() });
     let mut r = rng(seed ^ 0x5151);
     let mut open = std::collections::VecDeque::new();
-    let (mut regret, mut oracle) = (0.0, 0.0);
-    for _ in 0..n {
+    let (mut regret, mut oracle, mut last_quarter) = (0.0, 0.0, 0.0);
+    for i in 0..n {
         let ctx = Context::from_index(r.random_range(0..Context::COUNT)).unwrap();
         let features = SyntheticEnv::draw_features(space, &mut r);
         let named: Vec<(&str, f64)> = features.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         let d = agent.decide(module, ctx, &named, true).unwrap();
         let best = env.optima(space, ctx, &d.features);
-        regret += env.expected(space, ctx, &best, &d.features) - env.expected(space, ctx, &d.values, &d.features);
+        let lost = env.expected(space, ctx, &best, &d.features) - env.expected(space, ctx, &d.values, &d.features);
+        regret += lost;
+        if 4 * i >= 3 * n {
+            last_quarter += lost;
+        }
         let refined: Vec<f64> = space
             .params
             .iter()
@@ -51,7 +62,7 @@ fn regret_parts(policy: bool, env: &SyntheticEnv, module: &str, seed: u64, n: us
             agent.flush();
         }
     }
-    (regret, oracle)
+    (regret, oracle, last_quarter)
 }
 
 fn compare(env_for: impl Fn(&ModuleSpace, u64) -> SyntheticEnv, n: usize) -> (f64, f64) {
@@ -99,11 +110,41 @@ fn oracle_refinement_bound() {
     for seed in 1..=4 {
         let mut env = SyntheticEnv::between_arms(space, seed, 1, 0.25);
         (env.penalty, env.noise_sd) = (0.2, 0.005);
-        let (b, o) = regret_parts(false, &env, "crypto", seed, 12_000);
+        let (b, o, _) = regret_parts(false, &[], &env, "crypto", seed, 12_000);
         let quiet = SyntheticEnv::on_arms(space, seed);
-        let (bq, oq) = regret_parts(false, &quiet, "crypto", seed, 12_000);
+        let (bq, oq, _) = regret_parts(false, &[], &quiet, "crypto", seed, 12_000);
         eprintln!("seed {seed}: signal bandit {b:.2} oracle {o:.2} ({:+.1}%); no signal bandit {bq:.2} oracle {oq:.2}", 100.0 * (o / b - 1.0));
     }
+}
+
+/// Diagnostic for tuning without rebuilding: `POLICY_EDITS="from=>to;..."`
+/// edits the model files' text (as `spaces_with`), and both environments are
+/// run with the bandit alone and with the network, printing the regret, the
+/// oracle refinement of the same arms, and the last quarter's regret.
+#[test]
+#[ignore = "diagnostic (run with --ignored --nocapture)"]
+fn tune_refinement() {
+    let raw = std::env::var("POLICY_EDITS").unwrap_or_default();
+    let edits: Vec<(&str, &str)> = raw.split(';').filter_map(|e| e.split_once("=>")).collect();
+    let spaces = spaces(false);
+    let space = spaces.get("crypto").unwrap();
+    let (mut sums, mut sumq) = ([0.0; 2], [0.0; 2]);
+    for seed in 1..=4 {
+        let mut env = SyntheticEnv::between_arms(space, seed, 1, 0.25);
+        (env.penalty, env.noise_sd) = (0.2, 0.005);
+        let quiet = SyntheticEnv::on_arms(space, seed);
+        for (name, env, sum) in [("signal", &env, &mut sums), ("quiet", &quiet, &mut sumq)] {
+            let b = regret_parts(false, &[], env, "crypto", seed, 12_000);
+            let r = regret_parts(true, &edits, env, "crypto", seed, 12_000);
+            eprintln!(
+                "{name} seed {seed}: bandit {:.1} (oracle {:.1}, last q {:.1}); network {:.1} (oracle {:.1}, last q {:.1}) {:+.1}%",
+                b.0, b.1, b.2, r.0, r.1, r.2, 100.0 * (r.0 / b.0 - 1.0)
+            );
+            sum[0] += b.0;
+            sum[1] += r.0;
+        }
+    }
+    eprintln!("signal: {:+.1}%  quiet: {:+.1}%", 100.0 * (sums[1] / sums[0] - 1.0), 100.0 * (sumq[1] / sumq[0] - 1.0));
 }
 
 #[test]
