@@ -1,4 +1,5 @@
-//! `decide` and `report` on the crypto module with all 12 contexts warm.
+//! `decide` and `report` on the crypto module with all 12 contexts warm, and
+//! `decide` with the policy network refining continuous values.
 //!
 //! Run: `cargo bench --bench agent`. Besides criterion's estimates it prints
 //! per-call percentiles from 200,000 individually timed calls.
@@ -10,8 +11,33 @@ use criterion::{criterion_group, BatchSize, Criterion};
 mod common;
 
 use common::{warm_agent, FEATURES};
-use paramopt::agent::Outcome;
-use paramopt::space::Context;
+use paramopt::agent::{Agent, AgentOptions, Outcome};
+use paramopt::space::{Context, Spaces};
+
+/// The built-in spaces with every module's policy network switched on.
+fn policy_spaces() -> Spaces {
+    let mut spaces = Spaces::default();
+    for space in Spaces::builtin().iter() {
+        let mut space = (**space).clone();
+        space.policy.enabled = true;
+        spaces.insert(space).unwrap();
+    }
+    spaces
+}
+
+/// Like `warm_agent`, with the network on: it has trained on the same 6,000
+/// outcomes, so decisions read a trained weight snapshot.
+fn warm_policy_agent() -> Agent {
+    let agent = Agent::new(&policy_spaces(), AgentOptions { seed: Some(1), ..Default::default() });
+    for i in 0..6_000u64 {
+        let ctx = Context::from_index((i % 12) as usize).unwrap();
+        let d = agent.decide("crypto", ctx, &FEATURES, true).unwrap();
+        let reward = 0.01 * ((i * 7919) % 13) as f64 / 13.0 - 0.004;
+        agent.report(&d.id.to_string(), Outcome { reward: Some(reward), traded: true, return_pct: None }).unwrap();
+    }
+    agent.flush();
+    agent
+}
 
 fn bench(c: &mut Criterion) {
     let agent = warm_agent();
@@ -29,6 +55,21 @@ fn bench(c: &mut Criterion) {
             black_box(agent.decide("crypto", Context::from_index(i % 12).unwrap(), &FEATURES, false).unwrap())
         })
     });
+    let refined = warm_policy_agent();
+    c.bench_function("decide/crypto/explore+policy", |b| {
+        b.iter(|| {
+            i += 1;
+            let ctx = Context::from_index(i % 12).unwrap();
+            black_box(refined.decide("crypto", ctx, &FEATURES, true).unwrap())
+        })
+    });
+    c.bench_function("decide/crypto/greedy+policy", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(refined.decide("crypto", Context::from_index(i % 12).unwrap(), &FEATURES, false).unwrap())
+        })
+    });
+    drop(refined);
     c.bench_function("report/crypto", |b| {
         b.iter_batched(
             || {
@@ -62,7 +103,13 @@ fn bench(c: &mut Criterion) {
 
 /// Times calls one by one: what a client waits for, tail included.
 fn percentiles() {
-    let agent = warm_agent();
+    timed(warm_agent(), "");
+    // The writer trains the network meanwhile (a mini-batch every
+    // `train_every` outcomes), on the second core as in production.
+    timed(warm_policy_agent(), "+policy");
+}
+
+fn timed(agent: Agent, label: &str) {
     let n = 200_000;
     let mut decide_ns = Vec::with_capacity(n);
     let mut report_ns = Vec::with_capacity(n);
@@ -82,15 +129,16 @@ fn percentiles() {
     for (name, v) in [("decide", &mut decide_ns), ("report", &mut report_ns)] {
         v.sort_unstable();
         let q = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0;
+        let name = format!("{name}{label}");
         println!(
-            "{name:<7} n={n} p50={:.2}us p90={:.2}us p99={:.2}us p99.9={:.2}us",
+            "{name:<14} n={n} p50={:.2}us p90={:.2}us p99={:.2}us p99.9={:.2}us",
             q(0.5),
             q(0.9),
             q(0.99),
             q(0.999)
         );
     }
-    println!("writer backlog drained {:.1} ms after the last report", drain.as_secs_f64() * 1e3);
+    println!("writer backlog{label} drained {:.1} ms after the last report", drain.as_secs_f64() * 1e3);
 }
 
 criterion_group!(benches, bench);

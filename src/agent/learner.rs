@@ -349,7 +349,7 @@ fn policy_sample(space: &ModuleSpace, trainer: &PolicyTrainer, d: &Decision, adv
     for (i, &p) in layout.refined.iter().enumerate() {
         if let Some(u) = d.offsets.get(p).copied().flatten() {
             let head = layout.head(i, d.arms[p]);
-            offsets[head] = u as f32;
+            offsets[head] = served_offset(&space.params[p], d.arms[p], d.values[p], u) as f32;
             mask[head] = 1.0;
         }
     }
@@ -357,6 +357,22 @@ fn policy_sample(space: &ModuleSpace, trainer: &PolicyTrainer, d: &Decision, adv
         return None;
     }
     Some(Sample { input, offsets, mask, advantage: advantage as f32 })
+}
+
+/// The offset the served value actually sits at, in the units of the drawn
+/// offset `u`: after clipping to the cell and the trust region and after the
+/// simplex projection. The network learns the reward as a function of this,
+/// because draws clipped to the same edge earn the same reward; regressing on
+/// the raw draws would ask it to fit a flat reward with a parabola.
+fn served_offset(param: &Parameter, arm: usize, value: f64, u: f64) -> f64 {
+    let (cell_lo, cell_hi) = param.arm_cell(arm);
+    let a = param.arms[arm];
+    let width = if value >= a { cell_hi - a } else { a - cell_lo };
+    if width > 0.0 {
+        (value - a) / width
+    } else {
+        u
+    }
 }
 
 /// Arms inside the trust region, plus the nearest arm beyond each edge so the

@@ -65,7 +65,7 @@ impl PolicyLayout {
         }
         let features = space.features.len();
         PolicyLayout {
-            input_dim: Session::ALL.len() + Regime::ALL.len() + 2 * features,
+            input_dim: Session::ALL.len() + Regime::ALL.len() + Context::COUNT + 2 * features,
             refined,
             first_head,
             heads,
@@ -78,12 +78,16 @@ impl PolicyLayout {
         self.first_head[i] + arm
     }
 
-    /// Session and regime one-hot; each feature normalised to [0, 1] by its
-    /// declared range (0.5 and a missing flag when not sent).
+    /// Session and regime one-hot, then the (session, regime) cell one-hot;
+    /// each feature normalised to [0, 1] by its declared range (0.5 and a
+    /// missing flag when not sent). The cell one-hot is there because each
+    /// cell's best offsets are its own: from the two marginal one-hots alone
+    /// the hidden layer would first have to learn every interaction.
     pub fn encode(&self, space: &ModuleSpace, context: Context, features: &[Option<f64>], out: &mut Vec<f32>) {
         out.clear();
         out.extend(Session::ALL.iter().map(|&s| f32::from(u8::from(s == context.session))));
         out.extend(Regime::ALL.iter().map(|&r| f32::from(u8::from(r == context.regime))));
+        out.extend((0..Context::COUNT).map(|c| f32::from(u8::from(c == context.index()))));
         for (f, value) in space.features.iter().zip(features) {
             match value {
                 Some(v) => out.extend([f.normalise(*v) as f32, 0.0]),
@@ -103,8 +107,8 @@ pub struct MlpConfig {
 }
 
 /// input -> tanh(hidden) -> output. The output holds, per (parameter, arm)
-/// head, the offset mean, then per head the advantage's curvature, then one
-/// value; see `trainer.rs`.
+/// head, the offset mean, then per head the advantage's curvature, then per
+/// head the arm's value, then one value; see `trainer.rs`.
 #[derive(Debug)]
 pub struct PolicyMlp {
     hidden: Linear,

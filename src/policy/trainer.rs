@@ -3,12 +3,16 @@
 //! The method is a normalised advantage function (Gu et al., 2016): the
 //! network's head gives, besides the offset means `mu(x)` (linear, not
 //! squashed: a tanh saturates and stops learning), a curvature `c(x)`
-//! per parameter and a value `V(x)`, and models the advantage of drawn
-//! offsets `u` as `V(x) - 1/2 sum_p c_p(x) (u_p - mu_p(x))^2`. The policy's
-//! mean is that quadratic's maximum. Training regresses this model on the
-//! observed advantage: the reward minus the cell's running mean reward minus
-//! the chosen arms' posterior advantages (the baseline), so only what the
-//! offsets changed is left. Regression uses each reward's size, not just its
+//! per parameter, a value `v_p(x)` per (parameter, arm) head and a value
+//! `V(x)`, and models the advantage of drawn offsets `u` as
+//! `V(x) + sum_p [v_p(x) - 1/2 c_p(x) (u_p - mu_p(x))^2]` over the chosen
+//! arms' heads. The policy's mean is that quadratic's maximum. Training
+//! regresses this model on the observed advantage: the reward minus the cell's
+//! running mean reward minus the chosen arms' posterior advantages (the
+//! baseline), so mostly what the offsets changed is left. The per-arm values
+//! take out what that baseline misses of the arms' own effect, which moves
+//! with the features: the bandit's arm noise (a neighbouring arm costs ten
+//! times what a half-cell offset does) would otherwise swamp the offsets'. Regression uses each reward's size, not just its
 //! sign as REINFORCE does, and needs no importance weights when replaying
 //! mini-batches from a buffer of decisions made under older weights.
 
@@ -77,7 +81,7 @@ impl PolicyTrainer {
     pub fn new(space: &ModuleSpace, seed: u64) -> Result<PolicyTrainer, PolicyError> {
         let layout = Arc::new(PolicyLayout::new(space));
         let mut trainer = PolicyTrainer::empty(space, layout.clone(), seed)?;
-        let (hidden, input, output) = (space.policy.hidden, layout.input_dim, 2 * layout.heads + 1);
+        let (hidden, input, output) = (space.policy.hidden, layout.input_dim, 3 * layout.heads + 1);
         let mut init_rng = Pcg64Mcg::seed_from_u64(seed);
         let bound = 1.0 / (input as f32).sqrt();
         let w1 = Array2::random_using((hidden, input), Uniform::new(-bound, bound).expect("bound > 0"), &mut init_rng);
@@ -98,7 +102,7 @@ impl PolicyTrainer {
         let candle = |source| PolicyError::Candle { module: space.name.clone(), source };
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let cfg = MlpConfig { input: layout.input_dim, hidden: space.policy.hidden, output: 2 * layout.heads + 1 };
+        let cfg = MlpConfig { input: layout.input_dim, hidden: space.policy.hidden, output: 3 * layout.heads + 1 };
         let net = PolicyMlp::new(&cfg, vb).map_err(candle)?;
         let params = ParamsAdamW { lr: space.policy.learning_rate, weight_decay: 0.0, ..Default::default() };
         let optimizer = AdamW::new(varmap.all_vars(), params).map_err(candle)?;
@@ -166,7 +170,8 @@ impl PolicyTrainer {
             let mean = head.narrow(1, 0, p)?;
             // softplus keeps the curvature positive: the model has a maximum.
             let curvature = (head.narrow(1, p, p)?.exp()? + 1.0)?.log()?;
-            let value = head.narrow(1, 2 * p, 1)?.squeeze(1)?;
+            let arm_value = head.narrow(1, 2 * p, p)?.mul(&m)?.sum(D::Minus1)?;
+            let value = (head.narrow(1, 3 * p, 1)?.squeeze(1)? + arm_value)?;
             let penalty = (curvature * (u - &mean)?.sqr()?)?.mul(&m)?.sum(D::Minus1)?;
             let predicted = (value - (penalty * 0.5)?)?;
             // Means past the cell's edge serve the edge, so the reward cannot

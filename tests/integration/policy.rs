@@ -11,19 +11,50 @@ use crate::support::{reward, rng, spaces};
 /// Cumulative regret (expected reward of the oracle's values minus that of the
 /// served values) over `n` decisions, outcomes reported 8 decisions late.
 fn cumulative_regret(policy: bool, env: &SyntheticEnv, module: &str, seed: u64, n: usize) -> f64 {
-    let spaces = spaces(policy);
+    regret_parts(policy, &[], env, module, seed, n).0
+}
+
+/// The cumulative regret, and that of an oracle refinement of the same
+/// decisions: each continuous value moved to its optimum clipped to the
+/// chosen arm's cell. The second bounds what any refinement could reach.
+fn regret_parts(
+    policy: bool,
+    edits: &[(&str, &str)],
+    env: &SyntheticEnv,
+    module: &str,
+    seed: u64,
+    n: usize,
+) -> (f64, f64, f64) {
+    let spaces = crate::support::spaces_with(policy, edits);
     let space: &ModuleSpace = spaces.get(module).unwrap();
     let agent = Agent::new(&spaces, AgentOptions { seed: Some(seed), ..Default::default() });
     let mut r = rng(seed ^ 0x5151);
     let mut open = std::collections::VecDeque::new();
-    let mut regret = 0.0;
-    for _ in 0..n {
+    let (mut regret, mut oracle, mut last_quarter) = (0.0, 0.0, 0.0);
+    for i in 0..n {
         let ctx = Context::from_index(r.random_range(0..Context::COUNT)).unwrap();
         let features = SyntheticEnv::draw_features(space, &mut r);
         let named: Vec<(&str, f64)> = features.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         let d = agent.decide(module, ctx, &named, true).unwrap();
         let best = env.optima(space, ctx, &d.features);
-        regret += env.expected(space, ctx, &best, &d.features) - env.expected(space, ctx, &d.values, &d.features);
+        let lost = env.expected(space, ctx, &best, &d.features) - env.expected(space, ctx, &d.values, &d.features);
+        regret += lost;
+        if 4 * i >= 3 * n {
+            last_quarter += lost;
+        }
+        let refined: Vec<f64> = space
+            .params
+            .iter()
+            .enumerate()
+            .map(|(p, param)| match param.kind {
+                paramopt::space::ParamKind::Integer => d.values[p],
+                paramopt::space::ParamKind::Continuous => {
+                    let (lo, hi) = param.arm_cell(d.arms[p]);
+                    best[p].clamp(lo, hi)
+                }
+            })
+            .collect();
+        oracle += env.expected(space, ctx, &best, &d.features) - env.expected(space, ctx, &refined, &d.features);
         open.push_back((d.id.to_string(), env.sample(space, ctx, &d.values, &d.features, &mut r)));
         if open.len() > 8 {
             let (id, rew) = open.pop_front().unwrap();
@@ -31,7 +62,7 @@ fn cumulative_regret(policy: bool, env: &SyntheticEnv, module: &str, seed: u64, 
             agent.flush();
         }
     }
-    regret
+    (regret, oracle, last_quarter)
 }
 
 fn compare(env_for: impl Fn(&ModuleSpace, u64) -> SyntheticEnv, n: usize) -> (f64, f64) {
@@ -53,7 +84,7 @@ fn compare(env_for: impl Fn(&ModuleSpace, u64) -> SyntheticEnv, n: usize) -> (f6
 /// `volatility_score`: over four seeds the network cuts cumulative regret by
 /// at least 20%.
 #[test]
-#[ignore = "issue 3 is open: the network does not yet cut regret by 20% (run with --ignored)"]
+#[ignore = "issue 3 is open: the network cuts regret by about 5%, not 20% (BENCHMARKS.md, Policy network; run with --ignored)"]
 fn refinement_cuts_regret_when_features_carry_signal() {
     let (bandit, refined) = compare(
         |space, seed| {
@@ -69,8 +100,58 @@ fn refinement_cuts_regret_when_features_carry_signal() {
 
 /// Optima on the arms and features that carry no signal: the network costs
 /// at most 5% more regret.
+/// Diagnostic: how much of the bandit's regret any refinement inside the
+/// chosen arms' cells could remove.
 #[test]
-#[ignore = "issue 3 is open: measured with the network's settings of the regret test above (run with --ignored)"]
+#[ignore = "diagnostic (run with --ignored --nocapture)"]
+fn oracle_refinement_bound() {
+    let spaces = spaces(false);
+    let space = spaces.get("crypto").unwrap();
+    for seed in 1..=4 {
+        let mut env = SyntheticEnv::between_arms(space, seed, 1, 0.25);
+        (env.penalty, env.noise_sd) = (0.2, 0.005);
+        let (b, o, _) = regret_parts(false, &[], &env, "crypto", seed, 12_000);
+        let quiet = SyntheticEnv::on_arms(space, seed);
+        let (bq, oq, _) = regret_parts(false, &[], &quiet, "crypto", seed, 12_000);
+        eprintln!(
+            "seed {seed}: signal bandit {b:.2} oracle {o:.2} ({:+.1}%); no signal bandit {bq:.2} oracle {oq:.2}",
+            100.0 * (o / b - 1.0)
+        );
+    }
+}
+
+/// Diagnostic for tuning without rebuilding: `POLICY_EDITS="from=>to;..."`
+/// edits the model files' text (as `spaces_with`), and both environments are
+/// run with the bandit alone and with the network, printing the regret, the
+/// oracle refinement of the same arms, and the last quarter's regret.
+#[test]
+#[ignore = "diagnostic (run with --ignored --nocapture)"]
+fn tune_refinement() {
+    let raw = std::env::var("POLICY_EDITS").unwrap_or_default();
+    let edits: Vec<(&str, &str)> = raw.split(';').filter_map(|e| e.split_once("=>")).collect();
+    let spaces = spaces(false);
+    let space = spaces.get("crypto").unwrap();
+    let (mut sums, mut sumq) = ([0.0; 2], [0.0; 2]);
+    for seed in 1..=4 {
+        let mut env = SyntheticEnv::between_arms(space, seed, 1, 0.25);
+        (env.penalty, env.noise_sd) = (0.2, 0.005);
+        let quiet = SyntheticEnv::on_arms(space, seed);
+        for (name, env, sum) in [("signal", &env, &mut sums), ("quiet", &quiet, &mut sumq)] {
+            let b = regret_parts(false, &[], env, "crypto", seed, 12_000);
+            let r = regret_parts(true, &edits, env, "crypto", seed, 12_000);
+            eprintln!(
+                "{name} seed {seed}: bandit {:.1} (oracle {:.1}, last q {:.1}); network {:.1} (oracle {:.1}, last q {:.1}) {:+.1}%",
+                b.0, b.1, b.2, r.0, r.1, r.2, 100.0 * (r.0 / b.0 - 1.0)
+            );
+            sum[0] += b.0;
+            sum[1] += r.0;
+        }
+    }
+    eprintln!("signal: {:+.1}%  quiet: {:+.1}%", 100.0 * (sums[1] / sums[0] - 1.0), 100.0 * (sumq[1] / sumq[0] - 1.0));
+}
+
+#[test]
+#[ignore = "issue 3 is open: passes (about 0%), but the network stays off until the test above passes (run with --ignored)"]
 fn refinement_is_harmless_when_features_carry_nothing() {
     let (bandit, refined) = compare(SyntheticEnv::on_arms, 12_000);
     eprintln!("mean cumulative regret: bandit {bandit:.2}, bandit + network {refined:.2}");
