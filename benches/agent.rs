@@ -1,5 +1,6 @@
-//! `decide` and `report` on the crypto module with all 12 contexts warm, and
-//! `decide` with the policy network refining continuous values.
+//! `decide` and `report` on the crypto module with all 12 contexts warm,
+//! `decide` with the policy network refining continuous values, and `decide`
+//! while an A/B test splits the traffic.
 //!
 //! Run: `cargo bench --bench agent`. Besides criterion's estimates it prints
 //! per-call percentiles from 200,000 individually timed calls.
@@ -11,7 +12,8 @@ use criterion::{criterion_group, BatchSize, Criterion};
 mod common;
 
 use common::{warm_agent, FEATURES};
-use paramopt::agent::{Agent, AgentOptions, Outcome};
+use paramopt::agent::{AbServing, AbTest, Agent, AgentOptions, Outcome};
+use paramopt::eval::ab::AbSettings;
 use paramopt::space::{Context, Spaces};
 
 /// The built-in spaces with every module's policy network switched on.
@@ -36,6 +38,25 @@ fn warm_policy_agent() -> Agent {
         agent.report(&d.id.to_string(), Outcome { reward: Some(reward), traded: true, return_pct: None }).unwrap();
     }
     agent.flush();
+    agent
+}
+
+/// `warm_agent` with an A/B test running: a fifth of decisions serve the
+/// defaults, and every decision's propensity is the mixture's.
+fn warm_ab_agent() -> Agent {
+    let agent = warm_agent();
+    let i = agent.module_index("crypto").unwrap();
+    agent
+        .with_writer(move |learners| {
+            let space = learners[i].space.clone();
+            let values = vec![space.defaults(); Context::COUNT];
+            let arms =
+                values.iter().map(|v| space.params.iter().zip(v).map(|(p, &x)| p.nearest_arm(x)).collect()).collect();
+            let serving = AbServing { test: 1, split: 0.2, values, arms };
+            let settings = AbSettings::new(0.2, 200, 6400, 0.05, 0.0).unwrap();
+            learners[i].ab = Some(AbTest::new(serving, "defaults".into(), None, settings, 0.0));
+        })
+        .unwrap();
     agent
 }
 
@@ -70,6 +91,15 @@ fn bench(c: &mut Criterion) {
         })
     });
     drop(refined);
+    let split = warm_ab_agent();
+    c.bench_function("decide/crypto/explore+ab", |b| {
+        b.iter(|| {
+            i += 1;
+            let ctx = Context::from_index(i % 12).unwrap();
+            black_box(split.decide("crypto", ctx, &FEATURES, true).unwrap())
+        })
+    });
+    drop(split);
     c.bench_function("report/crypto", |b| {
         b.iter_batched(
             || {
@@ -107,6 +137,7 @@ fn percentiles() {
     // The writer trains the network meanwhile (a mini-batch every
     // `train_every` outcomes), on the second core as in production.
     timed(warm_policy_agent(), "+policy");
+    timed(warm_ab_agent(), "+ab");
 }
 
 fn timed(agent: Agent, label: &str) {

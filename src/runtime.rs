@@ -310,6 +310,20 @@ impl Runtime {
         self.save(module, CheckpointKind::Checkpoint, None, None).await
     }
 
+    /// Writes a new generation if the module learned anything since its last
+    /// stored one. Decided under the module's lock, so the checkpointer and
+    /// the final checkpoint at shutdown never both write the same state.
+    pub async fn checkpoint_if_learned(&self, module: &str) -> Result<Option<CheckpointMeta>, RuntimeError> {
+        let _guard = self.lock(module)?.lock().await;
+        let stored = self.status.last.lock().get(module).map_or(0, |l| l.1);
+        let index = self.agent.module_index(module)?;
+        // The learner's count, after every outcome accepted so far: the view may lag it.
+        if self.on_writer(move |learners| learners[index].outcomes).await? == stored {
+            return Ok(None);
+        }
+        Ok(Some(self.save(module, CheckpointKind::Checkpoint, None, None).await?))
+    }
+
     /// Writes the module's state, after `prepare` has changed it on the
     /// writer, as a new generation of `kind`. The caller holds the module's lock.
     async fn save(
@@ -474,22 +488,14 @@ impl Runtime {
         let arms =
             values.iter().map(|ctx| space.params.iter().zip(ctx).map(|(p, &v)| p.nearest_arm(v)).collect()).collect();
         let started_at = now_secs();
-        let test = AbTest {
-            serving: Arc::new(AbServing {
-                // 53 bits: exact as a Firestore integer and as a JavaScript number.
-                test: splitmix64(self.seed ^ started_at.to_bits() ^ module_seed(0, module)) & ((1 << 53) - 1),
-                split: settings.split,
-                values,
-                arms,
-            }),
-            challenger: label,
-            challenger_generation: generation,
-            settings,
-            started_at,
-            champion_rewards: Stats::default(),
-            challenger_rewards: Stats::default(),
-            looks_done: 0,
+        let serving = AbServing {
+            // 53 bits: exact as a Firestore integer and as a JavaScript number.
+            test: splitmix64(self.seed ^ started_at.to_bits() ^ module_seed(0, module)) & ((1 << 53) - 1),
+            split: settings.split,
+            values,
+            arms,
         };
+        let test = AbTest::new(serving, label, generation, settings, started_at);
         let snapshot = test.snapshot();
         let index = self.agent.module_index(module)?;
         self.on_writer(move |learners| learners[index].ab = Some(test)).await?;
@@ -928,8 +934,9 @@ impl Runtime {
                 if !due {
                     continue;
                 }
-                match self.checkpoint(&module).await {
-                    Ok(meta) => {
+                match self.checkpoint_if_learned(&module).await {
+                    Ok(None) => {}
+                    Ok(Some(meta)) => {
                         backoff.remove(&module);
                         backoff_until.remove(&module);
                         tracing::info!(
@@ -973,11 +980,8 @@ impl Runtime {
     /// A final checkpoint of every module that learned since its last one.
     pub async fn final_checkpoint(&self) {
         for module in self.spaces.names().map(String::from).collect::<Vec<_>>() {
-            let count = self.status.last.lock().get(&module).map(|l| l.1).unwrap_or(0);
-            if self.agent.view(&module).map(|v| v.outcomes > count).unwrap_or(false) {
-                if let Err(e) = self.checkpoint(&module).await {
-                    tracing::error!(module, error = %e, "final checkpoint failed; the journal still holds the outcomes");
-                }
+            if let Err(e) = self.checkpoint_if_learned(&module).await {
+                tracing::error!(module, error = %e, "final checkpoint failed; the journal still holds the outcomes");
             }
         }
     }

@@ -67,6 +67,26 @@ pub struct AbTest {
 }
 
 impl AbTest {
+    /// A test that has just started: no rewards, no looks taken.
+    pub fn new(
+        serving: AbServing,
+        challenger: String,
+        challenger_generation: Option<u64>,
+        settings: AbSettings,
+        started_at: f64,
+    ) -> AbTest {
+        AbTest {
+            serving: Arc::new(serving),
+            challenger,
+            challenger_generation,
+            settings,
+            started_at,
+            champion_rewards: Stats::default(),
+            challenger_rewards: Stats::default(),
+            looks_done: 0,
+        }
+    }
+
     /// Learns the reward of a decision, if this test served it.
     pub fn record(&mut self, assignment: Option<AbAssignment>, reward: f64) {
         match assignment {
