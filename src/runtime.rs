@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::agent::{
     module_seed, splitmix64, AbServing, AbSnapshot, AbTest, Agent, AgentError, AgentOptions, Journal, ModuleLearner,
 };
-use crate::bandit::{ModuleStats, Stats};
+use crate::bandit::Stats;
 use crate::decision_log::DecisionLog;
 use crate::eval::ab::{ab_verdict, degraded, estimate_se, AbSettings, AbVerdict, Comparison, Degradation};
 use crate::eval::effectiveness::effectiveness;
@@ -99,6 +99,9 @@ pub enum Review {
         reason: String,
     },
 }
+
+/// A change made to one learner on the writer before a generation is saved.
+type LearnerEdit = Box<dyn FnOnce(&mut ModuleLearner) + Send>;
 
 /// A generation of the live policy's line, with the rolling reward it had.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -331,7 +334,7 @@ impl Runtime {
         module: &str,
         kind: CheckpointKind,
         reason: Option<String>,
-        prepare: Option<Box<dyn FnOnce(&mut ModuleLearner) + Send>>,
+        prepare: Option<LearnerEdit>,
     ) -> Result<CheckpointMeta, RuntimeError> {
         let index = self.agent.module_index(module)?;
         let mut cp = self
@@ -513,17 +516,16 @@ impl Runtime {
     /// Takes the module's test off the writer (only test `id`, when given).
     async fn take_ab(&self, module: &str, id: Option<u64>) -> Result<Option<AbSnapshot>, RuntimeError> {
         let index = self.agent.module_index(module)?;
-        Ok(self
-            .on_writer(move |learners| {
-                let l = &mut learners[index];
-                let matches = l.ab.as_ref().is_some_and(|t| id.is_none_or(|id| t.serving.test == id));
-                if matches {
-                    l.ab.take().map(|t| t.snapshot())
-                } else {
-                    None
-                }
-            })
-            .await?)
+        self.on_writer(move |learners| {
+            let l = &mut learners[index];
+            let matches = l.ab.as_ref().is_some_and(|t| id.is_none_or(|id| t.serving.test == id));
+            if matches {
+                l.ab.take().map(|t| t.snapshot())
+            } else {
+                None
+            }
+        })
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -722,33 +724,19 @@ impl Runtime {
     pub async fn sync(&self, module: &str) -> Result<(), RuntimeError> {
         let _guard = self.lock(module)?.lock().await;
         let index = self.agent.module_index(module)?;
-        let on_writer = |task: Box<dyn FnOnce(&mut ModuleLearner) -> Option<ModuleStats> + Send>| {
-            let agent = self.agent.clone();
-            tokio::task::spawn_blocking(move || agent.with_writer(move |learners| task(&mut learners[index])))
-        };
-        let Some(own) = on_writer(Box::new(ModuleLearner::take_increment)).await.expect("sync task")? else {
+        let Some(own) = self.on_writer(move |learners| learners[index].take_increment()).await? else {
             return Err(RuntimeError::NotAReplica(module.to_string()));
         };
         match self.store.merge_increment(module, &own).await {
             Ok(merged) => {
                 self.status.store_healthy.store(true, Ordering::Relaxed);
-                on_writer(Box::new(move |l| {
-                    l.absorb_shared(&own, merged);
-                    None
-                }))
-                .await
-                .expect("sync task")?;
+                self.on_writer(move |learners| learners[index].absorb_shared(&own, merged)).await?;
                 Ok(())
             }
             Err(e) => {
                 self.status.store_errors.fetch_add(1, Ordering::Relaxed);
                 self.status.store_healthy.store(false, Ordering::Relaxed);
-                on_writer(Box::new(move |l| {
-                    l.return_increment(own);
-                    None
-                }))
-                .await
-                .expect("sync task")?;
+                self.on_writer(move |learners| learners[index].return_increment(own)).await?;
                 Err(e.into())
             }
         }

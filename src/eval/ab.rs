@@ -245,7 +245,7 @@ pub fn degraded(
     alpha: f64,
 ) -> Option<Degradation> {
     let comparison = compare(live, reference_mean, reference_se, margin)?;
-    (comparison.p_worse < alpha).then(|| Degradation { against, live_mean: live.mean, reference_mean, comparison })
+    (comparison.p_worse < alpha).then_some(Degradation { against, live_mean: live.mean, reference_mean, comparison })
 }
 
 /// The standard error an estimate's 95% interval implies.
