@@ -11,8 +11,8 @@ use std::time::Instant;
 use criterion::{criterion_group, BatchSize, Criterion};
 mod common;
 
-use common::{warm_agent, FEATURES};
-use paramopt::agent::{AbServing, AbTest, Agent, AgentOptions, Outcome};
+use common::{warm_agent, warm_agent_over, FEATURES};
+use paramopt::agent::{AbServing, AbTest, Agent, Outcome};
 use paramopt::eval::ab::AbSettings;
 use paramopt::space::{Context, Spaces};
 
@@ -30,15 +30,7 @@ fn policy_spaces() -> Spaces {
 /// Like `warm_agent`, with the network on: it has trained on the same 6,000
 /// outcomes, so decisions read a trained weight snapshot.
 fn warm_policy_agent() -> Agent {
-    let agent = Agent::new(&policy_spaces(), AgentOptions { seed: Some(1), ..Default::default() });
-    for i in 0..6_000u64 {
-        let ctx = Context::from_index((i % 12) as usize).unwrap();
-        let d = agent.decide("crypto", ctx, &FEATURES, true).unwrap();
-        let reward = 0.01 * ((i * 7919) % 13) as f64 / 13.0 - 0.004;
-        agent.report(&d.id.to_string(), Outcome { reward: Some(reward), traded: true, return_pct: None }).unwrap();
-    }
-    agent.flush();
-    agent
+    warm_agent_over(&policy_spaces())
 }
 
 /// `warm_agent` with an A/B test running: a fifth of decisions serve the

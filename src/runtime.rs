@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::agent::{
-    module_seed, splitmix64, AbServing, AbSnapshot, AbTest, Agent, AgentError, AgentOptions, Journal, ModuleLearner,
+    module_seed, splitmix64, AbServing, AbTest, Agent, AgentError, AgentOptions, Journal, ModuleLearner,
 };
 use crate::bandit::Stats;
 use crate::decision_log::DecisionLog;
@@ -408,7 +408,7 @@ impl Runtime {
         let (current, journal_seq, test) = self
             .on_writer(move |learners| {
                 let l = &learners[index];
-                (l.generation, l.journal_seq, l.ab.as_ref().map(AbTest::snapshot))
+                (l.generation, l.journal_seq, l.ab.clone())
             })
             .await?;
         let mut cp = match target {
@@ -464,7 +464,7 @@ impl Runtime {
         module: &str,
         challenger: Challenger,
         settings: AbSettings,
-    ) -> Result<AbSnapshot, RuntimeError> {
+    ) -> Result<AbTest, RuntimeError> {
         let _guard = self.lock(module)?.lock().await;
         let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
         if let Some(test) = &self.agent.view(module)?.ab {
@@ -499,7 +499,7 @@ impl Runtime {
             arms,
         };
         let test = AbTest::new(serving, label, generation, settings, started_at);
-        let snapshot = test.snapshot();
+        let snapshot = test.clone();
         let index = self.agent.module_index(module)?;
         self.on_writer(move |learners| learners[index].ab = Some(test)).await?;
         tracing::info!(module, test = snapshot.serving.test, challenger = %snapshot.challenger, split = settings.split, "A/B test started");
@@ -514,13 +514,13 @@ impl Runtime {
     }
 
     /// Takes the module's test off the writer (only test `id`, when given).
-    async fn take_ab(&self, module: &str, id: Option<u64>) -> Result<Option<AbSnapshot>, RuntimeError> {
+    async fn take_ab(&self, module: &str, id: Option<u64>) -> Result<Option<AbTest>, RuntimeError> {
         let index = self.agent.module_index(module)?;
         self.on_writer(move |learners| {
             let l = &mut learners[index];
             let matches = l.ab.as_ref().is_some_and(|t| id.is_none_or(|id| t.serving.test == id));
             if matches {
-                l.ab.take().map(|t| t.snapshot())
+                l.ab.take()
             } else {
                 None
             }
@@ -532,7 +532,7 @@ impl Runtime {
     fn finish_ab(
         &self,
         module: &str,
-        test: &AbSnapshot,
+        test: &AbTest,
         outcome: &str,
         reason: String,
         comparison: Option<Comparison>,
@@ -571,7 +571,7 @@ impl Runtime {
         self.watch(module, &view.rolling, view.rolling_since, view.outcomes).await
     }
 
-    async fn look_at_ab(&self, module: &str, test: &AbSnapshot) -> Result<AbVerdict, RuntimeError> {
+    async fn look_at_ab(&self, module: &str, test: &AbTest) -> Result<AbVerdict, RuntimeError> {
         let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
         // Everything decided and settled so far is in the log before it is read.
         self.decision_log.flush().await;

@@ -8,7 +8,12 @@ pub const FEATURES: [(&str, f64); 3] = [("momentum_score", 0.72), ("volatility_s
 
 /// An agent that has learned from 6,000 crypto outcomes spread over every context.
 pub fn warm_agent() -> Agent {
-    let agent = Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(1), ..Default::default() });
+    warm_agent_over(&Spaces::builtin())
+}
+
+/// [`warm_agent`] over other spaces (for instance with the policy network on).
+pub fn warm_agent_over(spaces: &Spaces) -> Agent {
+    let agent = Agent::new(spaces, AgentOptions { seed: Some(1), ..Default::default() });
     for i in 0..6_000u64 {
         let ctx = Context::from_index((i % 12) as usize).unwrap();
         let d = agent.decide("crypto", ctx, &FEATURES, true).unwrap();

@@ -290,7 +290,7 @@ impl ModuleLearner {
             outcomes: self.outcomes,
             cells: (0..Context::COUNT).map(|c| Arc::new(self.cell_view(c))).collect(),
             policy: self.policy_snapshot.clone(),
-            ab: self.ab.as_ref().map(|t| Arc::new(t.snapshot())),
+            ab: self.ab.clone().map(Arc::new),
             rolling: self.rolling.stats(),
             rolling_since: self.rolling_since,
         }
@@ -309,7 +309,7 @@ impl ModuleLearner {
                 .map(|c| if touched[c] { Arc::new(self.cell_view(c)) } else { previous.cells[c].clone() })
                 .collect(),
             policy: self.policy_snapshot.clone(),
-            ab: self.ab.as_ref().map(|t| Arc::new(t.snapshot())),
+            ab: self.ab.clone().map(Arc::new),
             rolling: self.rolling.stats(),
             rolling_since: self.rolling_since,
         }

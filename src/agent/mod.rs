@@ -34,7 +34,7 @@ use crate::space::{Context, ModuleSpace, Spaces};
 
 pub use learner::{eligible_arms, Applied, ModuleLearner, ReplicaState};
 pub use pending::{Evictions, Tombstone};
-pub use rollout::{AbArm, AbAssignment, AbServing, AbSnapshot, AbTest, RewardWindow};
+pub use rollout::{AbArm, AbAssignment, AbServing, AbTest, RewardWindow};
 pub use view::{CellView, Choice, ModuleView, ParamView};
 
 use pending::{Lookup, PendingTable};

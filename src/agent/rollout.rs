@@ -99,33 +99,6 @@ impl AbTest {
             _ => {}
         }
     }
-
-    /// What the runtime reads of the test through the module's view.
-    pub fn snapshot(&self) -> AbSnapshot {
-        AbSnapshot {
-            serving: self.serving.clone(),
-            challenger: self.challenger.clone(),
-            challenger_generation: self.challenger_generation,
-            settings: self.settings,
-            started_at: self.started_at,
-            champion_rewards: self.champion_rewards,
-            challenger_rewards: self.challenger_rewards,
-            looks_done: self.looks_done,
-        }
-    }
-}
-
-/// A test as of the last published view.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AbSnapshot {
-    pub serving: Arc<AbServing>,
-    pub challenger: String,
-    pub challenger_generation: Option<u64>,
-    pub settings: AbSettings,
-    pub started_at: f64,
-    pub champion_rewards: Stats,
-    pub challenger_rewards: Stats,
-    pub looks_done: usize,
 }
 
 impl AbServing {

@@ -13,7 +13,7 @@ use crate::bandit::{sample_argmax, Stats};
 use crate::policy::{gaussian_log_density, offset_value, refine_box, PolicySnapshot};
 use crate::space::{Context, ModuleSpace};
 
-use super::rollout::AbSnapshot;
+use super::rollout::AbTest;
 use super::safety::project_simplex;
 
 #[derive(Debug, Clone)]
@@ -43,8 +43,8 @@ pub struct ModuleView {
     pub cells: Vec<Arc<CellView>>,
     /// The policy network's weights, when the module refines values.
     pub policy: Option<Arc<PolicySnapshot>>,
-    /// The A/B test running on the module, as of this view.
-    pub ab: Option<Arc<AbSnapshot>>,
+    /// The A/B test running on the module, as of this view (a copy; the writer owns the test).
+    pub ab: Option<Arc<AbTest>>,
     /// The live policy's rolling reward (see [`ModuleLearner::rolling`](super::ModuleLearner)).
     pub rolling: Stats,
     pub rolling_since: u64,

@@ -10,7 +10,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
-use crate::agent::{AbSnapshot, Decision};
+use crate::agent::{AbTest, Decision};
 use crate::bandit::Stats;
 use crate::eval::ab::{AbSettings, AbSettingsError};
 use crate::runtime::Challenger;
@@ -240,7 +240,7 @@ fn de_challenger<'de, D: Deserializer<'de>>(d: D) -> Result<Challenger, D::Error
 }
 
 /// A running A/B test as answered by the API and shown by the dashboard.
-pub fn ab_test_json(t: &AbSnapshot) -> Value {
+pub fn ab_test_json(t: &AbTest) -> Value {
     let arm = |s: &Stats| json!({ "outcomes": s.n, "mean_reward": s.mean, "sd": s.variance().map(f64::sqrt) });
     json!({
         "test": t.serving.test.to_string(),
