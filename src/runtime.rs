@@ -75,7 +75,8 @@ pub enum Challenger {
 pub struct AbResult {
     pub test: u64,
     pub challenger: String,
-    /// `promoted`, `rejected`, `inconclusive`, `stopped` or `ended by rollback`.
+    /// `promoted`, `rejected`, `inconclusive`, `stopped`, `ended by rollback`
+    /// or `promotion failed` (the store refused the new generation).
     pub outcome: String,
     pub reason: String,
     pub champion_rewards: Stats,
@@ -99,9 +100,6 @@ pub enum Review {
         reason: String,
     },
 }
-
-/// A change made to one learner on the writer before a generation is saved.
-type LearnerEdit = Box<dyn FnOnce(&mut ModuleLearner) + Send>;
 
 /// A generation of the live policy's line, with the rolling reward it had.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -327,37 +325,43 @@ impl Runtime {
         Ok(Some(self.save(module, CheckpointKind::Checkpoint, None, None).await?))
     }
 
-    /// Writes the module's state, after `prepare` has changed it on the
-    /// writer, as a new generation of `kind`. The caller holds the module's lock.
+    /// Writes the module's state as a new generation of `kind`; with
+    /// `incumbents`, a promotion of those values, which the live learner
+    /// takes only once the generation is stored. The caller holds the
+    /// module's lock.
     async fn save(
         &self,
         module: &str,
         kind: CheckpointKind,
         reason: Option<String>,
-        prepare: Option<LearnerEdit>,
+        incumbents: Option<Vec<Vec<f64>>>,
     ) -> Result<CheckpointMeta, RuntimeError> {
         let index = self.agent.module_index(module)?;
         let mut cp = self
             .on_writer(move |learners| {
-                let l = &mut learners[index];
-                if let Some(prepare) = prepare {
-                    prepare(l);
-                }
+                let l = &learners[index];
                 let weights = l.policy.as_ref().and_then(|p| p.to_safetensors().ok());
                 let parent = (l.generation > 0).then_some(l.generation);
                 Checkpoint::from_learner(l, kind, parent, weights, now_secs())
             })
             .await?;
         cp.note = reason.clone();
+        if let Some(values) = &incumbents {
+            cp.incumbents.clone_from(values);
+            cp.rolling_reward = None;
+        }
         let before = self.previous_parameters(module, cp.parent).await;
         cp.generation = self.put_checkpoint(&cp).await?;
         let generation = cp.generation;
         let takes_over = kind != CheckpointKind::Checkpoint;
-        // Off the async workers: under load the writer's queue can be long.
         self.on_writer(move |learners| {
-            learners[index].generation = generation;
+            let l = &mut learners[index];
+            l.generation = generation;
             if takes_over {
-                learners[index].rolling_since = generation;
+                l.rolling_since = generation;
+            }
+            if let Some(values) = incumbents {
+                l.adopt_incumbents(values);
             }
         })
         .await?;
@@ -633,16 +637,23 @@ impl Runtime {
             AbVerdict::Promote { comparison, ope } => {
                 let Some(test) = self.take_ab(module, Some(id)).await? else { return Ok(AbVerdict::Wait) };
                 let reason = format!("promoted: {}{}", summary(comparison), ope_text(&Some(*ope)));
-                let meta = match test.challenger_generation {
+                let promoted = match test.challenger_generation {
                     Some(g) => {
                         self.restore(module, RollbackTarget::Generation(g), CheckpointKind::Promotion, reason.clone())
-                            .await?
+                            .await
                     }
                     None => {
                         let values = test.serving.values.clone();
-                        let adopt: Box<dyn FnOnce(&mut ModuleLearner) + Send> =
-                            Box::new(move |l| l.adopt_incumbents(values));
-                        self.save(module, CheckpointKind::Promotion, Some(reason.clone()), Some(adopt)).await?
+                        self.save(module, CheckpointKind::Promotion, Some(reason.clone()), Some(values)).await
+                    }
+                };
+                let meta = match promoted {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        // The test is over either way; say why nothing changed.
+                        let why = format!("promotion failed ({e}); the live policy stays. {reason}");
+                        self.finish_ab(module, &test, "promotion failed", why, Some(*comparison), Some(*ope), None);
+                        return Err(e);
                     }
                 };
                 *self.status.promotions.lock().entry(module.to_string()).or_default() += 1;
