@@ -317,9 +317,11 @@ impl Runtime {
     pub async fn checkpoint_if_learned(&self, module: &str) -> Result<Option<CheckpointMeta>, RuntimeError> {
         let _guard = self.lock(module)?.lock().await;
         let stored = self.status.last.lock().get(module).map_or(0, |l| l.1);
-        let index = self.agent.module_index(module)?;
-        // The learner's count, after every outcome accepted so far: the view may lag it.
-        if self.on_writer(move |learners| learners[index].outcomes).await? == stored {
+        // The count after every outcome accepted so far is learned and
+        // published (a flush, not a writer task: those republish every view).
+        let agent = self.agent.clone();
+        tokio::task::spawn_blocking(move || agent.flush()).await.expect("flush task");
+        if self.agent.view(module)?.outcomes == stored {
             return Ok(None);
         }
         Ok(Some(self.save(module, CheckpointKind::Checkpoint, None, None).await?))
@@ -915,6 +917,7 @@ impl Runtime {
         let mut backoff_until: HashMap<String, f64> = HashMap::new();
         let mut backoff: HashMap<String, f64> = HashMap::new();
         let mut analysed: HashMap<String, f64> = HashMap::new();
+        let mut analysing: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             for module in self.spaces.names().map(String::from).collect::<Vec<_>>() {
@@ -944,11 +947,20 @@ impl Runtime {
                             outcomes = meta.outcome_count,
                             "checkpoint"
                         );
-                        if analysed.get(&module).is_none_or(|&t| now - t >= EFFECTIVENESS_EVERY_SECS) {
+                        let idle = analysing.get(&module).is_none_or(|task| task.is_finished());
+                        if idle && analysed.get(&module).is_none_or(|&t| now - t >= EFFECTIVENESS_EVERY_SECS) {
                             analysed.insert(module.clone(), now);
-                            if let Err(e) = self.refresh_effectiveness(&module).await {
-                                tracing::warn!(module, error = %e, "could not refresh parameter effectiveness");
-                            }
+                            // In a task of its own: reading and analysing the decision
+                            // log takes seconds under load, and other modules' checkpoints
+                            // must not wait for it.
+                            let runtime = self.clone();
+                            let m = module.clone();
+                            let task = tokio::spawn(async move {
+                                if let Err(e) = runtime.refresh_effectiveness(&m).await {
+                                    tracing::warn!(module = m, error = %e, "could not refresh parameter effectiveness");
+                                }
+                            });
+                            analysing.insert(module.clone(), task);
                         }
                     }
                     Err(e) => {
