@@ -12,7 +12,7 @@ use axum::http::{header, Request, StatusCode};
 use http_body_util::BodyExt;
 use paramopt::agent::Outcome;
 use paramopt::eval::ab::{AbSettings, AbVerdict};
-use paramopt::runtime::{Challenger, Review, Runtime, RuntimeOptions};
+use paramopt::runtime::{Challenger, Review, Runtime};
 use paramopt::service::persist::RuntimeHooks;
 use paramopt::service::{app, AppState, Hooks, ServiceOptions};
 use paramopt::space::{Context, ModuleSpace};
@@ -23,25 +23,14 @@ use rand_pcg::Pcg64Mcg;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::support::{rng, spaces_with};
+use crate::support::{explicit_checkpoints, rng, spaces_with};
 
 const MODULE: &str = "crypto";
-
-fn options(dir: &std::path::Path) -> RuntimeOptions {
-    RuntimeOptions {
-        store: format!("local://{}", dir.join("store").display()),
-        data_dir: dir.to_path_buf(),
-        seed: Some(5),
-        checkpoint_every_outcomes: u64::MAX,
-        checkpoint_every_secs: f64::INFINITY,
-        ..Default::default()
-    }
-}
 
 async fn start(dir: &std::path::Path) -> Arc<Runtime> {
     // A 200-decision window, so the watch can judge within a short test.
     let spaces = spaces_with(false, &[("window = 500", "window = 200")]);
-    Runtime::start(spaces, options(dir)).await.unwrap()
+    Runtime::start(spaces, explicit_checkpoints(dir, 5)).await.unwrap()
 }
 
 /// The first three crypto parameters (session confidence thresholds) earn

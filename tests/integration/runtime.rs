@@ -7,18 +7,10 @@ use paramopt::space::Context;
 use paramopt::store::CheckpointKind;
 use rand::Rng;
 
-use crate::support::{rng, spaces};
+use crate::support::{explicit_checkpoints, rng, spaces};
 
 fn options(dir: &std::path::Path) -> RuntimeOptions {
-    RuntimeOptions {
-        store: format!("local://{}", dir.join("store").display()),
-        data_dir: dir.to_path_buf(),
-        seed: Some(3),
-        // Only explicit checkpoints in these tests.
-        checkpoint_every_outcomes: u64::MAX,
-        checkpoint_every_secs: f64::INFINITY,
-        ..Default::default()
-    }
+    explicit_checkpoints(dir, 3)
 }
 
 fn stream(rt: &Runtime, n: usize, seed: u64) {

@@ -147,3 +147,16 @@ pub fn http_json(method: &str, url: &str, body: &str) -> serde_json::Value {
     assert_eq!(status, 200, "{method} {url}: {text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {url}: {e}: {text}"))
 }
+
+/// A runtime on an embedded store under `dir` that checkpoints only when told
+/// to, so tests decide when generations are made.
+pub fn explicit_checkpoints(dir: &std::path::Path, seed: u64) -> paramopt::runtime::RuntimeOptions {
+    paramopt::runtime::RuntimeOptions {
+        store: format!("local://{}", dir.join("store").display()),
+        data_dir: dir.to_path_buf(),
+        seed: Some(seed),
+        checkpoint_every_outcomes: u64::MAX,
+        checkpoint_every_secs: f64::INFINITY,
+        ..Default::default()
+    }
+}
