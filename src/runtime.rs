@@ -339,21 +339,28 @@ impl Runtime {
         incumbents: Option<Vec<Vec<f64>>>,
     ) -> Result<CheckpointMeta, RuntimeError> {
         let index = self.agent.module_index(module)?;
-        let mut cp = self
-            .on_writer(move |learners| {
-                let l = &learners[index];
-                let weights = l.policy.as_ref().and_then(|p| p.to_safetensors().ok());
-                let parent = (l.generation > 0).then_some(l.generation);
-                Checkpoint::from_learner(l, kind, parent, weights, now_secs())
-            })
-            .await?;
-        cp.note = reason.clone();
-        if let Some(values) = &incumbents {
-            cp.incumbents.clone_from(values);
-            cp.rolling_reward = None;
-        }
-        let before = self.previous_parameters(module, cp.parent).await;
-        cp.generation = self.put_checkpoint(&cp).await?;
+        // Every attempt stores the state as it is then: a retry after an
+        // outage must not store the state from before it.
+        let snapshot = || async {
+            let mut cp = self
+                .on_writer(move |learners| {
+                    let l = &learners[index];
+                    let weights = l.policy.as_ref().and_then(|p| p.to_safetensors().ok());
+                    let parent = (l.generation > 0).then_some(l.generation);
+                    Checkpoint::from_learner(l, kind, parent, weights, now_secs())
+                })
+                .await?;
+            cp.note.clone_from(&reason);
+            if let Some(values) = &incumbents {
+                cp.incumbents.clone_from(values);
+                cp.rolling_reward = None;
+            }
+            Ok(cp)
+        };
+        let current = self.on_writer(move |learners| learners[index].generation).await?;
+        let parent = (current > 0).then_some(current);
+        let before = self.previous_parameters(module, parent).await;
+        let cp = self.put_checkpoint(snapshot).await?;
         let generation = cp.generation;
         let takes_over = kind != CheckpointKind::Checkpoint;
         self.on_writer(move |learners| {
@@ -438,7 +445,7 @@ impl Runtime {
         cp.journal_seq = journal_seq;
         let mut learner = cp.to_learner(space, module_seed(self.seed, module))?;
         let before = self.previous_parameters(module, cp.parent).await;
-        cp.generation = self.put_checkpoint(&cp).await?;
+        let cp = self.put_checkpoint(|| std::future::ready(Ok(cp.clone()))).await?;
         learner.generation = cp.generation;
         learner.rolling_since = cp.generation;
         self.on_writer(move |learners| {
@@ -799,17 +806,24 @@ impl Runtime {
         }
     }
 
-    /// Stores a checkpoint, retrying transient failures with backoff; health
-    /// and metrics follow the outcome.
-    async fn put_checkpoint(&self, cp: &Checkpoint) -> Result<u64, RuntimeError> {
+    /// Stores the checkpoint `make` makes, retrying transient failures with
+    /// backoff, each time with a checkpoint made anew; returns the stored one,
+    /// its generation set. Health and metrics follow the outcome.
+    async fn put_checkpoint<F, Fut>(&self, mut make: F) -> Result<Checkpoint, RuntimeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Checkpoint, RuntimeError>>,
+    {
         let mut delay = Duration::from_millis(100);
         for attempt in 1.. {
-            match self.store.put_checkpoint(cp).await {
+            let mut cp = make().await?;
+            match self.store.put_checkpoint(&cp).await {
                 Ok(g) => {
                     self.status.store_healthy.store(true, Ordering::Relaxed);
                     self.status.checkpoints_written.fetch_add(1, Ordering::Relaxed);
                     self.status.last.lock().insert(cp.module.clone(), (cp.created_at, cp.outcome_count));
-                    return Ok(g);
+                    cp.generation = g;
+                    return Ok(cp);
                 }
                 Err(e) => {
                     self.status.store_errors.fetch_add(1, Ordering::Relaxed);

@@ -13,30 +13,19 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{Process, BIN, MODELS};
 use base64::Engine as _;
 use paramopt::space::{Context, Spaces};
 use paramopt::store::{open_store, Checkpoint, CheckpointKind, LearningEvent, LearningEventKind};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_paramopt");
-const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long to wait for a process or the page to come up; generous, since CI machines are shared.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A child process that is stopped when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `paramopt serve` on a free port, its store under `dir`. Checkpoints happen
 /// only when the test asks, so it knows every generation.

@@ -5,16 +5,16 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::support::{self, http_json, sigterm, BIN, MODELS};
+use crate::support::{self, http_json, sigterm, Process, BIN, MODELS};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
 
 /// Starts `paramopt serve` on a free port with its store under `dir`.
-fn serve(dir: &Path) -> (Child, String) {
+fn serve(dir: &Path) -> (Process, String) {
     let mut args: Vec<OsString> = ["--checkpoint-every-outcomes", "250"].map(OsString::from).into();
     // A generation at least every ~0.25 s while outcomes come in.
     args.extend(["--checkpoint-every-secs", "0.1", "--store"].map(OsString::from));
@@ -26,7 +26,7 @@ fn serve(dir: &Path) -> (Child, String) {
 
 /// Runs `n` decide + report pairs through the Python client; prints one line
 /// per acknowledged outcome, so a killed run still tells what was acknowledged.
-fn drive(url: &str, n: usize) -> Child {
+fn drive(url: &str, n: usize) -> Process {
     let script = format!(
         r#"
 import sys, random
@@ -42,7 +42,9 @@ with ParamoptClient({url:?}) as c:
         print(d["decision_id"], flush=True)
 "#
     );
-    Command::new("python3").arg("-c").arg(script).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap()
+    Process(
+        Command::new("python3").arg("-c").arg(script).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap(),
+    )
 }
 
 fn inspect(dir: &Path, args: &[&str]) -> Value {

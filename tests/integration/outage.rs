@@ -102,7 +102,9 @@ fn decisions_go_on_through_a_firestore_outage_and_checkpoints_resume_with_nothin
     let (server, url) = support::serve(
         [
             "--store",
-            &format!("firestore://{PROJECT}"),
+            // Each request to a dead emulator gives up within seconds, so the
+            // outage shows in health soon after it starts.
+            &format!("firestore://{PROJECT}?timeout_ms=2000"),
             "--data-dir",
             dir.path().to_str().unwrap(),
             "--checkpoint-every-outcomes",

@@ -1098,16 +1098,18 @@ fn the_serve_binary_reads_its_config_and_env_and_stops_cleanly_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_paramopt"))
-        .args(["serve", "--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models"), "--config"])
-        .arg(&config)
-        .env("PARAMOPT_TOKEN", TOKEN)
-        .env_remove("PARAMOPT_ADDR")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = crate::support::Process(
+        Command::new(env!("CARGO_BIN_EXE_paramopt"))
+            .args(["serve", "--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models"), "--config"])
+            .arg(&config)
+            .env("PARAMOPT_TOKEN", TOKEN)
+            .env_remove("PARAMOPT_ADDR")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().rsplit("http://").next().unwrap().to_string();

@@ -91,23 +91,63 @@ pub fn rng(seed: u64) -> Pcg64Mcg {
 pub const BIN: &str = env!("CARGO_BIN_EXE_paramopt");
 pub const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
 
+/// A child process that is killed when the test ends, however it ends. A
+/// test that fails must not leave a server running: it would hold the test
+/// run's output open, and whatever reads that output would wait forever.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    /// Reads its stdout to the end and waits for it to exit (its stderr is
+    /// the test's).
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        let mut stdout = Vec::new();
+        if let Some(mut out) = self.0.stdout.take() {
+            out.read_to_end(&mut stdout)?;
+        }
+        let status = self.0.wait()?;
+        Ok(std::process::Output { status, stdout, stderr: Vec::new() })
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Starts `paramopt serve` on a free port with `args` after `serve` and `env`
 /// on top of this process's environment; returns it and its base URL.
-pub fn serve<I, S>(args: I, env: &[(&str, &str)]) -> (Child, String)
+pub fn serve<I, S>(args: I, env: &[(&str, &str)]) -> (Process, String)
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new(BIN)
-        .args(["--models", MODELS, "serve", "--addr", "127.0.0.1:0"])
-        .args(args)
-        .env_remove("PARAMOPT_TOKEN")
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = Process(
+        Command::new(BIN)
+            .args(["--models", MODELS, "serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("PARAMOPT_TOKEN")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     let url = line.split_whitespace().last().unwrap_or_default().to_string();
@@ -116,7 +156,7 @@ where
 }
 
 /// SIGTERM, then the graceful shutdown must exit 0.
-pub fn sigterm(mut child: Child) {
+pub fn sigterm(mut child: Process) {
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert!(child.wait().unwrap().success(), "graceful shutdown exits 0");
 }
