@@ -320,10 +320,9 @@ pub(crate) fn svg_frame(
     );
     for (i, t) in [0.0, 0.5, 1.0].iter().enumerate() {
         let (xv, yv) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
-        let _ = write!(
+        let _ = writeln!(
             s,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.3}</text><text x="{}" y="{:.1}" text-anchor="end">{:.4}</text>
-"#,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.3}</text><text x="{}" y="{:.1}" text-anchor="end">{:.4}</text>"#,
             PAD + t * (W - 2.0 * PAD),
             H - PAD + 16.0,
             xv,

@@ -60,8 +60,8 @@ pub struct ReplicaState {
 pub struct Learned {
     /// Every cell's view must be rebuilt (the pooled prior was refreshed).
     pub refresh_all: bool,
-    /// The reward's advantage beyond what the chosen arms are believed to earn.
-    pub beyond_arms: f64,
+    /// The reward beyond the cell's running mean.
+    pub advantage: f64,
 }
 
 /// What the writer learned from one outcome.
@@ -123,7 +123,7 @@ impl ModuleLearner {
         }
         let mut policy_changed = false;
         if let Some(trainer) = self.policy.as_mut() {
-            let scaled = learned.beyond_arms / self.space.learning.prior_noise_sd;
+            let scaled = learned.advantage / self.space.learning.prior_noise_sd;
             if let Some(sample) = policy_sample(&self.space, trainer, decision, scaled) {
                 if let Some(snapshot) = trainer.observe(sample)? {
                     self.policy_snapshot = Some(snapshot);
@@ -184,10 +184,6 @@ impl ModuleLearner {
 
     /// The bandit's part of learning from a reward for `arms` in `context`.
     pub fn learn(&mut self, context: usize, arms: &[usize], reward: f64) -> Learned {
-        // The chosen arms' advantages as believed before this outcome: the
-        // part of the reward the network's offsets did not cause.
-        let arm_effect: f64 =
-            arms.iter().enumerate().map(|(p, &k)| self.stats.posterior(&self.settings, context, p, k).m).sum();
         let advantage = self.stats.record(&self.settings, context, arms, reward);
         if let Some(replica) = &mut self.replica {
             let stats = &self.stats;
@@ -202,7 +198,7 @@ impl ModuleLearner {
         if refresh_all {
             self.outcomes_since_refresh = 0;
         }
-        Learned { refresh_all, beyond_arms: advantage - arm_effect }
+        Learned { refresh_all, advantage }
     }
 
     /// Each incumbent steps towards the arm with the best posterior mean among
@@ -337,7 +333,8 @@ impl ModuleLearner {
     }
 }
 
-/// The training sample of an explored, refined decision; `None` otherwise.
+/// The training sample of an explored decision, refined or not; `None` for a
+/// greedy one (its values are not drawn, so they teach nothing about the peak).
 fn policy_sample(space: &ModuleSpace, trainer: &PolicyTrainer, d: &Decision, advantage: f64) -> Option<Sample> {
     if !d.explore {
         return None;
@@ -345,34 +342,9 @@ fn policy_sample(space: &ModuleSpace, trainer: &PolicyTrainer, d: &Decision, adv
     let layout = &trainer.layout;
     let mut input = Vec::with_capacity(layout.input_dim);
     layout.encode(space, d.context, &d.features, &mut input);
-    let (mut offsets, mut mask) = (vec![0.0; layout.heads], vec![0.0; layout.heads]);
-    for (i, &p) in layout.refined.iter().enumerate() {
-        if let Some(u) = d.offsets.get(p).copied().flatten() {
-            let head = layout.head(i, d.arms[p]);
-            offsets[head] = served_offset(&space.params[p], d.arms[p], d.values[p], u) as f32;
-            mask[head] = 1.0;
-        }
-    }
-    if mask.iter().all(|&m| m == 0.0) {
-        return None;
-    }
-    Some(Sample { input, offsets, mask, advantage: advantage as f32 })
-}
-
-/// The offset the served value actually sits at, in the units of the drawn
-/// offset `u`: after clipping to the cell and the trust region and after the
-/// simplex projection. The network learns the reward as a function of this,
-/// because draws clipped to the same edge earn the same reward; regressing on
-/// the raw draws would ask it to fit a flat reward with a parabola.
-fn served_offset(param: &Parameter, arm: usize, value: f64, u: f64) -> f64 {
-    let (cell_lo, cell_hi) = param.arm_cell(arm);
-    let a = param.arms[arm];
-    let width = if value >= a { cell_hi - a } else { a - cell_lo };
-    if width > 0.0 {
-        (value - a) / width
-    } else {
-        u
-    }
+    let values =
+        layout.refined.iter().map(|&p| ((d.values[p] - space.params[p].lo) / space.params[p].range()) as f32).collect();
+    Some(Sample { input, values, advantage: advantage as f32 })
 }
 
 /// Arms inside the trust region, plus the nearest arm beyond each edge so the

@@ -116,7 +116,7 @@ impl CellView {
     ) {
         let mut input = Vec::with_capacity(policy.layout.input_dim);
         policy.layout.encode(space, context, features, &mut input);
-        let means = policy.means(&input, &choice.arms);
+        let means = policy.means(space, &input, &choice.arms);
         for (&p, &mean) in policy.layout.refined.iter().zip(&means) {
             let (param, pv, arm) = (&space.params[p], &self.params[p], choice.arms[p]);
             let Some(bounds) = refine_box(param, arm, pv.trust) else { continue };
@@ -125,8 +125,11 @@ impl CellView {
                 let u = mean + policy.spread * z;
                 choice.offset_log_density += gaussian_log_density(u, mean, policy.spread);
                 (u, param.arms[arm])
+            } else if policy.train_steps == 0 {
+                // An untrained network says nothing: a cold agent serves its defaults.
+                continue;
             } else {
-                (mean, pv.incumbent)
+                (mean, param.arms[arm])
             };
             choice.offsets[p] = Some(u);
             choice.values[p] = offset_value(param, arm, anchor, u, bounds);

@@ -261,8 +261,8 @@ const SHRINK: f64 = 20.0;
 impl RewardModel {
     pub fn fit(logs: &[&LoggedDecision], target: &TargetPolicy) -> RewardModel {
         let shape: Vec<usize> = target.probs[0].iter().map(Vec::len).collect();
-        let mut sum = vec![0.0; Context::COUNT];
-        let mut count = vec![0.0; Context::COUNT];
+        let mut sum = [0.0; Context::COUNT];
+        let mut count = [0.0; Context::COUNT];
         for l in logs {
             sum[l.context.index()] += l.reward;
             count[l.context.index()] += 1.0;
@@ -307,8 +307,8 @@ impl RewardModel {
 pub fn doubly_robust(logs: &[LoggedDecision], target: &TargetPolicy) -> Result<Estimate, OpeError> {
     check(logs, target)?;
     let w = weights(logs, target);
-    let (even, odd): (Vec<(usize, &LoggedDecision)>, Vec<(usize, &LoggedDecision)>) =
-        logs.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    type Numbered<'a> = Vec<(usize, &'a LoggedDecision)>;
+    let (even, odd): (Numbered, Numbered) = logs.iter().enumerate().partition(|(i, _)| i % 2 == 0);
     let fit =
         |part: &[(usize, &LoggedDecision)]| RewardModel::fit(&part.iter().map(|p| p.1).collect::<Vec<_>>(), target);
     let (on_even, on_odd) = (fit(&even), fit(&odd));

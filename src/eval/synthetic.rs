@@ -73,7 +73,7 @@ impl SyntheticEnv {
     /// their optimum on an arm. Simplex groups are projected back to feasibility.
     pub fn between_arms(space: &ModuleSpace, seed: u64, feature: usize, slope: f64) -> SyntheticEnv {
         let mut env = SyntheticEnv::on_arms(space, seed);
-        let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0xbe7e_e4);
+        let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0x00be_7ee4);
         for optima in env.optimum.iter_mut() {
             for (p, param) in space.params.iter().enumerate() {
                 if param.kind == ParamKind::Integer {

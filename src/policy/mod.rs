@@ -36,18 +36,21 @@ pub enum PolicyError {
 
 /// Which inputs and outputs the network has for a module.
 ///
-/// Inputs are the context and the features only. Outputs are one head per
-/// (refined parameter, arm): the offset that arm wants as a function of the
-/// inputs. Feeding the chosen arms in as inputs instead would make a small
-/// network learn every arm x context interaction itself; with a head per arm
-/// it only learns how each arm's best offset moves with the features.
+/// Inputs are the context and the features. Outputs are, per refined
+/// parameter, where its reward peaks for those inputs (a value normalised by
+/// the parameter's range) and how sharply, plus one value: a quadratic model
+/// of the reward in the served values (see `trainer.rs`). The peak is the
+/// same whichever arm was chosen, so every decision teaches it, explored
+/// neighbour arms most of all: the reward's difference between two arms is
+/// far larger than any offset inside one cell makes.
 #[derive(Debug, Clone)]
 pub struct PolicyLayout {
     /// Indices of the parameters the network refines: every continuous one.
     pub refined: Vec<usize>,
-    /// Per refined parameter: the index of its arm 0's head.
-    pub first_head: Vec<usize>,
-    /// Number of (parameter, arm) heads.
+    /// Per refined parameter: its default, normalised by its range. The peak
+    /// is learned as a shift from it, so an untrained network's peak is the default.
+    pub anchors: Vec<f32>,
+    /// Number of refined parameters, one peak head each.
     pub heads: usize,
     pub features: usize,
     pub input_dim: usize,
@@ -57,25 +60,18 @@ impl PolicyLayout {
     pub fn new(space: &ModuleSpace) -> PolicyLayout {
         let refined: Vec<usize> =
             space.params.iter().enumerate().filter(|(_, p)| p.kind == ParamKind::Continuous).map(|(i, _)| i).collect();
-        let mut first_head = Vec::with_capacity(refined.len());
-        let mut heads = 0;
-        for &p in &refined {
-            first_head.push(heads);
-            heads += space.params[p].arms.len();
-        }
+        let anchors = refined
+            .iter()
+            .map(|&p| ((space.params[p].default - space.params[p].lo) / space.params[p].range()) as f32)
+            .collect();
         let features = space.features.len();
         PolicyLayout {
             input_dim: Session::ALL.len() + Regime::ALL.len() + Context::COUNT + 2 * features,
+            heads: refined.len(),
             refined,
-            first_head,
-            heads,
+            anchors,
             features,
         }
-    }
-
-    /// The head of refined parameter number `i` (in `refined`) at `arm`.
-    pub fn head(&self, i: usize, arm: usize) -> usize {
-        self.first_head[i] + arm
     }
 
     /// Session and regime one-hot, then the (session, regime) cell one-hot;
@@ -106,9 +102,9 @@ pub struct MlpConfig {
     pub output: usize,
 }
 
-/// input -> tanh(hidden) -> output. The output holds, per (parameter, arm)
-/// head, the offset mean, then per head the advantage's curvature, then per
-/// head the arm's value, then one value; see `trainer.rs`.
+/// input -> tanh(hidden) -> output. The output holds, per refined parameter,
+/// its peak's shift from the anchor, then per parameter the curvature, then
+/// one value; see `trainer.rs`.
 #[derive(Debug)]
 pub struct PolicyMlp {
     hidden: Linear,
@@ -144,20 +140,40 @@ pub struct PolicySnapshot {
 }
 
 impl PolicySnapshot {
-    /// The offset means of the chosen arms, one per refined parameter; beyond
-    /// +-1 the value serves the cell's edge.
-    pub fn means(&self, input: &[f32], arms: &[usize]) -> Vec<f64> {
+    /// Where each refined parameter's reward peaks for these inputs, as a
+    /// value normalised by its range.
+    pub fn peaks(&self, input: &[f32]) -> Vec<f64> {
         let x = ndarray::ArrayView1::from(input);
         let h = (self.w1.dot(&x) + &self.b1).mapv(f32::tanh);
-        self.layout
-            .refined
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| {
-                let head = self.layout.head(i, arms[p]);
-                f64::from(self.w2.row(head).dot(&h) + self.b2[head])
+        let out = self.w2.dot(&h) + &self.b2;
+        out.iter().zip(&self.layout.anchors).map(|(o, a)| f64::from(a + o)).collect()
+    }
+
+    /// The offset means for the chosen arms, one per refined parameter: the
+    /// peak as an offset from the arm's value in units of its half-cell,
+    /// within the cell (beyond +-1 the value would serve the cell's edge).
+    pub fn means(&self, space: &ModuleSpace, input: &[f32], arms: &[usize]) -> Vec<f64> {
+        self.peaks(input)
+            .into_iter()
+            .zip(&self.layout.refined)
+            .map(|(peak, &p)| {
+                let param = &space.params[p];
+                offset_of(param, arms[p], param.lo + peak * param.range()).clamp(-1.0, 1.0)
             })
             .collect()
+    }
+}
+
+/// The offset of `value` from `arm`'s value, in units of the arm's half-cell
+/// on that side: the inverse of [`offset_value`] before clipping.
+pub fn offset_of(param: &Parameter, arm: usize, value: f64) -> f64 {
+    let (cell_lo, cell_hi) = param.arm_cell(arm);
+    let a = param.arms[arm];
+    let width = if value >= a { cell_hi - a } else { a - cell_lo };
+    if width > 0.0 {
+        (value - a) / width
+    } else {
+        0.0
     }
 }
 

@@ -1,20 +1,18 @@
 //! Online training of the policy network from reported outcomes.
 //!
-//! The method is a normalised advantage function (Gu et al., 2016): the
-//! network's head gives, besides the offset means `mu(x)` (linear, not
-//! squashed: a tanh saturates and stops learning), a curvature `c(x)`
-//! per parameter, a value `v_p(x)` per (parameter, arm) head and a value
-//! `V(x)`, and models the advantage of drawn offsets `u` as
-//! `V(x) + sum_p [v_p(x) - 1/2 c_p(x) (u_p - mu_p(x))^2]` over the chosen
-//! arms' heads. The policy's mean is that quadratic's maximum. Training
-//! regresses this model on the observed advantage: the reward minus the cell's
-//! running mean reward minus the chosen arms' posterior advantages (the
-//! baseline), so mostly what the offsets changed is left. The per-arm values
-//! take out what that baseline misses of the arms' own effect, which moves
-//! with the features: the bandit's arm noise (a neighbouring arm costs ten
-//! times what a half-cell offset does) would otherwise swamp the offsets'. Regression uses each reward's size, not just its
-//! sign as REINFORCE does, and needs no importance weights when replaying
-//! mini-batches from a buffer of decisions made under older weights.
+//! The method is a normalised advantage function (Gu et al., 2016) over the
+//! served values: the network gives, per refined parameter, a peak `mu_p(x)`
+//! and a curvature `c_p(x)`, and a value `V(x)`, and models the reward's
+//! advantage over the cell's running mean as
+//! `V(x) - sum_p 1/2 c_p(x) (v_p - mu_p(x))^2`, with `v_p` the served value
+//! normalised by the parameter's range. The policy's mean is the peak, moved
+//! into the chosen arm's cell. Training regresses the model on the observed
+//! advantage of every explored decision, refined or not. Every arm the bandit
+//! explores is a point on the same parabola, so the large reward differences
+//! between neighbouring arms locate the peak inside a cell far sooner than
+//! the small ones offsets make could. Regression uses each reward's size,
+//! not just its sign as REINFORCE does, and needs no importance weights when
+//! replaying mini-batches from a buffer of decisions made under older weights.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -32,6 +30,10 @@ use crate::space::{ModuleSpace, PolicyConfig};
 use super::{MlpConfig, PolicyError, PolicyLayout, PolicyMlp, PolicySnapshot};
 
 const EDGE_PENALTY: f64 = 1.0;
+/// The curvature is `softplus(output) * CURVATURE_SCALE`: rewards in units of
+/// the prior noise sd bend by tens over a parameter's range, and a small
+/// output should reach that without a long climb.
+const CURVATURE_SCALE: f64 = 10.0;
 const OUTCOMES_KEY: &str = "paramopt.outcomes";
 const STEPS_KEY: &str = "paramopt.train_steps";
 
@@ -39,11 +41,9 @@ const STEPS_KEY: &str = "paramopt.train_steps";
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub input: Vec<f32>,
-    /// Per (parameter, arm) head: the offset drawn at the chosen arm's head, 0 elsewhere.
-    pub offsets: Vec<f32>,
-    /// Per head: 1 at the chosen arms' heads where an offset was drawn.
-    pub mask: Vec<f32>,
-    /// What the offsets earned beyond the baseline, in units of the module's
+    /// Per refined parameter: the served value, normalised by its range.
+    pub values: Vec<f32>,
+    /// The reward beyond the cell's running mean, in units of the module's
     /// prior noise sd.
     pub advantage: f32,
 }
@@ -81,7 +81,7 @@ impl PolicyTrainer {
     pub fn new(space: &ModuleSpace, seed: u64) -> Result<PolicyTrainer, PolicyError> {
         let layout = Arc::new(PolicyLayout::new(space));
         let mut trainer = PolicyTrainer::empty(space, layout.clone(), seed)?;
-        let (hidden, input, output) = (space.policy.hidden, layout.input_dim, 3 * layout.heads + 1);
+        let (hidden, input, output) = (space.policy.hidden, layout.input_dim, 2 * layout.heads + 1);
         let mut init_rng = Pcg64Mcg::seed_from_u64(seed);
         let bound = 1.0 / (input as f32).sqrt();
         let w1 = Array2::random_using((hidden, input), Uniform::new(-bound, bound).expect("bound > 0"), &mut init_rng);
@@ -102,7 +102,7 @@ impl PolicyTrainer {
         let candle = |source| PolicyError::Candle { module: space.name.clone(), source };
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let cfg = MlpConfig { input: layout.input_dim, hidden: space.policy.hidden, output: 3 * layout.heads + 1 };
+        let cfg = MlpConfig { input: layout.input_dim, hidden: space.policy.hidden, output: 2 * layout.heads + 1 };
         let net = PolicyMlp::new(&cfg, vb).map_err(candle)?;
         let params = ParamsAdamW { lr: space.policy.learning_rate, weight_decay: 0.0, ..Default::default() };
         let optimizer = AdamW::new(varmap.all_vars(), params).map_err(candle)?;
@@ -151,32 +151,31 @@ impl PolicyTrainer {
 
     fn train_step(&mut self) -> Result<(), PolicyError> {
         let (b, d, p) = (self.cfg.batch_size, self.layout.input_dim, self.layout.heads);
-        let (mut x, mut u, mut m) = (Vec::with_capacity(b * d), Vec::with_capacity(b * p), Vec::with_capacity(b * p));
+        let (mut x, mut v) = (Vec::with_capacity(b * d), Vec::with_capacity(b * p));
         let mut y = Vec::with_capacity(b);
         for _ in 0..b {
             let s = &self.replay[self.rng.random_range(0..self.replay.len())];
             x.extend_from_slice(&s.input);
-            u.extend_from_slice(&s.offsets);
-            m.extend_from_slice(&s.mask);
+            v.extend_from_slice(&s.values);
             y.push(s.advantage);
         }
+        let anchors = self.layout.anchors.clone();
         let loss = (|| -> candle_core::Result<Tensor> {
             let dev = &Device::Cpu;
             let x = Tensor::from_vec(x, (b, d), dev)?;
-            let u = Tensor::from_vec(u, (b, p), dev)?;
-            let m = Tensor::from_vec(m, (b, p), dev)?;
+            let v = Tensor::from_vec(v, (b, p), dev)?;
             let y = Tensor::from_vec(y, b, dev)?;
+            let anchors = Tensor::from_vec(anchors, (1, p), dev)?;
             let head = self.net.forward(&x)?;
-            let mean = head.narrow(1, 0, p)?;
+            let peak = head.narrow(1, 0, p)?.broadcast_add(&anchors)?;
             // softplus keeps the curvature positive: the model has a maximum.
-            let curvature = (head.narrow(1, p, p)?.exp()? + 1.0)?.log()?;
-            let arm_value = head.narrow(1, 2 * p, p)?.mul(&m)?.sum(D::Minus1)?;
-            let value = (head.narrow(1, 3 * p, 1)?.squeeze(1)? + arm_value)?;
-            let penalty = (curvature * (u - &mean)?.sqr()?)?.mul(&m)?.sum(D::Minus1)?;
+            let curvature = ((head.narrow(1, p, p)?.exp()? + 1.0)?.log()? * CURVATURE_SCALE)?;
+            let value = head.narrow(1, 2 * p, 1)?.squeeze(1)?;
+            let penalty = (curvature * (v - &peak)?.sqr()?)?.sum(D::Minus1)?;
             let predicted = (value - (penalty * 0.5)?)?;
-            // Means past the cell's edge serve the edge, so the reward cannot
-            // tell them apart; a soft wall keeps them identifiable.
-            let beyond = (mean.abs()? - 1.0)?.relu()?.sqr()?.mean_all()?;
+            // A peak beyond the range serves its edge, so the reward cannot
+            // place it; a soft wall keeps it identifiable.
+            let beyond = ((&peak - 0.5)?.abs()? - 0.5)?.relu()?.sqr()?.mean_all()?;
             (y - predicted)?.sqr()?.mean_all()? + (beyond * EDGE_PENALTY)?
         })()
         .map_err(|e| self.candle(e))?;
@@ -202,7 +201,7 @@ impl PolicyTrainer {
             layout: self.layout.clone(),
             w1: get2("hidden.weight")?,
             b1: get1("hidden.bias")?,
-            // Decisions need only the offset means: the head's first rows.
+            // Decisions need only the peaks: the head's first rows.
             w2: get2("output.weight")?.slice_move(ndarray::s![..self.layout.heads, ..]),
             b2: get1("output.bias")?.slice_move(ndarray::s![..self.layout.heads]),
             spread: self.spread(),

@@ -183,9 +183,16 @@ impl Checkpoint {
         }
         let policy = match (&self.policy_weights, space.policy.enabled) {
             (_, false) => None,
-            (Some(bytes), true) => {
-                Some(PolicyTrainer::from_safetensors(&space, bytes, seed).map_err(|e| mismatch(e.to_string()))?)
-            }
+            // Weights of another network (an older layout, another hidden
+            // size) must not cost the bandit's state: the network starts afresh.
+            (Some(bytes), true) => match PolicyTrainer::from_safetensors(&space, bytes, seed) {
+                Ok(trainer) => Some(trainer),
+                Err(e) => {
+                    tracing::warn!(module = %self.module, generation = self.generation, error = %e,
+                        "the checkpoint's policy weights do not fit the space's network; it starts afresh");
+                    Some(PolicyTrainer::new(&space, seed).map_err(|e| mismatch(e.to_string()))?)
+                }
+            },
             (None, true) => Some(PolicyTrainer::new(&space, seed).map_err(|e| mismatch(e.to_string()))?),
         };
         let mut learner = ModuleLearner::with_policy(space, policy).map_err(|e| mismatch(e.to_string()))?;

@@ -28,7 +28,12 @@ pub fn spaces_with(policy: bool, edits: &[(&str, &str)]) -> Spaces {
         ("models/options.toml", include_str!("../../models/options.toml")),
         ("models/stocks.toml", include_str!("../../models/stocks.toml")),
     ] {
-        let mut text = if policy { text.replacen("enabled = false", "enabled = true", 1) } else { text.to_string() };
+        let mut text = text.to_string();
+        if policy {
+            let section = text.find("[policy]").unwrap_or_else(|| panic!("{origin} has no [policy]"));
+            let rest = text[section..].replacen("enabled = false", "enabled = true", 1);
+            text.replace_range(section.., &rest);
+        }
         for (from, to) in edits {
             assert!(text.contains(from), "{origin} has no {from:?}");
             text = text.replace(from, to);
