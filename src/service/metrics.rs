@@ -13,7 +13,7 @@ use crate::agent::Agent;
 use super::store::CheckpointStore;
 
 /// The routes of the contract, as matched by the router; latency is kept per route.
-pub const ROUTES: [&str; 11] = [
+pub const ROUTES: [&str; 21] = [
     "/v1/decisions",
     "/v1/outcomes",
     "/v1/parameters/{module}",
@@ -22,8 +22,18 @@ pub const ROUTES: [&str; 11] = [
     "/v1/checkpoints/{module}/{generation}",
     "/v1/checkpoints/{module}",
     "/v1/rollback",
+    "/v1/ab-tests",
+    "/v1/ab-tests/{module}",
     "/healthz",
     "/metrics",
+    "/",
+    "/dashboard/app.js",
+    "/dashboard/style.css",
+    "/v1/dashboard/overview",
+    "/v1/dashboard/modules/{module}/grid",
+    "/v1/dashboard/modules/{module}/history",
+    "/v1/dashboard/modules/{module}/progress",
+    "/v1/dashboard/modules/{module}/effectiveness",
     "unmatched",
 ];
 

@@ -517,6 +517,9 @@ async fn health_and_metrics_are_open_and_metrics_count_requests_by_route() {
     assert_eq!(d.status, StatusCode::OK, "{}", d.text);
     let bad = send(&app, authed(post("/v1/decisions", decision_body("forex", "us_prime", "bearish")))).await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // The A/B and dashboard routes are counted under their own names.
+    send(&app, authed(get("/v1/ab-tests/options"))).await;
+    send(&app, authed(get("/v1/dashboard/overview"))).await;
     let m = send(&app, get("/metrics")).await;
     assert_eq!(m.status, StatusCode::OK);
     assert!(m.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
@@ -530,9 +533,12 @@ async fn health_and_metrics_are_open_and_metrics_count_requests_by_route() {
         "paramopt_http_requests_total{route=\"/v1/decisions\",status=\"422\"} 1",
         "paramopt_http_request_duration_seconds_count{route=\"/v1/decisions\"} 2",
         "paramopt_http_request_duration_seconds_bucket{route=\"/v1/decisions\",le=\"+Inf\"} 2",
+        "paramopt_http_request_duration_seconds_count{route=\"/v1/ab-tests/{module}\"} 1",
+        "paramopt_http_request_duration_seconds_count{route=\"/v1/dashboard/overview\"} 1",
     ] {
         assert!(m.text.contains(line), "missing {line:?} in\n{}", m.text);
     }
+    assert!(!m.text.contains("route=\"unmatched\",status"), "{}", m.text);
     assert!(m.text.contains("# TYPE paramopt_http_request_duration_seconds histogram"));
 }
 
