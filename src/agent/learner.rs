@@ -342,8 +342,7 @@ fn policy_sample(space: &ModuleSpace, trainer: &PolicyTrainer, d: &Decision, adv
     let layout = &trainer.layout;
     let mut input = Vec::with_capacity(layout.input_dim);
     layout.encode(space, d.context, &d.features, &mut input);
-    let values =
-        layout.refined.iter().map(|&p| ((d.values[p] - space.params[p].lo) / space.params[p].range()) as f32).collect();
+    let values = layout.refined.iter().map(|&p| space.params[p].unit(d.values[p]) as f32).collect();
     Some(Sample { input, values, advantage: advantage as f32 })
 }
 

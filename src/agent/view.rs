@@ -65,8 +65,8 @@ pub struct Choice {
 impl CellView {
     /// Thompson sampling, one arm per parameter; the policy network's offset
     /// inside each continuous parameter's arm cell; then the simplex
-    /// projection. Without exploration: the incumbents, moved by the
-    /// network's mean offset only, with propensity 1.
+    /// projection. Without exploration: the incumbents with propensity 1;
+    /// a trained network moves each to its peak inside the greedy arm's cell.
     pub fn choose<R: Rng + ?Sized>(
         &self,
         space: &ModuleSpace,
@@ -120,19 +120,19 @@ impl CellView {
         for (&p, &mean) in policy.layout.refined.iter().zip(&means) {
             let (param, pv, arm) = (&space.params[p], &self.params[p], choice.arms[p]);
             let Some(bounds) = refine_box(param, arm, pv.trust) else { continue };
-            let (u, anchor) = if explore {
+            let u = if explore {
                 let z: f64 = rng.sample(StandardNormal);
                 let u = mean + policy.spread * z;
                 choice.offset_log_density += gaussian_log_density(u, mean, policy.spread);
-                (u, param.arms[arm])
+                u
             } else if policy.train_steps == 0 {
                 // An untrained network says nothing: a cold agent serves its defaults.
                 continue;
             } else {
-                (mean, param.arms[arm])
+                mean
             };
             choice.offsets[p] = Some(u);
-            choice.values[p] = offset_value(param, arm, anchor, u, bounds);
+            choice.values[p] = offset_value(param, arm, u, bounds);
         }
     }
 

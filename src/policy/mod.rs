@@ -60,10 +60,7 @@ impl PolicyLayout {
     pub fn new(space: &ModuleSpace) -> PolicyLayout {
         let refined: Vec<usize> =
             space.params.iter().enumerate().filter(|(_, p)| p.kind == ParamKind::Continuous).map(|(i, _)| i).collect();
-        let anchors = refined
-            .iter()
-            .map(|&p| ((space.params[p].default - space.params[p].lo) / space.params[p].range()) as f32)
-            .collect();
+        let anchors = refined.iter().map(|&p| space.params[p].unit(space.params[p].default) as f32).collect();
         let features = space.features.len();
         PolicyLayout {
             input_dim: Session::ALL.len() + Regime::ALL.len() + Context::COUNT + 2 * features,
@@ -178,11 +175,11 @@ pub fn offset_of(param: &Parameter, arm: usize, value: f64) -> f64 {
 }
 
 /// Maps an offset `u` (1 = the cell's upper edge, -1 = its lower edge) to a
-/// value around `anchor`, using `arm`'s cell widths, then clips to `bounds`.
-pub fn offset_value(param: &Parameter, arm: usize, anchor: f64, u: f64, bounds: (f64, f64)) -> f64 {
+/// value around `arm`'s, using its cell widths, then clips to `bounds`.
+pub fn offset_value(param: &Parameter, arm: usize, u: f64, bounds: (f64, f64)) -> f64 {
     let (cell_lo, cell_hi) = param.arm_cell(arm);
     let a = param.arms[arm];
-    let v = if u >= 0.0 { anchor + u * (cell_hi - a) } else { anchor + u * (a - cell_lo) };
+    let v = if u >= 0.0 { a + u * (cell_hi - a) } else { a + u * (a - cell_lo) };
     v.clamp(bounds.0, bounds.1)
 }
 

@@ -76,6 +76,11 @@ impl Parameter {
         self.hi - self.lo
     }
 
+    /// Where `value` lies in the range: 0 at `lo`, 1 at `hi`.
+    pub fn unit(&self, value: f64) -> f64 {
+        (value - self.lo) / self.range()
+    }
+
     /// The largest step, in value units, that the incumbent may take at once.
     pub fn max_step(&self) -> f64 {
         self.max_change_rate * self.range()
