@@ -21,7 +21,7 @@ use crate::agent::{
 };
 use crate::bandit::Stats;
 use crate::decision_log::DecisionLog;
-use crate::eval::ab::{ab_verdict, degraded, estimate_se, AbSettings, AbVerdict, Comparison, Degradation};
+use crate::eval::ab::{ab_verdict, degraded, estimate_se, stratified, AbSettings, AbVerdict, Comparison, Degradation};
 use crate::eval::effectiveness::effectiveness;
 use crate::eval::ope::{doubly_robust, Estimate, LoggedDecision, TargetPolicy};
 use crate::space::{Context, ModuleSpace, ParamKind, Spaces};
@@ -101,12 +101,14 @@ pub enum Review {
     },
 }
 
-/// A generation of the live policy's line, with the rolling reward it had.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A generation of the live policy's line, with the rolling reward it had
+/// (and per context, when its checkpoint kept that).
+#[derive(Debug, Clone, PartialEq)]
 struct LineageEntry {
     generation: u64,
     outcome_count: u64,
     rolling: Stats,
+    by_context: Option<Vec<Stats>>,
 }
 
 #[derive(Debug, Clone)]
@@ -237,8 +239,12 @@ impl Runtime {
                 Some(cp) => {
                     status.last.lock().insert(module.clone(), (cp.created_at, cp.outcome_count));
                     if let Some(rolling) = cp.rolling_reward {
-                        let entry =
-                            LineageEntry { generation: cp.generation, outcome_count: cp.outcome_count, rolling };
+                        let entry = LineageEntry {
+                            generation: cp.generation,
+                            outcome_count: cp.outcome_count,
+                            rolling,
+                            by_context: cp.rolling_by_context.clone(),
+                        };
                         lineage.insert(module.clone(), vec![entry]);
                     }
                     cp.to_learner(space.clone(), module_seed)?
@@ -354,6 +360,7 @@ impl Runtime {
             if let Some(values) = &incumbents {
                 cp.incumbents.clone_from(values);
                 cp.rolling_reward = None;
+                cp.rolling_by_context = None;
             }
             Ok(cp)
         };
@@ -380,7 +387,8 @@ impl Runtime {
             if takes_over {
                 line.clear();
             } else if let Some(rolling) = cp.rolling_reward {
-                line.push(LineageEntry { generation, outcome_count: cp.outcome_count, rolling });
+                let by_context = cp.rolling_by_context.clone();
+                line.push(LineageEntry { generation, outcome_count: cp.outcome_count, rolling, by_context });
             }
         }
         if let Err(e) = self.journal.compact(module, cp.journal_seq) {
@@ -581,7 +589,7 @@ impl Runtime {
                 return Ok(Review::AbLook(self.look_at_ab(module, test).await?));
             }
         }
-        self.watch(module, &view.rolling, view.rolling_since, view.outcomes).await
+        self.watch(module, &view.rolling, &view.rolling_by_context, view.rolling_since, view.outcomes).await
     }
 
     async fn look_at_ab(&self, module: &str, test: &AbTest) -> Result<AbVerdict, RuntimeError> {
@@ -692,7 +700,18 @@ impl Runtime {
     /// rolling reward is significantly below an earlier generation's (one
     /// whose window does not overlap the live one) or below the seed
     /// defaults' off-policy estimate, by more than the module's margin.
-    async fn watch(&self, module: &str, live: &Stats, since: u64, outcomes: u64) -> Result<Review, RuntimeError> {
+    ///
+    /// The earlier window is re-weighted to the live window's mix of
+    /// contexts: a market that moved from bullish to bearish sessions lowers
+    /// every policy's reward, and must not read as the live policy's fault.
+    async fn watch(
+        &self,
+        module: &str,
+        live: &Stats,
+        live_by_context: &[Stats],
+        since: u64,
+        outcomes: u64,
+    ) -> Result<Review, RuntimeError> {
         let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?;
         let cfg = &space.rollback;
         if !cfg.enabled || live.n < cfg.window as f64 {
@@ -703,13 +722,22 @@ impl Runtime {
             line.iter()
                 .rev()
                 .find(|e| e.outcome_count + window <= outcomes && e.rolling.n >= cfg.window as f64)
-                .copied()
+                .cloned()
         });
         let mut found: Option<(RollbackTarget, Degradation)> = None;
         if let Some(r) = reference {
-            let se = r.rolling.variance().map_or(0.0, |v| (v / r.rolling.n).sqrt());
-            found = degraded(live, format!("generation {}", r.generation), r.rolling.mean, se, cfg.margin, cfg.alpha)
-                .map(|d| (RollbackTarget::Generation(r.generation), d));
+            let against = format!("generation {}", r.generation);
+            let degradation = match &r.by_context {
+                // Judged only when the contexts both windows saw hold most of the live one.
+                Some(by_context) => stratified(live_by_context, by_context)
+                    .filter(|s| s.live.n >= live.n / 2.0)
+                    .and_then(|s| degraded(&s.live, against, s.reference_mean, s.reference_se, cfg.margin, cfg.alpha)),
+                None => {
+                    let se = r.rolling.variance().map_or(0.0, |v| (v / r.rolling.n).sqrt());
+                    degraded(live, against, r.rolling.mean, se, cfg.margin, cfg.alpha)
+                }
+            };
+            found = degradation.map(|d| (RollbackTarget::Generation(r.generation), d));
         }
         if found.is_none() {
             // Only an estimate the log supports, not the reward model's word alone.

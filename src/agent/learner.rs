@@ -119,7 +119,7 @@ impl ModuleLearner {
         }
         let challenger = decision.ab.is_some_and(|a| a.arm == AbArm::Challenger);
         if !challenger && decision.generation >= self.rolling_since {
-            self.rolling.push(reward);
+            self.rolling.push(decision.context.index(), reward);
         }
         let mut policy_changed = false;
         if let Some(trainer) = self.policy.as_mut() {
@@ -288,6 +288,7 @@ impl ModuleLearner {
             policy: self.policy_snapshot.clone(),
             ab: self.ab.clone().map(Arc::new),
             rolling: self.rolling.stats(),
+            rolling_by_context: self.rolling.by_context(),
             rolling_since: self.rolling_since,
         }
     }
@@ -307,6 +308,7 @@ impl ModuleLearner {
             policy: self.policy_snapshot.clone(),
             ab: self.ab.clone().map(Arc::new),
             rolling: self.rolling.stats(),
+            rolling_by_context: self.rolling.by_context(),
             rolling_since: self.rolling_since,
         }
     }

@@ -143,11 +143,12 @@ impl AbServing {
     }
 }
 
-/// The rewards of the live policy's last `capacity` decisions.
+/// The rewards of the live policy's last `capacity` decisions, with the
+/// context each was decided in.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RewardWindow {
     capacity: usize,
-    rewards: VecDeque<f64>,
+    rewards: VecDeque<(usize, f64)>,
 }
 
 impl RewardWindow {
@@ -155,18 +156,25 @@ impl RewardWindow {
         RewardWindow { capacity, rewards: VecDeque::with_capacity(capacity) }
     }
 
-    pub fn push(&mut self, reward: f64) {
+    pub fn push(&mut self, context: usize, reward: f64) {
         if self.rewards.len() == self.capacity {
             self.rewards.pop_front();
         }
-        self.rewards.push_back(reward);
+        self.rewards.push_back((context, reward));
     }
 
     /// Mean and spread of the window, computed afresh (no drift from sliding sums).
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
-        self.rewards.iter().for_each(|&r| s.push(r));
+        self.rewards.iter().for_each(|&(_, r)| s.push(r));
         s
+    }
+
+    /// The same per context, by [`Context::index`](crate::space::Context::index).
+    pub fn by_context(&self) -> Vec<Stats> {
+        let mut out = vec![Stats::default(); crate::space::Context::COUNT];
+        self.rewards.iter().for_each(|&(c, r)| out[c].push(r));
+        out
     }
 }
 
@@ -177,9 +185,11 @@ mod tests {
     #[test]
     fn the_window_keeps_the_last_rewards() {
         let mut w = RewardWindow::new(3);
-        [1.0, 2.0, 3.0, 4.0, 5.0].iter().for_each(|&r| w.push(r));
+        [1.0, 2.0, 3.0, 4.0, 5.0].iter().enumerate().for_each(|(i, &r)| w.push(i % 2, r));
         let s = w.stats();
         assert_eq!((s.n, s.mean), (3.0, 4.0));
+        let by = w.by_context();
+        assert_eq!((by[0].n, by[0].mean, by[1].n, by[1].mean), (2.0, 4.0, 1.0, 4.0));
     }
 
     #[test]

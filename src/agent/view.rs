@@ -47,6 +47,8 @@ pub struct ModuleView {
     pub ab: Option<Arc<AbTest>>,
     /// The live policy's rolling reward (see [`ModuleLearner::rolling`](super::ModuleLearner)).
     pub rolling: Stats,
+    /// The same per context, so the rollback watch can compare like with like.
+    pub rolling_by_context: Vec<Stats>,
     pub rolling_since: u64,
 }
 

@@ -248,6 +248,40 @@ pub fn degraded(
     (comparison.p_worse < alpha).then_some(Degradation { against, live_mean: live.mean, reference_mean, comparison })
 }
 
+/// Contexts with fewer rewards than this in the reference window are left out
+/// of a stratified comparison: their means say too little.
+const MIN_PER_CONTEXT: f64 = 10.0;
+
+/// A live window and a reference window over the same mix of contexts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stratified {
+    /// The live rewards in the contexts both windows saw.
+    pub live: Stats,
+    /// The reference's per-context means, weighted by the live window's
+    /// share of each context.
+    pub reference_mean: f64,
+    pub reference_se: f64,
+}
+
+/// Compares like with like: per-context windows `live` and `reference` (by
+/// context index) reduced to the contexts both saw, the reference re-weighted
+/// to the live mix. `None` when they share no context.
+pub fn stratified(live: &[Stats], reference: &[Stats]) -> Option<Stratified> {
+    let shared = |l: &Stats, r: &Stats| l.n > 0.0 && r.n >= MIN_PER_CONTEXT;
+    let mut covered = Stats::default();
+    live.iter().zip(reference).filter(|(l, r)| shared(l, r)).for_each(|(l, _)| covered.merge(l));
+    if covered.n <= 0.0 {
+        return None;
+    }
+    let (mut mean, mut variance) = (0.0, 0.0);
+    for (l, r) in live.iter().zip(reference).filter(|(l, r)| shared(l, r)) {
+        let w = l.n / covered.n;
+        mean += w * r.mean;
+        variance += w * w * r.variance().unwrap_or(0.0) / r.n;
+    }
+    Some(Stratified { live: covered, reference_mean: mean, reference_se: variance.sqrt() })
+}
+
 /// The standard error an estimate's 95% interval implies.
 pub fn estimate_se(e: &Estimate) -> f64 {
     (e.ci_high - e.ci_low) / (2.0 * Z95)
@@ -356,5 +390,41 @@ mod tests {
         assert!(degraded(&live, "generation 4".into(), 0.0015, 0.0005, 0.002, 0.01).is_none());
         let d = degraded(&live, "the seed defaults".into(), 0.004, 0.0005, 0.001, 0.01).unwrap();
         assert!(d.reason(live.n).contains("below the mean reward of the seed defaults"), "{}", d.reason(live.n));
+    }
+
+    /// A market that moved from a good context to a bad one lowers the live
+    /// window's mean; compared context by context, the same policy is not worse.
+    #[test]
+    fn a_shift_in_the_mix_of_contexts_is_not_a_degradation() {
+        let mut rng = Pcg64Mcg::seed_from_u64(11);
+        let mut window = |counts: [usize; 2], shift: f64| -> Vec<Stats> {
+            let mut by = vec![Stats::default(); 12];
+            by[0] = sample(&mut rng, counts[0], 0.01 + shift, 0.005);
+            by[1] = sample(&mut rng, counts[1], -0.01 + shift, 0.005);
+            by
+        };
+        let reference = window([250, 250], 0.0);
+        let merged = |by: &[Stats]| {
+            let mut s = Stats::default();
+            by.iter().for_each(|c| s.merge(c));
+            s
+        };
+        let moved = window([50, 450], 0.0);
+        let (r, l) = (merged(&reference), merged(&moved));
+        let se = (r.variance().unwrap() / r.n).sqrt();
+        assert!(degraded(&l, "g".into(), r.mean, se, 0.002, 0.001).is_some(), "the naive comparison is fooled");
+        let s = stratified(&moved, &reference).unwrap();
+        assert_eq!(s.live.n, 500.0);
+        assert!(degraded(&s.live, "g".into(), s.reference_mean, s.reference_se, 0.002, 0.001).is_none(), "{s:?}");
+
+        let worse = window([50, 450], -0.01);
+        let s = stratified(&worse, &reference).unwrap();
+        assert!(degraded(&s.live, "g".into(), s.reference_mean, s.reference_se, 0.002, 0.001).is_some(), "{s:?}");
+
+        // Contexts the reference barely saw are left out.
+        let mut sparse = reference.clone();
+        sparse[0] = sample(&mut rng, 3, 0.01, 0.005);
+        assert_eq!(stratified(&moved, &sparse).unwrap().live.n, 450.0);
+        assert!(stratified(&moved, &vec![Stats::default(); 12]).is_none());
     }
 }

@@ -116,6 +116,9 @@ pub struct Checkpoint {
     /// the rollback watch compares later generations with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_reward: Option<Stats>,
+    /// The same per context (by `Context::index`); absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_by_context: Option<Vec<Stats>>,
 }
 
 impl Checkpoint {
@@ -151,6 +154,7 @@ impl Checkpoint {
             replica: learner.replica.clone(),
             ab_test: learner.ab.clone(),
             rolling_reward: Some(learner.rolling.stats()).filter(|s| s.n > 0.0),
+            rolling_by_context: Some(learner.rolling.by_context()).filter(|c| c.iter().any(|s| s.n > 0.0)),
         }
     }
 

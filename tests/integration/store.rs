@@ -405,7 +405,8 @@ fn big_checkpoint() -> Checkpoint {
         journal_seq: 77,
         replica: None,
         ab_test: None,
-        rolling_reward: None,
+        rolling_reward: Some(random(&mut rng)),
+        rolling_by_context: Some((0..contexts).map(|_| random(&mut rng)).collect()),
     }
 }
 
