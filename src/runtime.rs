@@ -111,6 +111,18 @@ struct LineageEntry {
     by_context: Option<Vec<Stats>>,
 }
 
+impl LineageEntry {
+    /// `cp`'s place in the line; `None` when it kept no rolling reward.
+    fn of(cp: &Checkpoint) -> Option<LineageEntry> {
+        Some(LineageEntry {
+            generation: cp.generation,
+            outcome_count: cp.outcome_count,
+            rolling: cp.rolling_reward?,
+            by_context: cp.rolling_by_context.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// A store URL (`data/`, `local:///path`, `firestore://PROJECT`).
@@ -238,13 +250,7 @@ impl Runtime {
             let mut learner = match store.latest_checkpoint(&module).await? {
                 Some(cp) => {
                     status.last.lock().insert(module.clone(), (cp.created_at, cp.outcome_count));
-                    if let Some(rolling) = cp.rolling_reward {
-                        let entry = LineageEntry {
-                            generation: cp.generation,
-                            outcome_count: cp.outcome_count,
-                            rolling,
-                            by_context: cp.rolling_by_context.clone(),
-                        };
+                    if let Some(entry) = LineageEntry::of(&cp) {
                         lineage.insert(module.clone(), vec![entry]);
                     }
                     cp.to_learner(space.clone(), module_seed)?
@@ -364,7 +370,10 @@ impl Runtime {
             }
             Ok(cp)
         };
-        let current = self.on_writer(move |learners| learners[index].generation).await?;
+        // Under the module's lock the generation changes only through this
+        // function and `restore`, whose writer tasks republish the view: the
+        // view has it, without another trip to the writer.
+        let current = self.agent.view(module)?.generation;
         let parent = (current > 0).then_some(current);
         let before = self.previous_parameters(module, parent).await;
         let cp = self.put_checkpoint(snapshot).await?;
@@ -386,9 +395,8 @@ impl Runtime {
             let line = lineage.entry(module.to_string()).or_default();
             if takes_over {
                 line.clear();
-            } else if let Some(rolling) = cp.rolling_reward {
-                let by_context = cp.rolling_by_context.clone();
-                line.push(LineageEntry { generation, outcome_count: cp.outcome_count, rolling, by_context });
+            } else if let Some(entry) = LineageEntry::of(&cp) {
+                line.push(entry);
             }
         }
         if let Err(e) = self.journal.compact(module, cp.journal_seq) {

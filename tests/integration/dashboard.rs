@@ -10,13 +10,13 @@
 //! otherwise it goes to a temporary directory, so tests leave the tree clean.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Process, BIN, MODELS};
+use crate::support::Process;
 use base64::Engine as _;
 use paramopt::space::{Context, Spaces};
 use paramopt::store::{open_store, Checkpoint, CheckpointKind, LearningEvent, LearningEventKind};
@@ -30,26 +30,18 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// `paramopt serve` on a free port, its store under `dir`. Checkpoints happen
 /// only when the test asks, so it knows every generation.
 fn serve(dir: &Path, token: Option<&str>) -> (Process, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["--models", MODELS, "serve", "--addr", "127.0.0.1:0", "--seed", "7"])
-        .args(["--checkpoint-every-outcomes", "1000000000", "--checkpoint-every-secs", "1000000000"])
-        .arg("--store")
-        .arg(dir.join("store"))
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("PARAMOPT_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut args: Vec<std::ffi::OsString> = ["--seed", "7", "--checkpoint-every-outcomes", "1000000000"]
+        .into_iter()
+        .chain(["--checkpoint-every-secs", "1000000000", "--store"])
+        .map(Into::into)
+        .collect();
+    args.push(dir.join("store").into());
+    args.push("--data-dir".into());
+    args.push(dir.into());
     if let Some(t) = token {
-        cmd.args(["--token", t]);
+        args.extend(["--token".into(), t.into()]);
     }
-    let mut child = Process(cmd.spawn().unwrap());
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().last().unwrap_or_default().to_string();
-    assert!(url.starts_with("http://"), "serve printed {line:?}");
-    (child, url)
+    crate::support::serve(args, &[])
 }
 
 /// One HTTP/1.1 exchange over std's TcpStream (`Connection: close`, so the

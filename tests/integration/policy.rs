@@ -261,7 +261,7 @@ fn save_load_round_trip_is_bit_identical() {
         assert_eq!(da.offset_log_density.to_bits(), db.offset_log_density.to_bits());
     }
 
-    let smaller = include_str!("../../models/stocks.toml").replacen("enabled = false", "enabled = true", 1).replacen(
+    let smaller = crate::support::policy_enabled(include_str!("../../models/stocks.toml"), "stocks.toml").replacen(
         "hidden = 64",
         "hidden = 8",
         1,

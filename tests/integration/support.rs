@@ -28,12 +28,7 @@ pub fn spaces_with(policy: bool, edits: &[(&str, &str)]) -> Spaces {
         ("models/options.toml", include_str!("../../models/options.toml")),
         ("models/stocks.toml", include_str!("../../models/stocks.toml")),
     ] {
-        let mut text = text.to_string();
-        if policy {
-            let section = text.find("[policy]").unwrap_or_else(|| panic!("{origin} has no [policy]"));
-            let rest = text[section..].replacen("enabled = false", "enabled = true", 1);
-            text.replace_range(section.., &rest);
-        }
+        let mut text = if policy { policy_enabled(text, origin) } else { text.to_string() };
         for (from, to) in edits {
             assert!(text.contains(from), "{origin} has no {from:?}");
             text = text.replace(from, to);
@@ -41,6 +36,16 @@ pub fn spaces_with(policy: bool, edits: &[(&str, &str)]) -> Spaces {
         spaces.insert(ModuleSpace::from_toml_str(&text, origin).unwrap()).unwrap();
     }
     spaces
+}
+
+/// A model file's text with its `[policy]` section switched on (other
+/// sections have `enabled` keys of their own).
+pub fn policy_enabled(text: &str, origin: &str) -> String {
+    let section = text.find("[policy]").unwrap_or_else(|| panic!("{origin} has no [policy]"));
+    let mut text = text.to_string();
+    let rest = text[section..].replacen("enabled = false", "enabled = true", 1);
+    text.replace_range(section.., &rest);
+    text
 }
 
 pub fn bandit_agent(seed: u64) -> Agent {
