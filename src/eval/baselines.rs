@@ -209,6 +209,70 @@ impl Baseline for Ucb1 {
     }
 }
 
+/// Explore-then-commit: what `explore` can teach a learner that sees only
+/// the reward of the arms it chose (bandit feedback), with the whole stretch
+/// spent exploring. Every parameter's arm is drawn uniformly at random on
+/// each opportunity; the trades that closed by bar `known_by` are learned
+/// with `reward`; each context keeps, per parameter, the arm with the best
+/// mean reward (an arm never tried counts as untried first, as in
+/// epsilon-greedy). Set against the oracle's search on the same stretch
+/// (full information: every arm's return on every bar), it separates what
+/// the information allows from what an algorithm makes of it.
+///
+/// With `regime_pooling` > 0 an arm's mean in a context is shrunk towards
+/// the same arm's mean over every context of that regime, as if it had
+/// borrowed that many outcomes from it (the backtest's report uses 0).
+pub fn explore_then_commit(
+    space: &ModuleSpace,
+    rule: &dyn Rule,
+    explore: &[&Opportunity],
+    known_by: usize,
+    reward: &dyn Fn(&super::trading::Trade) -> f64,
+    regime_pooling: f64,
+    rng: &mut Pcg64Mcg,
+) -> Fixed {
+    let mut random = UniformRandom::new(space);
+    let mut table = ArmTable::new(space);
+    for o in explore {
+        let arms = random.choose(o.context, rng);
+        let trade = rule.trade(o, &arm_values(space, &arms));
+        if trade.close_bar <= known_by {
+            table.learn(o.context.index(), &arms, reward(&trade));
+        }
+    }
+    let contexts: Vec<Context> = Context::all().collect();
+    let arms = contexts
+        .iter()
+        .map(|ctx| {
+            let c = ctx.index();
+            let same_regime: Vec<usize> =
+                contexts.iter().filter(|o| o.regime == ctx.regime).map(|o| o.index()).collect();
+            (0..space.params.len())
+                .map(|p| {
+                    let pooled = |k: usize| {
+                        let n: f64 = same_regime.iter().map(|&o| table.n[o][p][k]).sum();
+                        let sum: f64 = same_regime.iter().map(|&o| table.n[o][p][k] * table.mean[o][p][k]).sum();
+                        if n > 0.0 {
+                            sum / n
+                        } else {
+                            0.0
+                        }
+                    };
+                    if regime_pooling <= 0.0 {
+                        return table.pick(c, p, |m, _| m);
+                    }
+                    let shrunk = |k: usize| {
+                        let n = table.n[c][p][k];
+                        (n * table.mean[c][p][k] + regime_pooling * pooled(k)) / (n + regime_pooling)
+                    };
+                    (0..table.n[c][p].len()).max_by(|&a, &b| shrunk(a).total_cmp(&shrunk(b))).unwrap_or(0)
+                })
+                .collect()
+        })
+        .collect();
+    Fixed { name: "explore-then-commit".into(), arms }
+}
+
 /// The coordinates of the oracle search: each parameter on its own, except
 /// that a simplex group moves as one, over its arm combinations that sum to 1.
 fn coordinates(space: &ModuleSpace) -> Vec<Vec<Vec<(usize, usize)>>> {

@@ -80,10 +80,12 @@ fn backtest_agent_beats_defaults_and_random_on_the_synthetic_market() {
 /// The target issue 6 sets: in the second half the agent beats every
 /// non-oracle baseline on mean return and Sharpe and closes at least 70% of
 /// the gap to the oracle. Not met (BENCHMARKS.md, "Backtest": 47%, 44% and
-/// 21% of the gap over seeds 1-5, and UCB1 keeps the higher mean on options);
+/// 21% of the gap over seeds 1-5, and UCB1 keeps the higher mean on options),
+/// and for options and stocks out of reach of bandit feedback on this market
+/// (`bandit_feedback_from_the_first_half_cannot_reveal_70_percent_of_the_gap`);
 /// kept so the shortfall is measured by a command, not remembered.
 #[test]
-#[ignore = "not met yet: see BENCHMARKS.md, Backtest"]
+#[ignore = "not met, and beyond what bandit feedback reveals on this market: see BENCHMARKS.md, Backtest"]
 fn backtest_agent_meets_the_issue_6_target() {
     for seed in SEEDS {
         for m in &report(seed).modules {
@@ -100,6 +102,100 @@ fn backtest_agent_meets_the_issue_6_target() {
             assert!(closed >= 0.7, "{} seed {seed}: closed {closed:.2}", m.module);
         }
     }
+}
+
+/// Share of the defaults-to-oracle gap (second half, per module, averaged
+/// over `seeds`) that fixed arms chosen from the first half close, by what
+/// the first half revealed: every arm's return on every bar (the oracle's
+/// search run on the first half), or only the reward of uniformly random
+/// arms (explore-then-commit), with each context's arm means shrunk
+/// towards their regime's by 0, 300 or 1,000 pseudo-outcomes. No exploration
+/// is paid for in the second half, so a learner with bandit feedback cannot
+/// expect more than the best of the latter.
+fn first_half_information(bars: usize, seeds: &[u64]) -> std::collections::BTreeMap<(String, String), f64> {
+    use paramopt::eval::backtest::Stream;
+    use paramopt::eval::baselines::{explore_then_commit, oracle};
+    use paramopt::eval::market::SyntheticMarket;
+    use paramopt::eval::trading::Opportunity;
+    let mut shares = std::collections::BTreeMap::<(String, String), f64>::new();
+    for &seed in seeds {
+        let market = SyntheticMarket::new(seed, bars).generate();
+        for space in Spaces::builtin().iter() {
+            let stream = Stream::new(space.clone(), &market).unwrap();
+            let all: Vec<&Opportunity> = stream.opportunities.iter().collect();
+            let half = all.len() / 2;
+            let second_half_mean = |arms: &[Vec<usize>]| {
+                let r = stream.returns_of(half..all.len(), |c| arm_values(space, &arms[c.index()]));
+                r.iter().sum::<f64>() / r.len() as f64
+            };
+            let defaults: Vec<usize> = space.params.iter().map(|p| p.default_arm).collect();
+            let floor = second_half_mean(&vec![defaults; Context::COUNT]);
+            let top = second_half_mean(&oracle(space, stream.rule.as_ref(), &all[half..]).arms);
+            let mut fits = vec![("every arm's return".to_string(), oracle(space, stream.rule.as_ref(), &all[..half]))];
+            for pooling in [0.0, 300.0, 1000.0] {
+                let mut rng = Pcg64Mcg::seed_from_u64(seed);
+                let reward = |t: &paramopt::eval::trading::Trade| stream.reward(t.traded, t.return_pct);
+                let known_by = all[half].bar;
+                let fit = explore_then_commit(
+                    space,
+                    stream.rule.as_ref(),
+                    &all[..half],
+                    known_by,
+                    &reward,
+                    pooling,
+                    &mut rng,
+                );
+                fits.push((format!("drawn arms' rewards, regime pooling {pooling}"), fit));
+            }
+            for (what, fit) in fits {
+                let share = (second_half_mean(&fit.arms) - floor) / (top - floor);
+                *shares.entry((space.name.clone(), what)).or_default() += share / seeds.len() as f64;
+            }
+        }
+    }
+    for ((module, what), share) in &shares {
+        eprintln!("{bars} bars, {module}: {what}: {:.0}% of the gap", 100.0 * share);
+    }
+    shares
+}
+
+/// What the first half can reveal bounds the issue-6 target. Knowing every
+/// arm's return on every first-half bar, fixed arms close about 90% of the
+/// second half's gap in every module; knowing only the rewards of the arms
+/// drawn (bandit feedback, which is all a live agent ever gets), the best
+/// estimator here closes about 75% on crypto but no more than about 60% on
+/// options and 50% on stocks, before any exploration in the second half is
+/// paid for. BENCHMARKS.md, "Backtest", has the per-estimator figures.
+#[test]
+fn bandit_feedback_from_the_first_half_cannot_reveal_70_percent_of_the_gap() {
+    let shares = first_half_information(BARS, &[1, 2, 3, 4, 5]);
+    for module in ["crypto", "options", "stocks"] {
+        let full = shares[&(module.to_string(), "every arm's return".to_string())];
+        let best_bandit = shares
+            .iter()
+            .filter(|((m, what), _)| m == module && what.starts_with("drawn"))
+            .map(|(_, &s)| s)
+            .fold(f64::MIN, f64::max);
+        assert!(full > 0.85, "{module}: full information closes {full:.2}");
+        assert!(best_bandit < full - 0.1, "{module}: bandit feedback {best_bandit:.2} vs full {full:.2}");
+        // The estimators do learn (uniform random arms close less than 0%).
+        assert!(best_bandit > 0.3, "{module}: bandit feedback closes only {best_bandit:.2}");
+        if module != "crypto" {
+            assert!(best_bandit < 0.7, "{module}: bandit feedback closes {best_bandit:.2}");
+        }
+    }
+}
+
+/// The same with ten times the bars (150,000 decisions per half): bandit
+/// feedback then reveals most of crypto's gap, but options and stocks stay
+/// near 75-80%, because each parameter's arm is judged on average over the
+/// others' (a threshold's best multiplier differs, for instance) where the
+/// oracle searches them jointly. About 30 s.
+#[test]
+#[ignore = "diagnostic: about 30 s; prints its figures"]
+fn bandit_feedback_with_ten_times_the_bars() {
+    let shares = first_half_information(10 * BARS, &[1, 2, 3, 4, 5]);
+    assert!(shares.values().all(|s| s.is_finite()));
 }
 
 /// The crypto stream both off-policy tests evaluate on: seed 11, `BARS` bars.
