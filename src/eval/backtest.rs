@@ -206,7 +206,9 @@ impl ModuleBacktest {
     }
 }
 
-fn gap_share(mean: f64, defaults: f64, oracle: f64) -> f64 {
+/// The share of the gap from `defaults` to `oracle` (mean returns) that
+/// `mean` closes; 1 when there is no gap.
+pub fn gap_share(mean: f64, defaults: f64, oracle: f64) -> f64 {
     let gap = oracle - defaults;
     if gap.abs() > 1e-15 {
         (mean - defaults) / gap

@@ -249,6 +249,9 @@ pub fn explore_then_commit(
                 contexts.iter().filter(|o| o.regime == ctx.regime).map(|o| o.index()).collect();
             (0..space.params.len())
                 .map(|p| {
+                    if regime_pooling <= 0.0 {
+                        return table.pick(c, p, |m, _| m);
+                    }
                     let pooled = |k: usize| {
                         let n: f64 = same_regime.iter().map(|&o| table.n[o][p][k]).sum();
                         let sum: f64 = same_regime.iter().map(|&o| table.n[o][p][k] * table.mean[o][p][k]).sum();
@@ -258,9 +261,6 @@ pub fn explore_then_commit(
                             0.0
                         }
                     };
-                    if regime_pooling <= 0.0 {
-                        return table.pick(c, p, |m, _| m);
-                    }
                     let shrunk = |k: usize| {
                         let n = table.n[c][p][k];
                         (n * table.mean[c][p][k] + regime_pooling * pooled(k)) / (n + regime_pooling)
