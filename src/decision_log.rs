@@ -1,14 +1,19 @@
 //! The decision log: every decision with its propensities, seed and policy
 //! generation, and later its reward, kept in the store for off-policy
-//! evaluation.
+//! evaluation; and the trade records that outcomes carry (the plan's
+//! `trades` collection).
 //!
-//! Decisions never wait on it. `decided` and `settled` only queue; a tokio
-//! task writes what gathered in batches (a settlement that arrives in the same
-//! batch as its decision is folded into the decision's record, so the common
-//! case is one write). The log is evidence for evaluation, not for learning:
-//! the journal holds what learning needs. So when the store cannot keep up or
-//! is down for long, the log drops entries rather than hold decisions back,
-//! and counts them in `dropped` (and as store errors).
+//! Decisions never wait on it. `decided`, `settled` and `trade` only queue; a
+//! tokio task writes what gathered in batches (a settlement that arrives in
+//! the same batch as its decision is folded into the decision's record, so
+//! the common case is one write). One write per batch matters: a trade
+//! written on its own costs the local store an fsync and a directory lock,
+//! and thousands of those queued on tokio's blocking pool made every other
+//! store call wait seconds behind them. The log is evidence for evaluation,
+//! not for learning: the journal holds what learning needs. So when the
+//! store cannot keep up or is down for long, the log drops entries rather
+//! than hold decisions back, and counts them in `dropped` (and as store
+//! errors); `/metrics` shows both.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{Decision, DecisionId};
 use crate::space::Spaces;
-use crate::store::{DecisionLogRecord, Store, StoreError};
+use crate::store::{DecisionLogRecord, Store, StoreError, TradeRecord};
 
 /// Entries waiting to be written; beyond this the log drops.
 const QUEUE: usize = 100_000;
@@ -35,6 +40,7 @@ enum Entry {
         reward: f64,
         at: f64,
     },
+    Trade(Box<TradeRecord>),
     /// Answered once everything queued before it is written (or dropped).
     Flush(oneshot::Sender<()>),
 }
@@ -43,6 +49,7 @@ enum Entry {
 pub struct DecisionLogCounters {
     pub written: AtomicU64,
     pub settled: AtomicU64,
+    pub trades: AtomicU64,
     pub dropped: AtomicU64,
     pub store_errors: AtomicU64,
 }
@@ -67,6 +74,11 @@ impl DecisionLog {
 
     pub fn settled(&self, decision: &Arc<Decision>, reward: f64, at: f64) {
         self.queue(Entry::Settled { decision: decision.clone(), reward, at });
+    }
+
+    /// A settled outcome's trade record, with its decision's context filled in.
+    pub fn trade(&self, trade: TradeRecord) {
+        self.queue(Entry::Trade(Box::new(trade)));
     }
 
     /// Waits until everything queued so far is written; at shutdown.
@@ -102,6 +114,7 @@ async fn write_loop(
         let mut records: Vec<DecisionLogRecord> = Vec::new();
         let mut index: HashMap<DecisionId, usize> = HashMap::new();
         let mut later = Vec::new();
+        let mut trades = Vec::new();
         let mut flushes = Vec::new();
         for entry in batch.drain(..) {
             match entry {
@@ -118,7 +131,20 @@ async fn write_loop(
                     }
                     None => later.push((decision, reward, at)),
                 },
+                Entry::Trade(t) => trades.push(*t),
                 Entry::Flush(done) => flushes.push(done),
+            }
+        }
+        if !trades.is_empty() {
+            match with_retries(|| store.put_trades(&trades)).await {
+                Ok(()) => {
+                    counters.trades.fetch_add(trades.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.dropped.fetch_add(trades.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(trades = trades.len(), error = %e, "decision log: dropped a batch of trades");
+                }
             }
         }
         if !records.is_empty() {

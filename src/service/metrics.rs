@@ -203,6 +203,18 @@ impl Metrics {
             // checkpointer, which no request sees: an outage shows here too.
             self.store_errors() + store.map_or(0, |s| s.background_errors())
         );
+        let log = store.map(|s| s.log_counts()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP paramopt_log_records_total Records the decision log wrote to the store.\n\
+             # TYPE paramopt_log_records_total counter\n\
+             paramopt_log_records_total{{kind=\"decision\"}} {}\n\
+             paramopt_log_records_total{{kind=\"settlement\"}} {}\n\
+             paramopt_log_records_total{{kind=\"trade\"}} {}\n\
+             # HELP paramopt_log_dropped_total Decision-log entries dropped because the store could not keep up or failed.\n\
+             # TYPE paramopt_log_dropped_total counter\nparamopt_log_dropped_total {}",
+            log.decisions, log.settlements, log.trades, log.dropped
+        );
         let _ = writeln!(
             out,
             "# HELP paramopt_connections_accepted_total TCP connections accepted.\n\

@@ -17,7 +17,7 @@ use crate::store::{
 };
 
 use super::store::{
-    CheckpointStore, CheckpointSummary, OutcomeRecord, OutcomeSink, RollbackTarget, SinkFuture, StoreError,
+    CheckpointStore, CheckpointSummary, LogCounts, OutcomeRecord, OutcomeSink, RollbackTarget, SinkFuture, StoreError,
 };
 use super::wire::ab_test_json;
 
@@ -108,6 +108,17 @@ impl CheckpointStore for RuntimeHooks {
 
     fn background_errors(&self) -> u64 {
         self.runtime.status.store_errors.load(Ordering::Relaxed)
+            + self.runtime.decision_log.counters().store_errors.load(Ordering::Relaxed)
+    }
+
+    fn log_counts(&self) -> LogCounts {
+        let c = self.runtime.decision_log.counters();
+        LogCounts {
+            decisions: c.written.load(Ordering::Relaxed),
+            settlements: c.settled.load(Ordering::Relaxed),
+            trades: c.trades.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+        }
     }
 
     fn on_shutdown(&self) -> Result<(), StoreError> {
@@ -149,55 +160,39 @@ impl CheckpointStore for RuntimeHooks {
 
 impl OutcomeSink for RuntimeHooks {
     /// The outcome itself is already durable (the journal took it before the
-    /// agent accepted it); the trade record follows in the background, so a
-    /// slow or absent Firestore never turns an accepted outcome into an error.
+    /// agent accepted it); the trade record follows in the decision log's
+    /// next batch, so a slow or absent Firestore never turns an accepted
+    /// outcome into an error.
     fn decided(&self, decision: &Arc<Decision>) {
         self.runtime.decision_log.decided(decision);
     }
 
     fn record(&self, record: OutcomeRecord) -> SinkFuture<'_> {
-        self.runtime.decision_log.settled(&record.decision, record.reward, record.received_at);
-        if let Some(trade) = record.trade {
-            let Some(space) = self.runtime.spaces.get(&record.decision.module).cloned() else {
-                return Box::pin(std::future::ready(Ok(())));
+        let log = &self.runtime.decision_log;
+        log.settled(&record.decision, record.reward, record.received_at);
+        if let (Some(trade), Some(space)) = (record.trade, self.runtime.spaces.get(&record.decision.module)) {
+            let mut row = TradeRecord {
+                module_name: record.decision.module.clone(),
+                decision_id: None,
+                created_at: record.received_at,
+                symbol: trade.symbol.unwrap_or_default(),
+                side: trade.side.unwrap_or_default(),
+                quantity: trade.quantity,
+                price: trade.price,
+                strategy: trade.strategy,
+                confidence: trade.confidence,
+                profit_loss: trade.profit_loss,
+                exit_reason: trade.exit_reason,
+                return_pct: trade.return_pct,
+                reward: Some(record.reward),
+                entry_parameters: trade.entry_parameters.unwrap_or_default(),
+                module_specific_params: trade.module_specific_params.unwrap_or_default(),
+                exit_analysis: trade.exit_analysis.unwrap_or_default(),
+                market_context: trade.market_context.unwrap_or_default(),
+                parameter_performance: trade.parameter_performance.unwrap_or_default(),
             };
-            let store = self.runtime.store.clone();
-            let status = self.runtime.status.clone();
-            self.handle.spawn(async move {
-                let mut row = TradeRecord {
-                    module_name: record.decision.module.clone(),
-                    decision_id: None,
-                    created_at: record.received_at,
-                    symbol: trade.symbol.unwrap_or_default(),
-                    side: trade.side.unwrap_or_default(),
-                    quantity: trade.quantity,
-                    price: trade.price,
-                    strategy: trade.strategy,
-                    confidence: trade.confidence,
-                    profit_loss: trade.profit_loss,
-                    exit_reason: trade.exit_reason,
-                    return_pct: trade.return_pct,
-                    reward: Some(record.reward),
-                    entry_parameters: trade.entry_parameters.unwrap_or_default(),
-                    module_specific_params: trade.module_specific_params.unwrap_or_default(),
-                    exit_analysis: trade.exit_analysis.unwrap_or_default(),
-                    market_context: trade.market_context.unwrap_or_default(),
-                    parameter_performance: trade.parameter_performance.unwrap_or_default(),
-                };
-                row.fill_from_decision(&record.decision, &space);
-                let mut delay = std::time::Duration::from_millis(200);
-                for attempt in 1..=6 {
-                    match store.put_trade(&row).await {
-                        Ok(()) => return,
-                        Err(e) => {
-                            status.store_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(decision = ?row.decision_id, attempt, error = %e, "trade write failed");
-                            tokio::time::sleep(delay).await;
-                            delay *= 2;
-                        }
-                    }
-                }
-            });
+            row.fill_from_decision(&record.decision, space);
+            log.trade(row);
         }
         Box::pin(std::future::ready(Ok(())))
     }

@@ -97,6 +97,15 @@ fn ser_defaults<S: serde::Serializer>(s: S) -> Result<S::Ok, S::Error> {
 /// Methods are blocking (files, network): the service calls them on tokio's
 /// blocking pool, never on a request worker, so a slow store cannot delay
 /// decisions. Module names reaching these methods are already validated.
+/// Records the decision log wrote, by kind, and entries it dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCounts {
+    pub decisions: u64,
+    pub settlements: u64,
+    pub trades: u64,
+    pub dropped: u64,
+}
+
 pub trait CheckpointStore: Send + Sync + 'static {
     /// `"local"` or `"firestore"`, as `/healthz` reports it.
     fn kind(&self) -> &'static str;
@@ -116,6 +125,10 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// checkpoints, trade writes), for `paramopt_store_errors_total`.
     fn background_errors(&self) -> u64 {
         0
+    }
+    /// What the decision log has written and dropped, for `/metrics`.
+    fn log_counts(&self) -> LogCounts {
+        LogCounts::default()
     }
     /// Called once at graceful shutdown, after in-flight requests finished and
     /// the agent learned every accepted outcome: the place for the final checkpoint.

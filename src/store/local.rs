@@ -532,6 +532,27 @@ impl Store for LocalStore {
         self.run(move |inner| inner.append(&inner.file("trades", &trade.module_name, "jsonl")?, &[trade])).await
     }
 
+    /// One append per module, so one fsync per batch instead of per trade.
+    async fn put_trades(&self, trades: &[TradeRecord]) -> StoreResult<()> {
+        let trades = trades.to_vec();
+        self.run(move |inner| {
+            let mut by_module: HashMap<&str, Vec<&TradeRecord>> = HashMap::new();
+            for t in &trades {
+                by_module.entry(&t.module_name).or_default().push(t);
+            }
+            // Every name is checked before anything is written.
+            let files: Vec<(PathBuf, Vec<&TradeRecord>)> = by_module
+                .into_iter()
+                .map(|(module, rows)| Ok((inner.file("trades", module, "jsonl")?, rows)))
+                .collect::<StoreResult<_>>()?;
+            for (file, rows) in files {
+                inner.append(&file, &rows)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn list_trades(&self, module: &str, limit: usize) -> StoreResult<Vec<TradeRecord>> {
         let module = module.to_string();
         self.run(move |inner| {

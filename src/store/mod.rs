@@ -136,6 +136,17 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Stores one trade. With a `decision_id` the write is idempotent (a retry
     /// replaces rather than duplicates).
     async fn put_trade(&self, trade: &TradeRecord) -> StoreResult<()>;
+    /// Stores many trades, of any modules: all of them or an error. A retried
+    /// batch is as idempotent as each trade's own write. Backends that can
+    /// write them together override it.
+    async fn put_trades(&self, trades: &[TradeRecord]) -> StoreResult<()> {
+        for chunk in trades.chunks(32) {
+            for result in futures::future::join_all(chunk.iter().map(|t| self.put_trade(t))).await {
+                result?;
+            }
+        }
+        Ok(())
+    }
     /// The newest `limit` trades of `module`, newest first.
     async fn list_trades(&self, module: &str, limit: usize) -> StoreResult<Vec<TradeRecord>>;
 

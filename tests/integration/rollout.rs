@@ -7,23 +7,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use paramopt::agent::Outcome;
 use paramopt::eval::ab::{AbSettings, AbVerdict};
 use paramopt::runtime::{Challenger, Review, Runtime};
-use paramopt::service::persist::RuntimeHooks;
-use paramopt::service::{app, AppState, Hooks, ServiceOptions};
 use paramopt::space::{Context, ModuleSpace};
 use paramopt::store::{CheckpointKind, LearningEventKind};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use rand_pcg::Pcg64Mcg;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-use crate::support::{explicit_checkpoints, rng, spaces_with};
+use crate::support::{explicit_checkpoints, rng, send, served, spaces_with};
 
 const MODULE: &str = "crypto";
 
@@ -254,32 +249,13 @@ async fn the_same_run_without_the_injection_does_not_roll_back() {
     assert_eq!(rt.store.latest_checkpoint(MODULE).await.unwrap().unwrap().generation, 2);
 }
 
-async fn send(router: &axum::Router, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(if body.is_null() { Body::empty() } else { Body::from(body.to_string()) })
-        .unwrap();
-    let res = router.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
 /// The A/B routes: start, status, the assignment on each decision, refusals
 /// that name the bad value and change nothing, stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ab_test_routes_start_report_and_stop_a_test() {
     let dir = tempfile::tempdir().unwrap();
     let rt = start(dir.path()).await;
-    let hooks = Arc::new(RuntimeHooks::new(rt.clone(), tokio::runtime::Handle::current()));
-    let state = AppState::new(
-        rt.agent.clone(),
-        ServiceOptions::default(),
-        Hooks { checkpoints: Some(hooks.clone()), outcomes: hooks },
-    );
-    let router = app(state);
+    let router = served(&rt);
 
     let bad = [
         (json!({"module": MODULE, "challenger": "defaults", "split": 1.5}), "split must be in (0, 1), got 1.5"),

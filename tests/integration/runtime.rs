@@ -222,3 +222,52 @@ async fn a_plain_process_refuses_to_sync() {
     let err = rt.sync("crypto").await.unwrap_err();
     assert!(err.to_string().contains("not set up as a replica"), "{err}");
 }
+
+/// Trades that outcomes carry reach the store through the decision log's
+/// batches, each with its decision's parameters and context, and `/metrics`
+/// counts them; none is lost at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_trades_reach_the_store_in_batches() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(spaces(false), options(dir.path())).await.unwrap();
+    let router = crate::support::served(&rt);
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let body = json!({"module": "stocks", "context": {"session": "us_prime", "regime": "bullish"}});
+        let (status, decision) = crate::support::send(&router, "POST", "/v1/decisions", body).await;
+        assert_eq!(status, 200, "{decision}");
+        let id = decision["decision_id"].as_str().unwrap().to_string();
+        let trade = json!({"symbol": "SPY", "side": "BUY", "return_pct": 0.0001 * i as f64});
+        let (status, reply) = crate::support::send(
+            &router,
+            "POST",
+            "/v1/outcomes",
+            json!({"decision_id": id, "traded": true, "trade": trade}),
+        )
+        .await;
+        assert_eq!((status.as_u16(), &reply["accepted"]), (200, &json!(true)), "{reply}");
+        ids.push(id);
+    }
+    rt.shutdown().await;
+
+    let trades = rt.store.list_trades("stocks", 1_000).await.unwrap();
+    let mut stored: Vec<String> = trades.iter().map(|t| t.decision_id.clone().unwrap()).collect();
+    stored.sort();
+    ids.sort();
+    assert_eq!(stored, ids, "every acknowledged outcome's trade, once");
+    let space = rt.spaces.get("stocks").unwrap();
+    for t in &trades {
+        assert!(space.params.iter().all(|p| t.entry_parameters[&p.full_name].is_f64()), "{:?}", t.entry_parameters);
+        assert_eq!(t.market_context["session"], json!("us_prime"));
+    }
+    let metrics = {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder().uri("/metrics").body(axum::body::Body::empty()).unwrap();
+        let res = router.clone().oneshot(req).await.unwrap();
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    assert!(metrics.contains("paramopt_log_records_total{kind=\"trade\"} 300\n"), "{metrics}");
+    assert!(metrics.contains("paramopt_log_dropped_total 0\n"), "{metrics}");
+}

@@ -278,6 +278,7 @@ conformance!(
     a_checkpoint_over_a_mebibyte_round_trips_bit_identically,
     the_v1_fixture_stores_and_loads,
     trades_round_trip_with_their_decision_context,
+    trades_are_written_in_batches_across_modules,
     parameter_effectiveness_rows_upsert,
     learning_events_list_newest_first,
     optimization_data_is_replaced,
@@ -540,6 +541,41 @@ async fn trades_round_trip_with_their_decision_context(b: Backend) {
     assert_eq!(b.store.list_trades("crypto", 2).await.unwrap(), expected[..2]);
     assert!(b.store.list_trades("crypto", 0).await.unwrap().is_empty());
     assert!(b.store.list_trades("stocks", 10).await.unwrap().is_empty());
+}
+
+/// The decision log writes trades in batches of any modules; a batch lands
+/// whole, in each module's listing, and a retried batch duplicates nothing.
+async fn trades_are_written_in_batches_across_modules(b: Backend) {
+    let agent = support::agent(4);
+    let ctx = Context::new(Session::EuropePrime, Regime::Volatile);
+    let mut batch = Vec::new();
+    for i in 0..40 {
+        let module = if i % 3 == 0 { "stocks" } else { "crypto" };
+        let d = agent.decide(module, ctx, &[], true).unwrap();
+        let mut t = TradeRecord {
+            created_at: 1_750_000_000.0 + i as f64,
+            symbol: format!("SYM{i}"),
+            return_pct: Some(0.001 * i as f64),
+            reward: Some(0.001 * i as f64),
+            ..Default::default()
+        };
+        t.fill_from_decision(&d, agent.space(module).unwrap());
+        batch.push(t);
+    }
+    b.store.put_trades(&batch).await.unwrap();
+    b.store.put_trades(&batch).await.unwrap();
+    for module in ["crypto", "stocks"] {
+        let expected: Vec<TradeRecord> = batch.iter().rev().filter(|t| t.module_name == module).cloned().collect();
+        assert_eq!(
+            b.store.list_trades(module, 100).await.unwrap(),
+            expected,
+            "{module}: every trade once, newest first"
+        );
+    }
+    let mut bad = batch[0].clone();
+    bad.module_name = "no/such".into();
+    let err = b.store.put_trades(&[bad]).await.unwrap_err().to_string();
+    assert!(err.contains("no/such"), "the error names the bad module: {err}");
 }
 
 fn effectiveness(param: &str, value: f64, session: Option<Session>, success: f64) -> ParameterEffectiveness {

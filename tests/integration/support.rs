@@ -210,3 +210,35 @@ pub fn explicit_checkpoints(dir: &std::path::Path, seed: u64) -> paramopt::runti
         ..Default::default()
     }
 }
+
+/// The whole service on `rt`, as `paramopt serve` wires it: outcomes and
+/// checkpoints go through the runtime.
+pub fn served(rt: &std::sync::Arc<paramopt::runtime::Runtime>) -> axum::Router {
+    use paramopt::service::{app, persist::RuntimeHooks, AppState, Hooks, ServiceOptions};
+    let hooks = std::sync::Arc::new(RuntimeHooks::new(rt.clone(), tokio::runtime::Handle::current()));
+    let hooks = Hooks { checkpoints: Some(hooks.clone()), outcomes: hooks };
+    app(AppState::new(rt.agent.clone(), ServiceOptions::default(), hooks))
+}
+
+/// One JSON request through `router`; the reply's status and JSON body
+/// (`Null` when it has none).
+pub async fn send(
+    router: &axum::Router,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(if body.is_null() { Body::empty() } else { Body::from(body.to_string()) })
+        .unwrap();
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
