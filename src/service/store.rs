@@ -92,11 +92,6 @@ fn ser_defaults<S: serde::Serializer>(s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("defaults")
 }
 
-/// Checkpoints of learned state. Implemented by the storage layer.
-///
-/// Methods are blocking (files, network): the service calls them on tokio's
-/// blocking pool, never on a request worker, so a slow store cannot delay
-/// decisions. Module names reaching these methods are already validated.
 /// Records the decision log wrote, by kind, and entries it dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogCounts {
@@ -106,6 +101,11 @@ pub struct LogCounts {
     pub dropped: u64,
 }
 
+/// Checkpoints of learned state. Implemented by the storage layer.
+///
+/// Methods are blocking (files, network): the service calls them on tokio's
+/// blocking pool, never on a request worker, so a slow store cannot delay
+/// decisions. Module names reaching these methods are already validated.
 pub trait CheckpointStore: Send + Sync + 'static {
     /// `"local"` or `"firestore"`, as `/healthz` reports it.
     fn kind(&self) -> &'static str;
