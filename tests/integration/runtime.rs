@@ -227,7 +227,7 @@ async fn a_plain_process_refuses_to_sync() {
 /// batches, each with its decision's parameters and context, and `/metrics`
 /// counts them; none is lost at shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outcomes_trades_reach_the_store_in_batches() {
+async fn every_outcomes_trade_reaches_the_store_and_is_counted() {
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::start(spaces(false), options(dir.path())).await.unwrap();
