@@ -135,30 +135,9 @@ async fn write_loop(
                 Entry::Flush(done) => flushes.push(done),
             }
         }
-        if !trades.is_empty() {
-            match with_retries(|| store.put_trades(&trades)).await {
-                Ok(()) => {
-                    counters.trades.fetch_add(trades.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                    counters.dropped.fetch_add(trades.len() as u64, Ordering::Relaxed);
-                    tracing::warn!(trades = trades.len(), error = %e, "decision log: dropped a batch of trades");
-                }
-            }
-        }
-        if !records.is_empty() {
-            match with_retries(|| store.append_decisions(&records)).await {
-                Ok(()) => {
-                    counters.written.fetch_add(records.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                    counters.dropped.fetch_add(records.len() as u64, Ordering::Relaxed);
-                    tracing::warn!(records = records.len(), error = %e, "decision log: dropped a batch");
-                }
-            }
-        }
+        write_or_drop("trades", trades.len(), &counters.trades, &counters, || store.put_trades(&trades)).await;
+        write_or_drop("decisions", records.len(), &counters.written, &counters, || store.append_decisions(&records))
+            .await;
         let mut by_module: HashMap<&str, Vec<(String, f64, f64)>> = HashMap::new();
         for (d, reward, at) in &later {
             by_module.entry(&d.module).or_default().push((d.id.to_string(), *reward, *at));
@@ -196,6 +175,29 @@ async fn write_loop(
         }
         if !flushing {
             tokio::time::sleep(GATHER).await;
+        }
+    }
+}
+
+/// Writes a batch of `len` entries (nothing when empty), with retries: when
+/// written they count in `written`; when the write fails for good they are
+/// dropped, counted and logged.
+async fn write_or_drop<F, Fut>(kind: &str, len: usize, written: &AtomicU64, counters: &DecisionLogCounters, write: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    if len == 0 {
+        return;
+    }
+    match with_retries(write).await {
+        Ok(()) => {
+            written.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            counters.dropped.fetch_add(len as u64, Ordering::Relaxed);
+            tracing::warn!(kind, entries = len, error = %e, "decision log: dropped a batch");
         }
     }
 }

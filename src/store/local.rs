@@ -242,6 +242,29 @@ impl Inner {
         self.append_with(path, records, Sync::Yes)
     }
 
+    /// Appends records of several modules to `collection`, one append per
+    /// module's file; every module name is checked before anything is written.
+    fn append_by_module<'a, T: Serialize>(
+        &self,
+        collection: &str,
+        records: &'a [T],
+        module_of: impl Fn(&'a T) -> &'a str,
+        sync: Sync,
+    ) -> StoreResult<()> {
+        let mut by_module: HashMap<&str, Vec<&T>> = HashMap::new();
+        for r in records {
+            by_module.entry(module_of(r)).or_default().push(r);
+        }
+        let files: Vec<(PathBuf, Vec<&T>)> = by_module
+            .into_iter()
+            .map(|(module, rows)| Ok((self.file(collection, module, "jsonl")?, rows)))
+            .collect::<StoreResult<_>>()?;
+        for (file, rows) in files {
+            self.append_with(&file, &rows, sync)?;
+        }
+        Ok(())
+    }
+
     fn append_with<T: Serialize>(&self, path: &Path, records: &[T], sync: Sync) -> StoreResult<()> {
         let mut buf = Vec::new();
         for r in records {
@@ -535,22 +558,7 @@ impl Store for LocalStore {
     /// One append per module, so one fsync per batch instead of per trade.
     async fn put_trades(&self, trades: &[TradeRecord]) -> StoreResult<()> {
         let trades = trades.to_vec();
-        self.run(move |inner| {
-            let mut by_module: HashMap<&str, Vec<&TradeRecord>> = HashMap::new();
-            for t in &trades {
-                by_module.entry(&t.module_name).or_default().push(t);
-            }
-            // Every name is checked before anything is written.
-            let files: Vec<(PathBuf, Vec<&TradeRecord>)> = by_module
-                .into_iter()
-                .map(|(module, rows)| Ok((inner.file("trades", module, "jsonl")?, rows)))
-                .collect::<StoreResult<_>>()?;
-            for (file, rows) in files {
-                inner.append(&file, &rows)?;
-            }
-            Ok(())
-        })
-        .await
+        self.run(move |inner| inner.append_by_module("trades", &trades, |t| t.module_name.as_str(), Sync::Yes)).await
     }
 
     async fn list_trades(&self, module: &str, limit: usize) -> StoreResult<Vec<TradeRecord>> {
@@ -615,20 +623,10 @@ impl Store for LocalStore {
 
     async fn append_decisions(&self, records: &[DecisionLogRecord]) -> StoreResult<()> {
         let records = records.to_vec();
-        self.run(move |inner| {
-            let mut by_module: HashMap<&str, Vec<&DecisionLogRecord>> = HashMap::new();
-            for r in &records {
-                by_module.entry(&r.module).or_default().push(r);
-            }
-            // Without fdatasync: the log is evidence for evaluation, written in
-            // batches behind decisions, and must not compete with the outcome
-            // journal for the disk. A crash loses at most its last batches.
-            for (module, rs) in by_module {
-                inner.append_with(&inner.file("decisions", module, "jsonl")?, &rs, Sync::No)?;
-            }
-            Ok(())
-        })
-        .await
+        // Without fdatasync: the log is evidence for evaluation, written in
+        // batches behind decisions, and must not compete with the outcome
+        // journal for the disk. A crash loses at most its last batches.
+        self.run(move |inner| inner.append_by_module("decisions", &records, |r| r.module.as_str(), Sync::No)).await
     }
 
     async fn settle_decision(&self, module: &str, decision_id: &str, reward: f64, settled_at: f64) -> StoreResult<()> {
