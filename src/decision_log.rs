@@ -34,7 +34,7 @@ const BATCH: usize = 5_000;
 const GATHER: Duration = Duration::from_millis(100);
 
 enum Entry {
-    Decided(Arc<Decision>),
+    Decided(Arc<Decision>, Vec<(String, f64)>),
     Settled {
         decision: Arc<Decision>,
         reward: f64,
@@ -68,8 +68,10 @@ impl DecisionLog {
         DecisionLog { tx, counters }
     }
 
-    pub fn decided(&self, decision: &Arc<Decision>) {
-        self.queue(Entry::Decided(decision.clone()));
+    /// A decision served, with the features it sent that its module does
+    /// not declare (kept beside it, never learned from).
+    pub fn decided(&self, decision: &Arc<Decision>, ignored_features: &[(String, f64)]) {
+        self.queue(Entry::Decided(decision.clone(), ignored_features.to_vec()));
     }
 
     pub fn settled(&self, decision: &Arc<Decision>, reward: f64, at: f64) {
@@ -118,10 +120,12 @@ async fn write_loop(
         let mut flushes = Vec::new();
         for entry in batch.drain(..) {
             match entry {
-                Entry::Decided(d) => {
+                Entry::Decided(d, ignored) => {
                     let Some(space) = spaces.get(&d.module) else { continue };
                     index.insert(d.id, records.len());
-                    records.push(DecisionLogRecord::new(&d, space));
+                    let mut record = DecisionLogRecord::new(&d, space);
+                    record.ignored_features = ignored.into_iter().collect();
+                    records.push(record);
                 }
                 Entry::Settled { decision, reward, at } => match index.get(&decision.id) {
                     Some(&i) => {

@@ -100,11 +100,12 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     }));
     tracing::info!(%addr, store = %store, bars = opts.bars, seed = opts.seed, "demo serving");
 
-    println!("paramopt demo: serving the agent on http://{addr} (embedded store in {})", opts.data_dir.display());
-    println!(
+    outln!("paramopt demo: serving the agent on http://{addr} (embedded store in {})", opts.data_dir.display());
+    outln!(
         "Synthetic market: {} hourly bars, seed {}. Each module asks for its parameters at every bar \
          and reports the trade's outcome when it closes.",
-        opts.bars, opts.seed
+        opts.bars,
+        opts.seed
     );
     std::io::stdout().flush()?;
 
@@ -170,14 +171,14 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     })?;
     let report = BacktestReport { market: market.source.clone(), bars: market.len(), seed: opts.seed, modules };
 
-    println!();
-    print!("{}", backtest::table(&report));
-    println!();
+    outln!();
+    out!("{}", backtest::table(&report));
+    outln!();
     for m in &report.modules {
         if let (Some(agent), Some(defaults), Some(oracle)) =
             (m.policy("agent"), m.policy("defaults"), m.policy("oracle"))
         {
-            println!(
+            outln!(
                 "{:<8} second half: agent {:+.5} per decision (Sharpe {:.2}) against the defaults' {:+.5} ({:.2}); \
                  {:.0}% of the way to the oracle's {:+.5}",
                 m.module,
@@ -194,8 +195,8 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     let svg = opts.data_dir.join("learning-curves.svg");
     std::fs::write(&svg, backtest::cumulative_svg(&report.modules))
         .with_context(|| format!("writing {}", svg.display()))?;
-    println!("\nLearning curves (cumulative return: agent, defaults, oracle): {}", svg.display());
-    println!("Served, learned and scored in {:.0} s.", started.elapsed().as_secs_f64());
+    outln!("\nLearning curves (cumulative return: agent, defaults, oracle): {}", svg.display());
+    outln!("Served, learned and scored in {:.0} s.", started.elapsed().as_secs_f64());
 
     let exe = shell_word(&program());
     let models = opts.models.as_ref().map(|m| format!(" --models {}", shell_word(&m.display().to_string())));
@@ -203,18 +204,18 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     let store = shell_word(&store);
     let (module, context) = busiest_context(&report.modules[0]);
     let generations = generations(&opts.data_dir, &module)?;
-    println!("\nWhat was learned is in {}. Look at it with:", opts.data_dir.display());
-    println!("  {exe}{models} inspect list --store {store}");
-    println!("  {exe}{models} inspect show {module} --context {context} --store {store}");
+    outln!("\nWhat was learned is in {}. Look at it with:", opts.data_dir.display());
+    outln!("  {exe}{models} inspect list --store {store}");
+    outln!("  {exe}{models} inspect show {module} --context {context} --store {store}");
     if let (Some(first), Some(last)) = (generations.first(), generations.last().filter(|_| generations.len() > 1)) {
-        println!("  {exe}{models} inspect diff {module} {first} {last} --store {store}");
+        outln!("  {exe}{models} inspect diff {module} {first} {last} --store {store}");
     }
-    println!("  {exe}{models} inspect effectiveness {module} --context all --store {store}");
-    println!(
+    outln!("  {exe}{models} inspect effectiveness {module} --context all --store {store}");
+    outln!(
         "or serve it, with the dashboard at http://127.0.0.1:8700/:\n  {exe}{models} serve --store {store} --data-dir {}",
         shell_word(&opts.data_dir.display().to_string())
     );
-    println!("(A rerun starts from scratch: it clears {}.)", opts.data_dir.display());
+    outln!("(A rerun starts from scratch: it clears {}.)", opts.data_dir.display());
     Ok(())
 }
 

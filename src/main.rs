@@ -1,5 +1,23 @@
 //! The `paramopt` command line.
 
+/// `print!` that returns an error instead of panicking when stdout is closed
+/// (`paramopt spaces --json | head -1`); `main` ends quietly on that error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `println!`, the same way as [`out!`].
+macro_rules! outln {
+    () => { out!("\n") };
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod demo;
 
 use std::path::PathBuf;
@@ -22,11 +40,24 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(name = "paramopt", version, about = "Online parameter learning for trading modules")]
 struct Cli {
-    /// Directory of module parameter spaces (*.toml).
-    #[arg(long, global = true, env = "PARAMOPT_MODELS", default_value = "models")]
-    models: PathBuf,
+    /// Directory of module parameter spaces (*.toml) to use instead of the
+    /// three built into the binary (`paramopt models export DIR` writes those out).
+    #[arg(long, global = true, env = "PARAMOPT_MODELS")]
+    models: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Write the three built-in models files (crypto, options, stocks) into DIR,
+    /// to edit and then use with `--models DIR`.
+    Export {
+        dir: PathBuf,
+        /// Overwrite files that exist already.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -49,6 +80,11 @@ enum Command {
         module: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// The built-in models files.
+    Models {
+        #[command(subcommand)]
+        what: ModelsCommand,
     },
     /// The first command to run: serve the agent on a local store, drive the three
     /// simulated modules against it over HTTP, then compare it with the seed
@@ -207,11 +243,16 @@ struct ServeCli {
     /// Address to listen on [default: 127.0.0.1:8700]; port 0 picks a free one.
     #[arg(long, env = "PARAMOPT_ADDR")]
     addr: Option<String>,
-    /// Require `Authorization: Bearer <token>` on every /v1 request.
+    /// Require `Authorization: Bearer <token>` on every /v1 request. Prefer
+    /// PARAMOPT_TOKEN or --token-file: a flag's value shows in `ps`.
     #[arg(long, env = "PARAMOPT_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// A TOML file whose `[serve]` table sets addr, token, log_json,
-    /// request_timeout_secs, body_limit_bytes and workers.
+    /// Read the token from the first line of this file.
+    #[arg(long, env = "PARAMOPT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// A TOML file whose `[serve]` table sets addr, token or token_file,
+    /// log_json, request_timeout_secs, header_read_timeout_secs,
+    /// max_connections, body_limit_bytes and workers.
     #[arg(long, env = "PARAMOPT_CONFIG")]
     config: Option<PathBuf>,
     /// Log JSON lines instead of human-readable text.
@@ -220,6 +261,12 @@ struct ServeCli {
     /// Longest a request may take [default: 10].
     #[arg(long, env = "PARAMOPT_REQUEST_TIMEOUT_SECS")]
     request_timeout_secs: Option<f64>,
+    /// Longest a connection may take to send a request's headers, or idle between requests [default: 10].
+    #[arg(long, env = "PARAMOPT_HEADER_READ_TIMEOUT_SECS")]
+    header_read_timeout_secs: Option<f64>,
+    /// Connections served at once; more wait until one closes [default: 4096].
+    #[arg(long, env = "PARAMOPT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Largest request body accepted [default: 65536].
     #[arg(long, env = "PARAMOPT_BODY_LIMIT_BYTES")]
     body_limit_bytes: Option<usize>,
@@ -264,24 +311,76 @@ fn init_logging(default_filter: &str, json: bool) {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A reader that stopped reading (`| head`) is not an error.
+        Err(e) if broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", error_report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// `Error: …` and each cause once: a cause whose text an earlier line
+/// already carries (many errors print their source in their own message) is
+/// not repeated.
+fn error_report(e: &anyhow::Error) -> String {
+    let mut text = format!("Error: {e}");
+    for cause in e.chain().skip(1) {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(&format!("\nCaused by: {line}"));
+        }
+    }
+    text
+}
+
+/// The modules' spaces: the `--models` directory, or the three built in.
+fn load_spaces(models: Option<&std::path::Path>) -> Result<Spaces> {
+    match models {
+        Some(dir) => {
+            let spaces = Spaces::load_dir(dir).with_context(|| format!("loading spaces from {}", dir.display()))?;
+            let names: Vec<&str> = spaces.names().collect();
+            tracing::info!(models = %dir.display(), modules = ?names, "loaded the models directory");
+            Ok(spaces)
+        }
+        None => {
+            let spaces = Spaces::builtin();
+            let names: Vec<&str> = spaces.names().collect();
+            tracing::info!(models = "built-in", modules = ?names, "loaded the built-in models (--models DIR replaces them)");
+            Ok(spaces)
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     if let Command::Serve(args) = &cli.command {
-        return serve(&cli.models, args);
+        return serve(cli.models.as_deref(), args);
     }
     // The demo drives the service as fast as it answers: its decision log
     // falling behind (and sampling) is expected there, not worth a warning.
     let quiet = matches!(cli.command, Command::Demo { .. });
     init_logging(if quiet { "warn,paramopt::decision_log=error" } else { "warn" }, false);
-    let spaces =
-        || Spaces::load_dir(&cli.models).with_context(|| format!("loading spaces from {}", cli.models.display()));
+    let spaces = || load_spaces(cli.models.as_deref());
     match &cli.command {
+        Command::Models { what: ModelsCommand::Export { dir, force } } => {
+            for path in export_models(dir, *force)? {
+                outln!("{}", path.display());
+            }
+        }
         Command::Spaces { json } => {
             let spaces = spaces()?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&paramopt::service::wire::modules_json(spaces.iter()))?);
+                outln!("{}", serde_json::to_string_pretty(&paramopt::service::wire::modules_json(spaces.iter()))?);
             } else {
-                print!("{}", spaces_table(&spaces));
+                out!("{}", spaces_table(&spaces));
             }
         }
         Command::Simulate { outcomes, seed, module, json } => {
@@ -289,13 +388,13 @@ fn main() -> Result<()> {
             let opts = SimulateOptions { outcomes: *outcomes, seed: *seed, module: module.clone() };
             let report = simulate::run(&spaces, &opts)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", simulate::table(&report));
+                out!("{}", simulate::table(&report));
             }
         }
         Command::Demo { seed, bars, data_dir, addr } => {
-            let models = (cli.models != std::path::Path::new("models")).then(|| cli.models.clone());
+            let models = cli.models.clone();
             let opts = demo::DemoOptions { seed: *seed, bars: *bars, data_dir: data_dir.clone(), addr: *addr, models };
             demo::run(spaces()?, &opts)?;
         }
@@ -326,16 +425,34 @@ fn main() -> Result<()> {
                 anyhow::Ok(meta)
             })?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&meta)?);
+                outln!("{}", serde_json::to_string_pretty(&meta)?);
             } else {
-                print!("{}", inspect::list_table(&[meta]));
+                out!("{}", inspect::list_table(&[meta]));
             }
         }
     }
     Ok(())
 }
 
-fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
+/// Writes the built-in models files into `dir` for editing (then `--models DIR`).
+fn export_models(dir: &std::path::Path, force: bool) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let files: Vec<(PathBuf, &str)> = Spaces::builtin_files()
+        .iter()
+        .map(|(origin, text)| (dir.join(std::path::Path::new(origin).file_name().unwrap_or_default()), *text))
+        .collect();
+    if !force {
+        if let Some((path, _)) = files.iter().find(|(p, _)| p.exists()) {
+            anyhow::bail!("{} exists already: pass --force to overwrite it", path.display());
+        }
+    }
+    for (path, text) in &files {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(files.into_iter().map(|(p, _)| p).collect())
+}
+
+fn serve(models: Option<&std::path::Path>, cli: &ServeCli) -> Result<()> {
     let file = match &cli.config {
         Some(path) => ServeFile::load(path)?,
         None => ServeFile::default(),
@@ -345,14 +462,17 @@ fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
         store: cli.store.clone(),
         data_dir: cli.data_dir.clone(),
         token: cli.token.clone(),
+        token_file: cli.token_file.clone(),
         log_json: cli.log_json,
         request_timeout_secs: cli.request_timeout_secs,
+        header_read_timeout_secs: cli.header_read_timeout_secs,
+        max_connections: cli.max_connections,
         body_limit_bytes: cli.body_limit_bytes,
         workers: cli.workers,
     };
     let settings = ServeSettings::resolve(args, file)?;
     init_logging("info,tower_http=info", settings.log_json);
-    let spaces = Spaces::load_dir(models).with_context(|| format!("loading spaces from {}", models.display()))?;
+    let spaces = load_spaces(models)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = settings.workers {
         builder.worker_threads(n);
@@ -388,7 +508,7 @@ fn serve(models: &std::path::Path, cli: &ServeCli) -> Result<()> {
             "listening"
         );
         // One line on stdout, for scripts that start the server on port 0.
-        println!("paramopt listening on http://{local}");
+        outln!("paramopt listening on http://{local}");
         use std::io::Write as _;
         std::io::stdout().flush()?;
         server::serve(listener, state.clone(), server::shutdown_signal()).await.context("serving")?;
@@ -436,9 +556,9 @@ fn backtest(
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", backtest::table(&report));
+        out!("{}", backtest::table(&report));
     }
     Ok(())
 }
@@ -463,9 +583,9 @@ async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
                 space(m)?;
             }
             if *json {
-                println!("{}", serde_json::to_string_pretty(&metas)?);
+                outln!("{}", serde_json::to_string_pretty(&metas)?);
             } else {
-                print!("{}", inspect::list_table(&metas));
+                out!("{}", inspect::list_table(&metas));
             }
         }
         InspectCmd::Show { module, generation, context, json } => {
@@ -474,12 +594,12 @@ async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
             let only = context.as_deref().map(parse_context).transpose()?;
             let rows = inspect::arm_rows(&cp, &space, only)?;
             if *json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({"checkpoint": cp.meta(), "arms": rows}))?
                 );
             } else {
-                print!("{}", inspect::show_table(&cp, &space, &rows));
+                out!("{}", inspect::show_table(&cp, &space, &rows));
             }
         }
         InspectCmd::Diff { module, from, to, json } => {
@@ -488,9 +608,9 @@ async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
             let b = inspect::load(store.as_ref(), module, Some(*to)).await?;
             let rows = inspect::diff(&a, &b)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", inspect::diff_table(&a, &b, &rows));
+                out!("{}", inspect::diff_table(&a, &b, &rows));
             }
         }
         InspectCmd::History { module, parameter, context, json, csv } => {
@@ -498,11 +618,11 @@ async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
             let ctx = parse_context(context)?;
             let points = inspect::history(store.as_ref(), module, parameter, ctx).await?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&points)?);
+                outln!("{}", serde_json::to_string_pretty(&points)?);
             } else if *csv {
-                print!("{}", inspect::to_csv(&points)?);
+                out!("{}", inspect::to_csv(&points)?);
             } else {
-                print!("{}", inspect::history_table(parameter, ctx, &points));
+                out!("{}", inspect::history_table(parameter, ctx, &points));
             }
         }
         InspectCmd::Effectiveness { module, parameter, context, json, csv } => {
@@ -522,13 +642,13 @@ async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
                     })
             });
             if *json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else if *csv {
-                print!("{}", inspect::to_csv(&rows)?);
+                out!("{}", inspect::to_csv(&rows)?);
             } else if rows.is_empty() {
-                println!("no parameter_effectiveness rows for {module} yet: `serve` writes them from its decision log");
+                outln!("no parameter_effectiveness rows for {module} yet: `serve` writes them from its decision log");
             } else {
-                print!("{}", inspect::effectiveness_table(&rows));
+                out!("{}", inspect::effectiveness_table(&rows));
             }
         }
         InspectCmd::Export { module, generation, format, out } => {
@@ -542,7 +662,7 @@ async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
             };
             match out {
                 Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
-                None => print!("{text}"),
+                None => out!("{text}"),
             }
         }
         InspectCmd::Plot { module, parameter, context, generation, out } => {
@@ -563,7 +683,7 @@ async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
             ] {
                 let path = out.join(name);
                 std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
-                println!("{}", path.display());
+                outln!("{}", path.display());
             }
         }
     }

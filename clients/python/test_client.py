@@ -138,9 +138,9 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(InvalidRequest) as e:
             self.client.decide("crypto", "tokyo", "bullish")
         self.assertIn("tokyo", e.exception.message)
-        with self.assertRaises(InvalidRequest) as e:
-            self.client.decide("crypto", "asia_prime", "bullish", features={"rsi": 0.5})
-        self.assertIn("rsi", e.exception.message)
+        # An undeclared feature is accepted, listed and not learned from.
+        d = self.client.decide("crypto", "asia_prime", "bullish", features={"rsi": 0.5})
+        self.assertEqual(d["ignored_features"], ["rsi"])
         with self.assertRaises(InvalidRequest):
             self.client.decide("crypto", "asia_prime", "bullish", features={"momentum_score": float("nan")})
         d = self.client.decide("crypto", "asia_prime", "bullish")

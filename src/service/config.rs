@@ -40,8 +40,12 @@ pub struct ServeFile {
     /// Where the outcome journal lives (always local).
     pub data_dir: Option<PathBuf>,
     pub token: Option<String>,
+    /// A file whose first line is the token: keeps it out of `ps` and out of the config file.
+    pub token_file: Option<PathBuf>,
     pub log_json: Option<bool>,
     pub request_timeout_secs: Option<f64>,
+    pub header_read_timeout_secs: Option<f64>,
+    pub max_connections: Option<usize>,
     pub body_limit_bytes: Option<usize>,
     pub workers: Option<usize>,
 }
@@ -75,8 +79,11 @@ pub struct ServeArgs {
     pub store: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
     pub log_json: bool,
     pub request_timeout_secs: Option<f64>,
+    pub header_read_timeout_secs: Option<f64>,
+    pub max_connections: Option<usize>,
     pub body_limit_bytes: Option<usize>,
     pub workers: Option<usize>,
 }
@@ -106,7 +113,23 @@ impl ServeSettings {
             value: addr_text.clone(),
             reason: "expected an IP address and port, such as 127.0.0.1:8700",
         })?;
-        let token = args.token.or(file.token);
+        let token_file = args.token_file.or(file.token_file);
+        let token = match (args.token.or(file.token), token_file) {
+            (Some(_), Some(path)) => {
+                return Err(ConfigError::Invalid {
+                    field: "token_file",
+                    value: path.display().to_string(),
+                    reason: "is given as well as a token: give one of them",
+                })
+            }
+            (Some(t), None) => Some(t),
+            (None, Some(path)) => {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|source| ConfigError::Io { file: path.clone(), source })?;
+                Some(text.lines().next().unwrap_or("").trim().to_string())
+            }
+            (None, None) => None,
+        };
         if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             // An empty PARAMOPT_TOKEN silently turning auth off would be a trap.
             return Err(ConfigError::Invalid {
@@ -124,6 +147,28 @@ impl ServeSettings {
                     field: "request_timeout_secs",
                     value: s.to_string(),
                     reason: "must be in (0, 3600]",
+                })
+            }
+        };
+        let header_read_timeout = match args.header_read_timeout_secs.or(file.header_read_timeout_secs) {
+            None => defaults.header_read_timeout,
+            Some(s) if s.is_finite() && s > 0.0 && s <= 600.0 => Duration::from_secs_f64(s),
+            Some(s) => {
+                return Err(ConfigError::Invalid {
+                    field: "header_read_timeout_secs",
+                    value: s.to_string(),
+                    reason: "must be in (0, 600]",
+                })
+            }
+        };
+        let max_connections = match args.max_connections.or(file.max_connections) {
+            None => defaults.max_connections,
+            Some(n) if (1..=1_000_000).contains(&n) => n,
+            Some(n) => {
+                return Err(ConfigError::Invalid {
+                    field: "max_connections",
+                    value: n.to_string(),
+                    reason: "must be within 1..1000000",
                 })
             }
         };
@@ -154,7 +199,7 @@ impl ServeSettings {
             data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             workers,
             log_json: args.log_json || file.log_json.unwrap_or(false),
-            options: ServiceOptions { token, body_limit, request_timeout },
+            options: ServiceOptions { token, body_limit, request_timeout, header_read_timeout, max_connections },
         })
     }
 }

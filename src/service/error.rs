@@ -47,6 +47,19 @@ pub enum ApiError {
     Internal(String),
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_messages_are_bounded_and_keep_both_ends() {
+        let msg = format!("unknown module \"{}\"; expected one of crypto", "x".repeat(60_000));
+        let cut = super::bounded(&msg);
+        assert!(cut.len() < 500, "{}", cut.len());
+        assert!(cut.starts_with("unknown module \"xxx") && cut.ends_with("expected one of crypto"), "{cut}");
+        assert!(cut.contains("bytes in all"));
+        assert_eq!(super::bounded("short"), "short");
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
@@ -86,9 +99,24 @@ impl ApiError {
                 "the outcome could not be recorded durably and was not accepted; retry later".to_string()
             }
             ApiError::Store(e) => e.public_message(),
-            other => other.to_string(),
+            other => bounded(&other.to_string()),
         }
     }
+}
+
+/// Longest error message answered; a longer one (a huge module name sent
+/// back, say) keeps its start and end.
+const MAX_MESSAGE: usize = 400;
+
+/// `message`, cut in the middle when it is over [`MAX_MESSAGE`] bytes.
+fn bounded(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message.to_string();
+    }
+    let head: String = message.chars().take(MAX_MESSAGE / 2).collect();
+    let tail: Vec<char> = message.chars().rev().take(MAX_MESSAGE / 4).collect();
+    let tail: String = tail.into_iter().rev().collect();
+    format!("{head}… ({} bytes in all) …{tail}", message.len())
 }
 
 /// Builds a contract error response from a status and a message. Used by the

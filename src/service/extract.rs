@@ -59,9 +59,9 @@ fn check_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiErr
     }
 }
 
-/// Parses `bytes` as one JSON value of type `T`. Syntax errors (including
-/// numbers too large for an f64, such as `1e999`) are 400; well-formed JSON of
-/// the wrong shape is 422, with the path of the offending field.
+/// Parses `bytes` as one JSON value of type `T`. Syntax errors are 400;
+/// well-formed JSON of the wrong shape is 422, with the path of the offending
+/// field, and so is a number that is not finite (`NaN`, `Infinity`, `1e999`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::MalformedJson("the body is empty; expected a JSON object".to_string()));
@@ -93,11 +93,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 fn json_error(bytes: &[u8], path: &str, e: &serde_json::Error) -> ApiError {
     use serde_json::error::Category;
+    if e.to_string().starts_with("recursion limit exceeded") {
+        // Well-formed as far as it was read, just too deep to read further.
+        return ApiError::Invalid(format!(
+            "the body nests objects and arrays deeper than 128 levels (at line {} column {})",
+            e.line(),
+            e.column()
+        ));
+    }
     match e.classify() {
         Category::Data => {
             // serde_json appends " at line L column C"; the path says more.
             let msg = e.to_string();
             let msg = msg.rsplit_once(" at line ").map(|(m, _)| m.to_string()).unwrap_or(msg);
+            let msg = plain_types(&msg);
             if path == "." {
                 ApiError::Invalid(msg)
             } else {
@@ -107,9 +116,21 @@ fn json_error(bytes: &[u8], path: &str, e: &serde_json::Error) -> ApiError {
         Category::Syntax | Category::Eof | Category::Io => {
             let offset = byte_offset(bytes, e.line(), e.column());
             let msg = e.to_string();
+            // JSON has no NaN or Infinity, and a number past f64 is not
+            // finite either: the contract answers every non-finite number
+            // with 422 ("not a finite number"), whatever the parser made of it.
+            let near = &bytes[offset.saturating_sub(2).min(bytes.len())..(offset + 9).min(bytes.len())];
+            let near = String::from_utf8_lossy(near);
+            if let Some(literal) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|l| near.contains(l)) {
+                return ApiError::Invalid(format!(
+                    "{literal} is not a finite number (JSON has no such literal), at line {} column {}",
+                    e.line(),
+                    e.column()
+                ));
+            }
             if msg.starts_with("number out of range") {
                 let token = number_before(bytes, offset);
-                return ApiError::MalformedJson(format!(
+                return ApiError::Invalid(format!(
                     "number {token} is out of range (not a finite number), at line {} column {}",
                     e.line(),
                     e.column()
@@ -117,6 +138,34 @@ fn json_error(bytes: &[u8], path: &str, e: &serde_json::Error) -> ApiError {
             }
             ApiError::MalformedJson(format!("{msg}, near {}", snippet(bytes, offset)))
         }
+    }
+}
+
+/// serde names the Rust type it wanted (`expected struct ContextBody`); a
+/// caller knows JSON, not our types.
+fn plain_types(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("struct ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "struct ".len()..];
+        let end = after.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(after.len());
+        out.push_str("a JSON object");
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rust_type_names_become_json_words() {
+        assert_eq!(
+            super::plain_types("invalid type: string \"x\", expected struct ContextBody"),
+            "invalid type: string \"x\", expected a JSON object"
+        );
+        assert_eq!(super::plain_types("expected f64"), "expected f64");
     }
 }
 

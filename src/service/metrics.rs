@@ -65,7 +65,10 @@ impl RouteMetrics {
 
 pub struct Metrics {
     routes: Vec<RouteMetrics>,
+    /// Undeclared features decisions sent, per (module, feature).
+    pub undeclared: super::undeclared::UndeclaredFeatures,
     store_errors: AtomicU64,
+    unauthorized: AtomicU64,
     connections: AtomicU64,
     started: std::time::Instant,
 }
@@ -74,7 +77,9 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             routes: ROUTES.iter().map(|_| RouteMetrics::new()).collect(),
+            undeclared: Default::default(),
             store_errors: AtomicU64::new(0),
+            unauthorized: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             started: std::time::Instant::now(),
         }
@@ -100,6 +105,11 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused token; returns how many there were, this one included.
+    pub fn unauthorized(&self) -> u64 {
+        self.unauthorized.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub fn store_errors(&self) -> u64 {
@@ -197,6 +207,12 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP paramopt_unauthorized_total Requests refused for a missing or wrong token.\n\
+             # TYPE paramopt_unauthorized_total counter\nparamopt_unauthorized_total {}",
+            self.unauthorized.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP paramopt_store_errors_total Failed store operations.\n\
              # TYPE paramopt_store_errors_total counter\nparamopt_store_errors_total {}",
             // Failures answered to a request, and those of the background
@@ -271,6 +287,7 @@ impl Metrics {
             );
             let _ = writeln!(out, "paramopt_http_request_duration_seconds_count{{route=\"{route}\"}} {cumulative}");
         }
+        self.undeclared.render(&mut out);
         out
     }
 }

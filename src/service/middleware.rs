@@ -63,7 +63,13 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
             Some(_) => "the bearer token is wrong",
         },
     };
-    tracing::info!(reason = refusal, "unauthorised request");
+    // Counted always, logged rarely: an unauthenticated flood must not flood the log.
+    let refused = state.metrics().unauthorized();
+    if refused.is_power_of_two() {
+        tracing::warn!(reason = refusal, refused, "unauthorised requests (logged at 1, 2, 4, 8, … of them)");
+    } else {
+        tracing::debug!(reason = refusal, "unauthorised request");
+    }
     ApiError::Unauthorized(refusal.to_string()).into_response()
 }
 

@@ -22,6 +22,7 @@ pub mod persist;
 mod routes;
 pub mod server;
 pub mod store;
+mod undeclared;
 pub mod wire;
 
 use std::sync::Arc;
@@ -53,11 +54,25 @@ pub struct ServiceOptions {
     pub body_limit: usize,
     /// Longest a request may take, body included; slower ones get 408.
     pub request_timeout: Duration,
+    /// Longest a connection may take to send a request's headers before it is
+    /// closed: half-sent requests must not hold sockets and memory for ever.
+    /// The clock also runs while a keep-alive connection waits for its next
+    /// request, so an idle connection closes after this long (clients reconnect).
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog
+    /// until one closes, so a flood cannot exhaust file descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        ServiceOptions { token: None, body_limit: 64 * 1024, request_timeout: Duration::from_secs(10) }
+        ServiceOptions {
+            token: None,
+            body_limit: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
     }
 }
 

@@ -12,9 +12,7 @@ use crate::agent::Decision;
 use crate::eval::ab::AbSettings;
 use crate::eval::ope::Estimate;
 use crate::runtime::{self, Challenger, Runtime, RuntimeError};
-use crate::store::{
-    now_secs, CheckpointMeta, LearningEvent, ParameterEffectiveness, StoreError as BackendError, TradeRecord,
-};
+use crate::store::{now_secs, CheckpointMeta, LearningEvent, ParameterEffectiveness, StoreError as BackendError};
 
 use super::store::{
     CheckpointStore, CheckpointSummary, LogCounts, OutcomeRecord, OutcomeSink, RollbackTarget, SinkFuture, StoreError,
@@ -163,36 +161,17 @@ impl OutcomeSink for RuntimeHooks {
     /// agent accepted it); the trade record follows in the decision log's
     /// next batch, so a slow or absent Firestore never turns an accepted
     /// outcome into an error.
-    fn decided(&self, decision: &Arc<Decision>) {
-        self.runtime.decision_log.decided(decision);
+    fn decided(&self, decision: &Arc<Decision>, ignored_features: &[(String, f64)]) {
+        self.runtime.decision_log.decided(decision, ignored_features);
     }
 
     fn record(&self, record: OutcomeRecord) -> SinkFuture<'_> {
         let log = &self.runtime.decision_log;
         log.settled(&record.decision, record.reward, record.received_at);
-        if let (Some(trade), Some(space)) = (record.trade, self.runtime.spaces.get(&record.decision.module)) {
-            let mut row = TradeRecord {
-                module_name: record.decision.module.clone(),
-                decision_id: None,
-                created_at: record.received_at,
-                symbol: trade.symbol.unwrap_or_default(),
-                side: trade.side.unwrap_or_default(),
-                quantity: trade.quantity,
-                price: trade.price,
-                strategy: trade.strategy,
-                confidence: trade.confidence,
-                profit_loss: trade.profit_loss,
-                exit_reason: trade.exit_reason,
-                return_pct: trade.return_pct,
-                reward: Some(record.reward),
-                entry_parameters: trade.entry_parameters.unwrap_or_default(),
-                module_specific_params: trade.module_specific_params.unwrap_or_default(),
-                exit_analysis: trade.exit_analysis.unwrap_or_default(),
-                market_context: trade.market_context.unwrap_or_default(),
-                parameter_performance: trade.parameter_performance.unwrap_or_default(),
-            };
-            row.fill_from_decision(&record.decision, space);
-            log.trade(row);
+        // The handler filled the trade from its decision already.
+        if let Some(mut trade) = record.trade {
+            trade.created_at = record.received_at;
+            log.trade(trade);
         }
         Box::pin(std::future::ready(Ok(())))
     }

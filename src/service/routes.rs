@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::agent::Outcome;
+use crate::store::trade::{TradeError, TradeRecord};
 
 use super::error::ApiError;
 use super::extract::{JsonBody, PathParams, QueryPairs};
@@ -45,11 +46,14 @@ pub async fn decide(
         .as_ref()
         .ok_or_else(|| ApiError::Invalid("context is missing; expected {\"session\": …, \"regime\": …}".into()))?
         .resolve("context.")?;
-    let features: Vec<(&str, f64)> = req.features.iter().flatten().map(|(k, v)| (k.as_str(), *v)).collect();
+    let (features, ignored_features) = req.split_features(&space)?;
     let decision = agent.decide(&req.module, context, &features, req.explore.unwrap_or(true))?;
-    state.hooks().outcomes.decided(&decision);
+    if !ignored_features.is_empty() {
+        state.metrics().undeclared.count(&space.name, &ignored_features);
+    }
+    state.hooks().outcomes.decided(&decision, &ignored_features);
     tracing::debug!(decision_id = %decision.id, module = %decision.module, %context, "decided");
-    json(&DecisionResponse { decision: &decision, space: &space })
+    json(&DecisionResponse { decision: &decision, space: &space, ignored_features: &ignored_features })
 }
 
 /// `POST /v1/outcomes`.
@@ -57,22 +61,23 @@ pub async fn report(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<OutcomeRequest>,
 ) -> Result<Response, ApiError> {
-    if let Some(trade) = &req.trade {
-        trade.validate()?;
+    let OutcomeRequest { decision_id, reward, traded, trade } = req;
+    // Everything is read and checked before the agent sees the outcome, so a
+    // refused trade leaves the decision pending and unlearned.
+    let mut trade = trade.map(TradeRecord::from_fields).transpose().map_err(trade_error)?;
+    if let Some(t) = &trade {
+        t.check().map_err(trade_error)?;
     }
-    let outcome = Outcome {
-        reward: req.reward,
-        traded: req.traded.unwrap_or(true),
-        return_pct: req.trade.as_ref().and_then(|t| t.return_pct),
-    };
+    let outcome =
+        Outcome { reward, traded: traded.unwrap_or(true), return_pct: trade.as_ref().and_then(|t| t.return_pct) };
     let agent = state.agent();
     // Awaits the journal's group commit without holding a worker thread, so
     // decisions keep flowing and concurrent reports share one fdatasync.
-    let settled = agent.accept(&req.decision_id, outcome)?.durable().await?;
-    let mut trade = req.trade;
-    if let Some(trade) = &mut trade {
+    let settled = agent.accept(&decision_id, outcome)?.durable().await?;
+    if let Some(t) = &mut trade {
         let space = agent.space(&settled.decision.module)?;
-        trade.fill_from(&settled.decision, space);
+        t.fill_from_decision(&settled.decision, space);
+        t.reward = Some(settled.reward);
     }
     let record = OutcomeRecord {
         decision: settled.decision.clone(),
@@ -83,10 +88,17 @@ pub async fn report(
     };
     if let Err(e) = state.hooks().outcomes.record(record).await {
         state.metrics().store_error();
-        tracing::warn!(decision_id = %req.decision_id, error = %e, "outcome learned but the sink refused it");
+        tracing::warn!(%decision_id, error = %e, "outcome learned but the sink refused it");
         return Err(e.into());
     }
-    json(&OutcomeResponse { accepted: true, decision_id: req.decision_id, reward: settled.reward })
+    json(&OutcomeResponse { accepted: true, decision_id, reward: settled.reward })
+}
+
+/// A trade the service cannot take is a bad value (422): a non-finite number
+/// as anywhere else in a body, and the limits, since the body itself was
+/// within the size limit.
+fn trade_error(e: TradeError) -> ApiError {
+    ApiError::Invalid(e.to_string())
 }
 
 /// `GET /v1/parameters/{module}?session=…&regime=…`: the greedy values.

@@ -20,9 +20,8 @@ use crate::agent::{Decision, Outcome};
 use crate::eval::ab::AbSettings;
 use crate::eval::ope::Estimate;
 use crate::runtime::Challenger;
+use crate::store::TradeRecord;
 use crate::store::{LearningEvent, ParameterEffectiveness};
-
-use super::wire::Trade;
 
 /// Why a store call failed. The message is what the caller sees, so variants
 /// meant for callers must name the bad value; [`StoreError::Internal`] is logged only.
@@ -185,9 +184,15 @@ pub struct OutcomeRecord {
     pub reward: f64,
     /// The trade as sent, with `entry_parameters` and `market_context` filled
     /// in from the decision by the server.
-    pub trade: Option<Trade>,
+    #[serde(serialize_with = "flat_trade")]
+    pub trade: Option<TradeRecord>,
     /// Seconds since the Unix epoch when the server accepted it.
     pub received_at: f64,
+}
+
+/// A trade as one flat object, the module's own fields beside the plan's.
+fn flat_trade<S: serde::Serializer>(trade: &Option<TradeRecord>, s: S) -> Result<S::Ok, S::Error> {
+    trade.as_ref().map(TradeRecord::flat).serialize(s)
 }
 
 pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
@@ -202,7 +207,8 @@ pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + 
 pub trait OutcomeSink: Send + Sync + 'static {
     fn record(&self, record: OutcomeRecord) -> SinkFuture<'_>;
     /// Every decision served, for the decision log; must only queue.
-    fn decided(&self, _decision: &Arc<Decision>) {}
+    /// `ignored_features` are the request's features that the module does not declare.
+    fn decided(&self, _decision: &Arc<Decision>, _ignored_features: &[(String, f64)]) {}
     /// Called once at graceful shutdown, after the last `record`.
     fn on_shutdown(&self) -> Result<(), StoreError> {
         Ok(())

@@ -8,13 +8,15 @@ use std::collections::BTreeMap;
 
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::{json, Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use crate::agent::{AbTest, Decision};
 use crate::bandit::Stats;
 use crate::eval::ab::{AbSettings, AbSettingsError};
 use crate::runtime::Challenger;
-use crate::space::{Context, ModuleSpace, Regime, Session};
+use crate::space::{Context, ModuleSpace, Regime, Session, UndeclaredFeatures};
+use crate::store::trade::shorten;
 
 use super::error::ApiError;
 use super::store::RollbackTarget;
@@ -59,6 +61,36 @@ pub struct DecisionRequest {
     pub explore: Option<bool>,
 }
 
+impl DecisionRequest {
+    /// Splits the features into those the module declares and those it does
+    /// not (kept in the decision log, never learned from). A non-finite value
+    /// is an error either way, and so is an undeclared one where the module's
+    /// file says to refuse them.
+    pub fn split_features(&self, space: &ModuleSpace) -> Result<(Vec<(&str, f64)>, Vec<(String, f64)>), ApiError> {
+        let mut declared = Vec::new();
+        let mut undeclared = Vec::new();
+        for (name, &value) in self.features.iter().flatten() {
+            if !value.is_finite() {
+                return Err(ApiError::Invalid(format!("features.{}: not a finite number: {value}", shorten(name))));
+            }
+            if space.feature_index(name).is_some() {
+                declared.push((name.as_str(), value));
+            } else if space.undeclared_features == UndeclaredFeatures::Reject {
+                return Err(ApiError::Invalid(format!(
+                    "unknown feature {:?} for module {:?}: its models file declares {} and refuses others \
+                     (undeclared_features = \"reject\")",
+                    shorten(name),
+                    space.name,
+                    space.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            } else {
+                undeclared.push((name.clone(), value));
+            }
+        }
+        Ok((declared, undeclared))
+    }
+}
+
 /// `POST /v1/outcomes`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,107 +99,10 @@ pub struct OutcomeRequest {
     pub reward: Option<f64>,
     /// Defaults to true: an outcome without the flag is a trade that happened.
     pub traded: Option<bool>,
-    pub trade: Option<Trade>,
-}
-
-/// The plan's enhanced trade schema. The flat fields are typed; the nested
-/// maps are free-form JSON objects because their keys differ per module.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Trade {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub symbol: Option<String>,
-    /// `BUY` or `SELL`, in any case.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub side: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quantity: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub price: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub confidence: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub profit_loss: Option<f64>,
-    /// The trade's return as a fraction; the reward is derived from it when none is given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub return_pct: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_reason: Option<String>,
-    /// Filled in by the server from the decision (client keys are kept unless
-    /// they collide with the decision's own).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub entry_parameters: Option<Map<String, Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub module_specific_params: Option<Map<String, Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_analysis: Option<Map<String, Value>>,
-    /// Filled in by the server from the decision, like `entry_parameters`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub market_context: Option<Map<String, Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parameter_performance: Option<Map<String, Value>>,
-}
-
-impl Trade {
-    /// Checks what the types cannot: finite numbers (serde_json refuses
-    /// non-finite ones already, but a trade can also be built in code), signs
-    /// and vocabularies. Errors name the field and the value.
-    pub fn validate(&self) -> Result<(), ApiError> {
-        let finite = |field: &str, v: Option<f64>| match v {
-            Some(x) if !x.is_finite() => Err(ApiError::Invalid(format!("trade.{field} is not a finite number: {x}"))),
-            _ => Ok(()),
-        };
-        for (field, v) in [
-            ("quantity", self.quantity),
-            ("price", self.price),
-            ("confidence", self.confidence),
-            ("profit_loss", self.profit_loss),
-            ("return_pct", self.return_pct),
-        ] {
-            finite(field, v)?;
-        }
-        if let Some(q) = self.quantity.filter(|q| *q < 0.0) {
-            return Err(ApiError::Invalid(format!("trade.quantity must not be negative, got {q}")));
-        }
-        if let Some(p) = self.price.filter(|p| *p < 0.0) {
-            return Err(ApiError::Invalid(format!("trade.price must not be negative, got {p}")));
-        }
-        if let Some(c) = self.confidence.filter(|c| !(0.0..=1.0).contains(c)) {
-            return Err(ApiError::Invalid(format!("trade.confidence must be within [0, 1], got {c}")));
-        }
-        if let Some(side) = &self.side {
-            if !side.eq_ignore_ascii_case("buy") && !side.eq_ignore_ascii_case("sell") {
-                return Err(ApiError::Invalid(format!("trade.side must be BUY or SELL, got {side:?}")));
-            }
-        }
-        if self.symbol.as_deref().is_some_and(|s| s.trim().is_empty()) {
-            return Err(ApiError::Invalid("trade.symbol must not be empty".to_string()));
-        }
-        Ok(())
-    }
-
-    /// Adds the decision's parameters and context, so every stored trade
-    /// carries its full parameter context (API.md). The decision's values win
-    /// over client keys of the same name: they are what was actually served.
-    pub fn fill_from(&mut self, decision: &Decision, space: &ModuleSpace) {
-        let entry = self.entry_parameters.get_or_insert_with(Map::new);
-        entry.insert("decision_id".into(), Value::String(decision.id.to_string()));
-        entry.insert("policy_generation".into(), Value::from(decision.generation));
-        entry.insert("explore".into(), Value::Bool(decision.explore));
-        for (p, v) in space.params.iter().zip(&decision.values) {
-            entry.insert(p.full_name.clone(), Value::from(*v));
-        }
-        let market = self.market_context.get_or_insert_with(Map::new);
-        market.insert("session".into(), Value::String(decision.context.session.as_str().into()));
-        market.insert("regime".into(), Value::String(decision.context.regime.as_str().into()));
-        for (f, v) in space.features.iter().zip(&decision.features) {
-            if let Some(v) = v {
-                market.insert(f.name.clone(), Value::from(*v));
-            }
-        }
-    }
+    /// The module's own trade document: the plan's fields are typed when
+    /// [`crate::store::TradeRecord::from_fields`] reads it, everything else is
+    /// kept verbatim. Only this request's top level refuses unknown fields.
+    pub trade: Option<BTreeMap<String, Box<RawValue>>>,
 }
 
 /// `POST /v1/rollback`.
@@ -305,6 +240,8 @@ impl Serialize for SentFeatures<'_> {
 pub struct DecisionResponse<'a> {
     pub decision: &'a Decision,
     pub space: &'a ModuleSpace,
+    /// Features the request sent that the module does not declare.
+    pub ignored_features: &'a [(String, f64)],
 }
 
 impl Serialize for DecisionResponse<'_> {
@@ -324,6 +261,10 @@ impl Serialize for DecisionResponse<'_> {
         map.serialize_entry("created_at", &d.created_at)?;
         if let Some(ab) = &d.ab {
             map.serialize_entry("ab_test", &json!({ "test": ab.test.to_string(), "arm": ab.arm }))?;
+        }
+        if !self.ignored_features.is_empty() {
+            let names: Vec<&str> = self.ignored_features.iter().map(|(n, _)| n.as_str()).collect();
+            map.serialize_entry("ignored_features", &names)?;
         }
         map.end()
     }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use context::{Context, Regime, Session};
 pub use spec::{
@@ -203,6 +203,7 @@ pub struct ModuleSpace {
     pub name: String,
     /// Where it was loaded from, for error messages.
     pub origin: String,
+    pub undeclared_features: UndeclaredFeatures,
     pub reward: RewardConfig,
     pub learning: LearningConfig,
     pub safety: SafetyConfig,
@@ -212,6 +213,19 @@ pub struct ModuleSpace {
     pub features: Vec<Feature>,
     pub params: Vec<Parameter>,
     pub simplex_groups: Vec<SimplexGroup>,
+}
+
+/// What a decision's features that the module does not declare get.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UndeclaredFeatures {
+    /// Accepted, listed in the answer's `ignored_features`, kept in the
+    /// decision log and counted; never learned from. Trading code sends what
+    /// it has, so refusing would cost the module its parameters.
+    #[default]
+    Accept,
+    /// Refused with a 422 that names the feature (for modules that want typos caught).
+    Reject,
 }
 
 impl ModuleSpace {
@@ -278,6 +292,11 @@ impl Spaces {
             spaces.insert(space).expect("models/ modules are distinct");
         }
         spaces
+    }
+
+    /// The built-in models files as (path in the repository, text).
+    pub fn builtin_files() -> &'static [(&'static str, &'static str)] {
+        &BUILTIN
     }
 
     pub fn insert(&mut self, space: ModuleSpace) -> Result<(), SpaceError> {

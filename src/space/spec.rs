@@ -9,13 +9,17 @@ use serde::Deserialize;
 
 use super::{
     Feature, LearningConfig, ModuleSpace, ParamKind, Parameter, PendingConfig, PolicyConfig, RewardConfig,
-    RewardSource, RollbackConfig, SafetyConfig, SimplexGroup, SpaceError,
+    RewardSource, RollbackConfig, SafetyConfig, SimplexGroup, SpaceError, UndeclaredFeatures,
 };
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleSpec {
     pub module: String,
+    /// What a decision's undeclared features get: `accept` (kept in the
+    /// decision log, not learned from; the default) or `reject` (a 422).
+    #[serde(default)]
+    pub undeclared_features: UndeclaredFeatures,
     pub reward: RewardSpec,
     pub learning: LearningSpec,
     pub safety: SafetySpec,
@@ -369,6 +373,7 @@ impl ModuleSpec {
         Ok(ModuleSpace {
             name: self.module,
             origin: file.to_string(),
+            undeclared_features: self.undeclared_features,
             reward,
             learning,
             safety,

@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use super::checkpoint::{self, Checkpoint, CheckpointMeta};
 use super::local::{check_shape, sort_effectiveness};
 use super::records::{DecisionLogRecord, LearningEvent, OptimizationData, ParameterEffectiveness, TradeRecord};
+use super::trade::FirestoreTrade;
 use super::{validate_module, Store, StoreError, StoreHealth, StoreResult};
 use crate::bandit::ModuleStats;
 
@@ -519,6 +520,7 @@ impl Store for FirestoreStore {
     async fn put_trade(&self, trade: &TradeRecord) -> StoreResult<()> {
         validate_module(&trade.module_name)?;
         let what = format!("write a trade of {:?}", trade.module_name);
+        let doc = FirestoreTrade::new(trade).map_err(|e| StoreError::Encode { what: what.clone(), source: e })?;
         match &trade.decision_id {
             // Keyed by its decision, a retried write replaces instead of duplicating.
             Some(id) => self
@@ -528,7 +530,7 @@ impl Store for FirestoreStore {
                 .in_col(TRADES)
                 .return_only_fields(["module_name"])
                 .document_id(id)
-                .object(trade)
+                .object(&doc)
                 .execute::<IgnoredAny>()
                 .await
                 .map(|_| ()),
@@ -538,7 +540,7 @@ impl Store for FirestoreStore {
                 .insert()
                 .into(TRADES)
                 .generate_document_id()
-                .object(trade)
+                .object(&doc)
                 .execute::<IgnoredAny>()
                 .await
                 .map(|_| ()),
@@ -548,7 +550,16 @@ impl Store for FirestoreStore {
 
     async fn list_trades(&self, module: &str, limit: usize) -> StoreResult<Vec<TradeRecord>> {
         validate_module(module)?;
-        self.newest(TRADES, module, limit).await
+        let docs: Vec<FirestoreTrade> = self.newest(TRADES, module, limit).await?;
+        docs.into_iter()
+            .map(|d| {
+                let id = d.trade.decision_id.clone().unwrap_or_default();
+                d.into_trade().map_err(|e| StoreError::Corrupt {
+                    what: format!("trade {id:?} of module {module:?}"),
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
     }
 
     async fn put_parameter_effectiveness(&self, rows: &[ParameterEffectiveness]) -> StoreResult<()> {

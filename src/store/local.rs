@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, CheckpointMeta};
 use super::records::{DecisionLogRecord, LearningEvent, OptimizationData, ParameterEffectiveness, TradeRecord};
+use super::trade::StoredTrade;
 use super::{validate_module, Store, StoreError, StoreHealth, StoreResult};
 use crate::bandit::ModuleStats;
 
@@ -551,20 +552,21 @@ impl Store for LocalStore {
     }
 
     async fn put_trade(&self, trade: &TradeRecord) -> StoreResult<()> {
-        let trade = trade.clone();
-        self.run(move |inner| inner.append(&inner.file("trades", &trade.module_name, "jsonl")?, &[trade])).await
+        let trade = StoredTrade(trade.clone());
+        self.run(move |inner| inner.append(&inner.file("trades", &trade.0.module_name, "jsonl")?, &[trade])).await
     }
 
     /// One append per module, so one fsync per batch instead of per trade.
     async fn put_trades(&self, trades: &[TradeRecord]) -> StoreResult<()> {
-        let trades = trades.to_vec();
-        self.run(move |inner| inner.append_by_module("trades", &trades, |t| t.module_name.as_str(), Sync::Yes)).await
+        let trades: Vec<StoredTrade> = trades.iter().cloned().map(StoredTrade).collect();
+        self.run(move |inner| inner.append_by_module("trades", &trades, |t| t.0.module_name.as_str(), Sync::Yes)).await
     }
 
     async fn list_trades(&self, module: &str, limit: usize) -> StoreResult<Vec<TradeRecord>> {
         let module = module.to_string();
         self.run(move |inner| {
-            let mut trades: Vec<TradeRecord> = read_lines(&inner.file("trades", &module, "jsonl")?)?;
+            let stored: Vec<StoredTrade> = read_lines(&inner.file("trades", &module, "jsonl")?)?;
+            let mut trades: Vec<TradeRecord> = stored.into_iter().map(|t| t.0).collect();
             // A retried write of the same decision's trade replaces the earlier one.
             let mut seen = HashSet::new();
             trades.reverse();

@@ -19,6 +19,7 @@ pub mod firestore;
 pub mod journal;
 pub mod local;
 pub mod records;
+pub mod trade;
 
 use std::fmt;
 use std::path::PathBuf;

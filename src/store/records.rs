@@ -9,78 +9,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::agent::{AbAssignment, Decision};
 use crate::space::{Context, ModuleSpace, Regime, Session};
 
-/// A free-form JSON object, as the plan's nested trade fields are.
-pub type Object = Map<String, Value>;
-
-/// One trade in the plan's enhanced schema. The module reports the trade's
-/// own fields; [`TradeRecord::fill_from_decision`] adds the parameter context
-/// (`entry_parameters`, `module_specific_params`, `market_context`) from the
-/// decision that produced it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TradeRecord {
-    pub module_name: String,
-    /// The decision this trade followed, when there was one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decision_id: Option<String>,
-    /// Seconds since the Unix epoch; listings order by it.
-    pub created_at: f64,
-    pub symbol: String,
-    pub side: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quantity: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub price: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub confidence: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub profit_loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub return_pct: Option<f64>,
-    /// The reward paramopt learned from, after derivation and clipping.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reward: Option<f64>,
-    pub entry_parameters: Object,
-    pub module_specific_params: Object,
-    pub exit_analysis: Object,
-    pub market_context: Object,
-    pub parameter_performance: Object,
-}
-
-impl TradeRecord {
-    /// Fills the parameter context from `decision`: every parameter's value
-    /// (`entry_parameters`), the features sent (`module_specific_params`), and
-    /// the context, generation and exploration flag (`market_context`).
-    /// Fields the module sent itself are kept unless paramopt's value replaces
-    /// them.
-    pub fn fill_from_decision(&mut self, decision: &Decision, space: &ModuleSpace) {
-        self.module_name = decision.module.clone();
-        self.decision_id = Some(decision.id.to_string());
-        for (p, v) in space.params.iter().zip(&decision.values) {
-            self.entry_parameters.insert(p.full_name.clone(), Value::from(*v));
-        }
-        for (f, v) in space.features.iter().zip(&decision.features) {
-            if let Some(v) = v {
-                self.module_specific_params.insert(f.name.clone(), Value::from(*v));
-            }
-        }
-        let c = &mut self.market_context;
-        c.insert("session".into(), decision.context.session.as_str().into());
-        c.insert("regime".into(), decision.context.regime.as_str().into());
-        c.insert("policy_generation".into(), decision.generation.into());
-        c.insert("explore".into(), decision.explore.into());
-        c.insert("propensity".into(), Value::from(decision.propensity));
-    }
-}
+pub use super::trade::{Object, TradeRecord};
 
 /// One row of `parameter_effectiveness`: how a parameter value has done, in
 /// one context or (with no session/regime) over all of them.
@@ -205,6 +139,10 @@ pub struct DecisionLogRecord {
     /// The A/B test and arm that served the decision, when a test was running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ab: Option<AbAssignment>,
+    /// Features the request sent that the module does not declare: kept as
+    /// sent, never learned from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ignored_features: BTreeMap<String, f64>,
 }
 
 impl DecisionLogRecord {
@@ -231,6 +169,7 @@ impl DecisionLogRecord {
             reward: None,
             settled_at: None,
             ab: d.ab,
+            ignored_features: BTreeMap::new(),
         }
     }
 }

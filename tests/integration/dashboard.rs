@@ -466,6 +466,12 @@ fn with_a_token_the_page_loads_and_its_data_needs_the_token() {
     browser.open(&format!("{url}/"));
     browser.wait_for("a refresh with the kept token", "return document.body.dataset.refreshes || null");
     assert_eq!(browser.eval("return document.body.dataset.error || null"), Value::Null);
+    // Logging out forgets the token: the page is refused again until `?token=`.
+    assert_eq!(browser.eval("return document.getElementById('logout').hidden"), Value::Bool(false));
+    browser.eval("document.getElementById('logout').click(); return true");
+    let error = browser.wait_for("the refusal after logging out", "return document.body.dataset.error || null");
+    assert!(error.as_str().unwrap().contains("?token="), "{error}");
+    assert_eq!(browser.eval("return localStorage.getItem('paramopt.token')"), Value::Null);
 }
 
 /// Thousands of generations: the history answer shows a power-of-two stride

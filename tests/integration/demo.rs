@@ -14,7 +14,7 @@ fn demo_serves_drives_three_modules_and_prints_a_table_curves_and_working_inspec
     std::fs::write(data.join(".paramopt-demo"), "").unwrap();
     std::fs::write(data.join("left-over"), "").unwrap();
     let out = Command::new(BIN)
-        .args(["--models", MODELS, "demo", "--bars", "3000", "--seed", "3", "--data-dir"])
+        .args(["demo", "--bars", "2000", "--seed", "3", "--data-dir"])
         .arg(&data)
         .current_dir(dir.path())
         .env("RUST_LOG", "warn")

@@ -61,7 +61,7 @@ fn trade(rt: &Runtime, n: usize, r: &mut Pcg64Mcg, mut reward: impl FnMut(&[f64]
     for _ in 0..n {
         let ctx = Context::from_index(r.random_range(0..Context::COUNT)).unwrap();
         let d = rt.agent.decide(MODULE, ctx, &[], true).unwrap();
-        rt.decision_log.decided(&d);
+        rt.decision_log.decided(&d, &[]);
         let value = reward(&d.values, r);
         let settled = rt
             .agent

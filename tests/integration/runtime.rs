@@ -234,11 +234,15 @@ async fn every_outcomes_trade_reaches_the_store_and_is_counted() {
     let router = crate::support::served(&rt);
     let mut ids = Vec::new();
     for i in 0..300 {
-        let body = json!({"module": "stocks", "context": {"session": "us_prime", "regime": "bullish"}});
+        // Trading code sends what it has: an undeclared feature, and trade fields of its own.
+        let body = json!({"module": "stocks", "context": {"session": "us_prime", "regime": "bullish"},
+                          "features": {"technical_confidence": 0.6, "rsi_14": 40 + i % 20}});
         let (status, decision) = crate::support::send(&router, "POST", "/v1/decisions", body).await;
         assert_eq!(status, 200, "{decision}");
+        assert_eq!(decision["ignored_features"], json!(["rsi_14"]));
         let id = decision["decision_id"].as_str().unwrap().to_string();
-        let trade = json!({"symbol": "SPY", "side": "BUY", "return_pct": 0.0001 * i as f64});
+        let trade = json!({"symbol": "SPY", "side": "BUY", "return_pct": 0.0001 * i as f64,
+                           "instrument": "SPY-ETF", "hold_duration_hours": i, "fills": [[1, 2], [3, 4]]});
         let (status, reply) = crate::support::send(
             &router,
             "POST",
@@ -260,6 +264,16 @@ async fn every_outcomes_trade_reaches_the_store_and_is_counted() {
     for t in &trades {
         assert!(space.params.iter().all(|p| t.entry_parameters[&p.full_name].is_f64()), "{:?}", t.entry_parameters);
         assert_eq!(t.market_context["session"], json!("us_prime"));
+        assert_eq!(t.module_fields.get("instrument"), Some("\"SPY-ETF\""));
+        assert_eq!(t.module_fields.get("fills"), Some("[[1,2],[3,4]]"));
+    }
+    // The undeclared feature is kept with its decision in the decision log, by name.
+    let log = rt.store.list_decisions("stocks", 0.0, 1_000).await.unwrap();
+    assert_eq!(log.len(), 300);
+    for d in &log {
+        assert_eq!(d.features.keys().collect::<Vec<_>>(), ["technical_confidence"]);
+        let rsi = d.ignored_features["rsi_14"];
+        assert!((40.0..60.0).contains(&rsi), "{:?}", d.ignored_features);
     }
     let metrics = {
         use http_body_util::BodyExt;

@@ -374,21 +374,146 @@ async fn an_outcomes_trade_reaches_the_sink_with_entry_parameters_and_market_con
     let rec = &records[0];
     assert_eq!(rec.decision.id.to_string(), d["decision_id"].as_str().unwrap());
     assert_eq!(rec.reward, 0.0123);
-    let trade = serde_json::to_value(rec.trade.as_ref().unwrap()).unwrap();
+    let trade = serde_json::to_value(rec.trade.as_ref().unwrap().flat()).unwrap();
     assert_eq!(trade["symbol"], "BTCUSD");
     assert_eq!(trade["price"], 45000.0);
     assert_eq!(trade["exit_analysis"]["hold_duration_hours"], 4.2);
     assert_eq!(trade["parameter_performance"]["alternative_outcomes"]["threshold_0_60"], "would_have_triggered");
     // The client's keys stay; the server adds every served parameter and the context.
     assert_eq!(trade["entry_parameters"]["ml_strategy_selection"], true);
-    assert_eq!(trade["entry_parameters"]["decision_id"], d["decision_id"]);
+    assert_eq!(trade["decision_id"], d["decision_id"]);
+    assert_eq!(trade["reward"], 0.0123);
     for (name, value) in d["parameters"].as_object().unwrap() {
         assert_eq!(&trade["entry_parameters"][name], value, "{name}");
     }
     assert_eq!(trade["market_context"]["us_market_open"], false);
     assert_eq!(trade["market_context"]["session"], "asia_prime");
     assert_eq!(trade["market_context"]["regime"], "bullish");
-    assert_eq!(trade["market_context"]["volatility_score"], 0.85);
+    assert_eq!(trade["module_specific_params"]["volatility_score"], 0.85);
+    assert_eq!(trade["module_specific_params"]["session_multiplier"], 1.2);
+}
+
+/// Ten and more fields the plan does not name, of every JSON type, kept verbatim.
+fn module_fields() -> Value {
+    serde_json::from_str(
+        r#"{"threshold": 0.6, "instrument": "BTC-PERP", "direction": "long", "position_size": 0.25,
+            "hold_duration_hours": 4.2, "orders": [{"id": 1, "fills": [[45000.5, 0.01], [45001, 0.034]]}],
+            "meta": {"venue": {"name": "x", "tier": null}, "tags": ["a", "b"], "retry": false},
+            "note": null, "live": true, "big_id": 123456789012345678901234567890,
+            "max_u64": 18446744073709551615, "min_i64": -9223372036854775808, "tiny": 5e-324, "unicode": "€ ✓",
+            "empty_obj": {}, "empty_list": []}"#,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_trade_keeps_every_field_the_module_sent_and_its_outcome_is_learned() {
+    let sink = Arc::new(KeepingSink::default());
+    let hooks = Hooks { checkpoints: None, outcomes: sink.clone() };
+    let state = state_with(support::agent(7), ServiceOptions::default(), hooks);
+    let app = app(state.clone());
+    let d = decide(&app, "crypto").await;
+    // Sent as text, so the big integer is not rounded by this test's own JSON.
+    let fields = r#""threshold": 0.6, "instrument": "BTC-PERP", "direction": "long", "position_size": 0.25,
+            "hold_duration_hours": 4.2, "orders": [{"id": 1, "fills": [[45000.5, 0.01], [45001, 0.034]]}],
+            "meta": {"venue": {"name": "x", "tier": null}, "tags": ["a", "b"], "retry": false},
+            "note": null, "live": true, "big_id": 123456789012345678901234567890,
+            "max_u64": 18446744073709551615, "min_i64": -9223372036854775808, "tiny": 5e-324, "unicode": "€ ✓",
+            "empty_obj": {}, "empty_list": []"#;
+    let body = format!(
+        r#"{{"decision_id": "{}", "trade": {{"symbol": "BTCUSD", "return_pct": 0.0123, {fields}}}}}"#,
+        d["decision_id"].as_str().unwrap()
+    );
+    let r = send(&app, post("/v1/outcomes", body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["reward"], 0.0123);
+    assert_eq!(state.agent().counters("crypto").unwrap().outcomes.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let records = sink.0.lock();
+    let trade = records[0].trade.as_ref().unwrap();
+    let sent = module_fields();
+    assert_eq!(trade.module_fields.len(), sent.as_object().unwrap().len());
+    assert!(trade.module_fields.len() >= 10);
+    for (name, value) in sent.as_object().unwrap() {
+        let kept: Value = serde_json::from_str(trade.module_fields.get(name).unwrap()).unwrap();
+        assert_eq!(&kept, value, "{name}");
+    }
+    assert_eq!(trade.module_fields.get("big_id"), Some("123456789012345678901234567890"));
+    // One flat document: the module's fields beside the plan's and the server's.
+    let flat = serde_json::to_string(&trade.flat()).unwrap();
+    assert!(flat.contains(r#""big_id":123456789012345678901234567890"#), "{flat}");
+    let flat: Value = serde_json::from_str(&flat).unwrap();
+    assert_eq!(flat["symbol"], "BTCUSD");
+    assert_eq!(flat["orders"][0]["fills"][1][0], 45001);
+    assert!(flat["entry_parameters"]["session_confidence.asia_prime"].is_f64());
+    // Absent plan fields stay absent.
+    assert!(flat.get("side").is_none() && flat.get("quantity").is_none(), "{flat}");
+}
+
+#[tokio::test]
+async fn undeclared_features_are_accepted_listed_counted_and_not_learned_from() {
+    let with = plain_state(21);
+    let without = plain_state(21);
+    let ctx = json!({"session": "europe_prime", "regime": "volatile"});
+    let mut served = Vec::new();
+    for (state, features) in [
+        (&with, json!({"momentum_score": 0.7, "momentum_rsi": 31.5, "sector": 2})),
+        (&without, json!({"momentum_score": 0.7})),
+    ] {
+        let app = app(state.clone());
+        let mut values = Vec::new();
+        for i in 0..40 {
+            let body = json!({"module": "crypto", "context": ctx, "features": features});
+            let r = send(&app, post("/v1/decisions", body.to_string())).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            if features.get("sector").is_some() {
+                assert_eq!(r.json["ignored_features"], json!(["momentum_rsi", "sector"]), "{}", r.text);
+                assert_eq!(r.json["features"], json!({"momentum_score": 0.7}));
+            } else {
+                assert!(r.json.get("ignored_features").is_none(), "{}", r.text);
+            }
+            values.push(r.json["parameters"].clone());
+            let outcome = json!({"decision_id": r.json["decision_id"], "reward": (i % 7) as f64 * 0.01 - 0.02});
+            let o = send(&app, post("/v1/outcomes", outcome.to_string())).await;
+            assert_eq!(o.status, StatusCode::OK, "{}", o.text);
+            // Each decision sees every earlier outcome, so the two runs cannot differ by the writer's timing.
+            state.agent().flush();
+        }
+        state.agent().flush();
+        served.push(values);
+    }
+    // The same seed, the same outcomes: the undeclared features changed nothing served or learned.
+    assert_eq!(served[0], served[1]);
+    assert_eq!(snapshot(with.agent()), snapshot(without.agent()));
+    let m = send(&app(with.clone()), get("/metrics")).await;
+    assert!(
+        m.text.contains(r#"paramopt_undeclared_features_total{module="crypto",feature="momentum_rsi"} 40"#),
+        "{}",
+        m.text
+    );
+    assert!(m.text.contains(r#"paramopt_undeclared_features_total{module="crypto",feature="sector"} 40"#));
+}
+
+#[tokio::test]
+async fn a_module_can_refuse_undeclared_features() {
+    let text = include_str!("../../models/crypto.toml").replacen(
+        "module = \"crypto\"",
+        "module = \"crypto\"\nundeclared_features = \"reject\"",
+        1,
+    );
+    let space = paramopt::space::ModuleSpace::from_toml_str(&text, "crypto.toml").unwrap();
+    let mut spaces = Spaces::default();
+    spaces.insert(space).unwrap();
+    let agent = Agent::new(&spaces, AgentOptions { seed: Some(3), ..Default::default() });
+    let state = state_with(agent, ServiceOptions::default(), Hooks::default());
+    let app = app(state.clone());
+    let ctx = json!({"session": "asia_prime", "regime": "bullish"});
+    let body = json!({"module": "crypto", "context": ctx, "features": {"momentum_score": 0.5, "rsi": 0.3}});
+    let r = send(&app, post("/v1/decisions", body.to_string())).await;
+    assert_contract_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "\"rsi\"");
+    assert!(r.json["error"].as_str().unwrap().contains("undeclared_features"), "{}", r.text);
+    assert_eq!(state.agent().counters("crypto").unwrap().decisions.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let body = json!({"module": "crypto", "context": ctx, "features": {"momentum_score": 0.5}});
+    assert_eq!(send(&app, post("/v1/decisions", body.to_string())).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -666,6 +791,8 @@ async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing(
     let ctx = json!({"session": "asia_prime", "regime": "bullish"});
     let unknown_id = format!("{}ff", &open[..30]);
     let huge = format!(r#"{{"module": "crypto", "context": {ctx}, "pad": "{}"}}"#, "x".repeat(100_000));
+    // `depth` arrays inside one another around a 1.
+    let nested = |depth: usize| (0..depth).fold(json!(1), |inner, _| json!([inner]));
     let deep = format!(
         r#"{{"decision_id": "{open}", "reward": 0.1, "trade": {{"exit_analysis": {{"x": {}{}}}}}}}"#,
         "[".repeat(300),
@@ -678,14 +805,14 @@ async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing(
         case("empty body", Method::POST, "/v1/outcomes", "", 400, "empty"),
         case("trailing bytes", Method::POST, "/v1/outcomes", format!(r#"{{"decision_id": "{open}"}} xyz"#), 400, "xyz"),
         case("single quotes", Method::POST, "/v1/decisions", "{'module': 'crypto'}", 400, "'module'"),
-        case("nesting too deep", Method::POST, "/v1/outcomes", deep, 400, "recursion limit"),
+        case("nesting too deep for the parser", Method::POST, "/v1/outcomes", deep, 422, "128"),
         // Non-finite numbers.
         case(
             "feature 1e999",
             Method::POST,
             "/v1/decisions",
             format!(r#"{{"module": "crypto", "context": {ctx}, "features": {{"momentum_score": 1e999}}}}"#),
-            400,
+            422,
             "1e999",
         ),
         case(
@@ -693,7 +820,7 @@ async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing(
             Method::POST,
             "/v1/outcomes",
             format!(r#"{{"decision_id": "{open}", "reward": -1e400}}"#),
-            400,
+            422,
             "-1e400",
         ),
         case(
@@ -701,7 +828,7 @@ async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing(
             Method::POST,
             "/v1/outcomes",
             format!(r#"{{"decision_id": "{open}", "trade": {{"return_pct": 1e309}}}}"#),
-            400,
+            422,
             "1e309",
         ),
         case(
@@ -709,7 +836,7 @@ async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing(
             Method::POST,
             "/v1/outcomes",
             format!(r#"{{"decision_id": "{open}", "reward": NaN}}"#),
-            400,
+            422,
             "NaN",
         ),
         case(
@@ -717,7 +844,7 @@ async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing(
             Method::POST,
             "/v1/decisions",
             format!(r#"{{"module": "crypto", "context": {ctx}, "features": {{"volume_score": Infinity}}}}"#),
-            400,
+            422,
             "Infinity",
         ),
         // Wrong shapes and types.
@@ -764,10 +891,28 @@ async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing(
         ),
         outcome_case("unknown outcome field", json!({"decision_id": open, "reward": 0.1, "rewrd": 0.2}), 422, "rewrd"),
         outcome_case(
-            "unknown trade field",
-            json!({"decision_id": open, "reward": 0.1, "trade": {"symbol": "BTCUSD", "venue": "x"}}),
+            "trade nests too deep",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"x": nested(40)}}),
             422,
-            "venue",
+            "nests objects and arrays 41, over the limit of 32",
+        ),
+        outcome_case(
+            "trade holds too many values",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"fills": vec![0; 2100]}}),
+            422,
+            "holds values 2101, over the limit of 2000",
+        ),
+        outcome_case(
+            "trade quantity is a string",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"quantity": "lots", "venue": "x"}}),
+            422,
+            "trade.quantity: expected f64, got \"lots\"",
+        ),
+        outcome_case(
+            "exit path holds a string",
+            json!({"decision_id": open, "reward": 0.1, "trade": {"exit_analysis": {"path": [0.01, "x"]}}}),
+            422,
+            "trade.exit_analysis.path",
         ),
         // Unknown vocabulary.
         decide_case("unknown module", json!({"module": "forex", "context": ctx}), 422, "forex"),
@@ -787,16 +932,10 @@ async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing(
         decide_case("missing session", json!({"module": "crypto", "context": {"regime": "bullish"}}), 422, "session"),
         decide_case("missing module", json!({"context": ctx}), 422, "module"),
         decide_case(
-            "unknown feature",
-            json!({"module": "crypto", "context": ctx, "features": {"rsi": 0.3}}),
+            "undeclared feature that is not a number",
+            json!({"module": "crypto", "context": ctx, "features": {"rsi": "high"}}),
             422,
-            "rsi",
-        ),
-        decide_case(
-            "another module's feature",
-            json!({"module": "crypto", "context": ctx, "features": {"technical_confidence": 0.3}}),
-            422,
-            "technical_confidence",
+            "features.rsi",
         ),
         // Decision ids and outcomes.
         outcome_case("malformed decision id", json!({"decision_id": "not-an-id", "reward": 0.1}), 404, "not-an-id"),
@@ -971,6 +1110,31 @@ fn settings_come_from_flags_then_env_then_file_then_defaults() {
     let d = ServeSettings::resolve(ServeArgs::default(), ServeFile::default()).unwrap();
     assert_eq!(d.addr.to_string(), "127.0.0.1:8700");
     assert_eq!(d.options.token, None);
+    assert_eq!(d.options.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(d.options.max_connections, 4096);
+
+    // A token from a file: its first line, trimmed; never both a token and a file.
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "from-a-file\n").unwrap();
+    let s = ServeSettings::resolve(
+        ServeArgs { token_file: Some(token_file.clone()), ..Default::default() },
+        ServeFile::default(),
+    )
+    .unwrap();
+    assert_eq!(s.options.token.as_deref(), Some("from-a-file"));
+    let err = ServeSettings::resolve(
+        ServeArgs { token: Some("t".into()), token_file: Some(token_file), ..Default::default() },
+        ServeFile::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("token_file"), "{err}");
+    let err =
+        ServeSettings::resolve(ServeArgs { max_connections: Some(0), ..Default::default() }, ServeFile::default())
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("max_connections") && err.contains("\"0\""), "{err}");
 
     let err = ServeSettings::resolve(
         ServeArgs { addr: Some("localhost".into()), ..Default::default() },
@@ -1120,6 +1284,12 @@ fn the_serve_binary_reads_its_config_and_env_and_stops_cleanly_on_sigterm() {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().rsplit("http://").next().unwrap().to_string();
     assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{line}");
+    // The token came from the environment, so `ps` (the process's command line) does not show it.
+    #[cfg(target_os = "linux")]
+    {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+        assert!(!String::from_utf8_lossy(&cmdline).contains(TOKEN), "the token shows in ps");
+    }
 
     let exchange = |request: String| {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
@@ -1146,7 +1316,8 @@ fn the_serve_binary_reads_its_config_and_env_and_stops_cleanly_on_sigterm() {
     assert!(lines.iter().any(|l| l["fields"]["message"] == "listening"), "{logs}");
     assert!(lines.iter().any(|l| l["fields"]["signal"] == "SIGTERM"), "{logs}");
     assert!(
-        lines.iter().any(|l| l["span"]["request_id"].is_string() && l["fields"]["message"] == "unauthorised request"),
+        lines.iter().any(|l| l["span"]["request_id"].is_string()
+            && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("unauthorised request"))),
         "{logs}"
     );
     assert!(!logs.contains(TOKEN), "the token is never logged");
@@ -1165,4 +1336,109 @@ fn the_python_client_tests_pass_against_the_real_binary() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python client tests failed:\n{}\n{stderr}", String::from_utf8_lossy(&out.stdout));
     assert!(stderr.contains("OK"), "{stderr}");
+}
+
+/// docs/api.md is the contract: it begins with the shared contract word for
+/// word (when the shared folder is beside the checkout), and it documents
+/// every route the router serves, read from the router's own source.
+#[test]
+fn docs_api_md_holds_the_shared_contract_and_every_route() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+    if let Ok(shared) = std::fs::read_to_string(root.join("../shared/API.md")) {
+        assert!(doc.starts_with(&shared), "docs/api.md must begin with ../shared/API.md unchanged");
+    }
+    let mut routes = Vec::new();
+    for file in ["src/service/mod.rs", "src/service/dashboard/mod.rs"] {
+        let source = std::fs::read_to_string(root.join(file)).unwrap();
+        for part in source.split(".route(\"").skip(1) {
+            let (path, rest) = part.split_once('"').unwrap();
+            let handlers = rest.split(".route(").next().unwrap();
+            for method in ["get", "post", "delete", "put"] {
+                if handlers.contains(&format!("{method}(")) {
+                    routes.push((method.to_uppercase(), path.to_string()));
+                }
+            }
+        }
+    }
+    assert!(routes.len() >= 20, "{routes:?}");
+    for (method, path) in &routes {
+        assert!(
+            doc.contains(&format!("{method} {path}")) || doc.contains(&format!("`{method} {path}")),
+            "docs/api.md does not document {method} {path}"
+        );
+    }
+}
+
+/// A server on a real socket with `options`, stopped when the sender is dropped.
+async fn serve_with(options: ServiceOptions) -> (std::net::SocketAddr, AppState, tokio::sync::oneshot::Sender<()>) {
+    let state = state_with(support::agent(18), options, Hooks::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, state.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    (addr, state, stop_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_is_cut_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options = ServiceOptions { header_read_timeout: Duration::from_millis(300), ..Default::default() };
+    let (addr, _state, _stop) = serve_with(options).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"POST /v1/decisions HTTP/1.1\r\nHost: x\r\nContent-Type: app").await.unwrap();
+    // The server closes it (perhaps after a 408): the read ends. The outer
+    // timeout only keeps a broken server from hanging the suite.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    let read = read.expect("the server never closed the half-sent request");
+    assert!(read.is_ok() || answer.is_empty(), "{read:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    let options = ServiceOptions { max_connections: 2, ..Default::default() };
+    let (addr, state, _stop) = serve_with(options).await;
+    let host = addr.to_string();
+    let decide_on = |host: String| {
+        Request::post("/v1/decisions")
+            .header(header::HOST, host)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(decision_body("crypto", "us_prime", "bullish")))
+            .unwrap()
+    };
+    let (mut first, _) = http1(addr).await;
+    let (mut second, _) = http1(addr).await;
+    assert_eq!(over(&mut first, decide_on(host.clone())).await.0, StatusCode::OK);
+    assert_eq!(over(&mut second, decide_on(host.clone())).await.0, StatusCode::OK);
+    // The third connects (the kernel's backlog) but is not served while both stay open.
+    let (mut third, _) = http1(addr).await;
+    let waiting = tokio::spawn(async move { over(&mut third, decide_on(host)).await.0 });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a third connection was served past the limit of 2");
+    assert_eq!(state.metrics().connections_accepted(), 2);
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(30), waiting).await.expect("never served").unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(state.metrics().connections_accepted(), 3);
+    drop(second);
+}
+
+#[tokio::test]
+async fn the_dashboard_sends_security_headers_on_the_page_and_its_assets() {
+    let app = app(plain_state(19));
+    for path in ["/", "/dashboard/app.js", "/dashboard/style.css"] {
+        let r = send(&app, get(path)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        let header = |name: &str| r.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(header("referrer-policy").as_deref(), Some("no-referrer"), "{path}");
+        assert_eq!(header("x-frame-options").as_deref(), Some("DENY"), "{path}");
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"), "{path}");
+        let csp = header("content-security-policy").unwrap_or_default();
+        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+    }
 }

@@ -279,6 +279,7 @@ conformance!(
     the_v1_fixture_stores_and_loads,
     trades_round_trip_with_their_decision_context,
     trades_are_written_in_batches_across_modules,
+    a_trades_own_fields_are_stored_exactly_as_sent,
     parameter_effectiveness_rows_upsert,
     learning_events_list_newest_first,
     optimization_data_is_replaced,
@@ -500,8 +501,8 @@ async fn trades_round_trip_with_their_decision_context(b: Backend) {
         let d = agent.decide("crypto", ctx, &[("momentum_score", 0.72), ("volume_score", 0.63)], true).unwrap();
         let mut t = TradeRecord {
             created_at: 1_750_000_000.0 + i as f64,
-            symbol: "BTCUSD".into(),
-            side: "BUY".into(),
+            symbol: Some("BTCUSD".into()),
+            side: Some("BUY".into()),
             quantity: Some(0.044),
             price: Some(45000.0),
             strategy: Some("crypto_asia_momentum".into()),
@@ -543,6 +544,37 @@ async fn trades_round_trip_with_their_decision_context(b: Backend) {
     assert!(b.store.list_trades("stocks", 10).await.unwrap().is_empty());
 }
 
+/// The module's own trade fields, of every JSON type (arrays of arrays, which
+/// Firestore cannot hold natively; integers past 64 bits; nulls), come back
+/// byte for byte, in batches and one at a time.
+async fn a_trades_own_fields_are_stored_exactly_as_sent(b: Backend) {
+    let agent = support::agent(5);
+    let ctx = Context::new(Session::UsPrime, Regime::Sideways);
+    let sent = r#"{"symbol": "ETHUSD", "return_pct": -0.004, "threshold": 0.6, "instrument": "ETH-PERP",
+        "direction": "short", "position_size": 0.25, "hold_duration_hours": 4.2,
+        "orders": [{"id": 1, "fills": [[3000.5, 0.01], [3001, 0.034]]}],
+        "meta": {"venue": {"name": "x", "tier": null}, "tags": ["a", "b"], "retry": false},
+        "note": null, "live": true, "big_id": 123456789012345678901234567890, "max_u64": 18446744073709551615,
+        "min_i64": -9223372036854775808, "tiny": 5e-324, "unicode": "€ ✓", "empty_obj": {}, "empty_list": []}"#;
+    let mut trades = Vec::new();
+    for i in 0..3 {
+        let d = agent.decide("crypto", ctx, &[("momentum_score", 0.4)], true).unwrap();
+        let mut t = TradeRecord::from_fields(serde_json::from_str(sent).unwrap()).unwrap();
+        t.created_at = 1_760_000_000.0 + i as f64;
+        t.fill_from_decision(&d, agent.space("crypto").unwrap());
+        trades.push(t);
+    }
+    assert_eq!(trades[0].module_fields.len(), 16);
+    b.store.put_trades(&trades[..2]).await.unwrap();
+    b.store.put_trade(&trades[2]).await.unwrap();
+    let listed = b.store.list_trades("crypto", 10).await.unwrap();
+    let expected: Vec<TradeRecord> = trades.iter().rev().cloned().collect();
+    assert_eq!(listed, expected, "every field intact, the module's own byte for byte");
+    assert_eq!(listed[0].module_fields.get("big_id"), Some("123456789012345678901234567890"));
+    assert_eq!(listed[0].module_fields.get("orders"), Some(r#"[{"id": 1, "fills": [[3000.5, 0.01], [3001, 0.034]]}]"#));
+    assert_eq!(listed[0].side, None, "absent stays absent");
+}
+
 /// The decision log writes trades in batches of any modules; a batch lands
 /// whole, in each module's listing, and a retried batch duplicates nothing.
 async fn trades_are_written_in_batches_across_modules(b: Backend) {
@@ -554,7 +586,7 @@ async fn trades_are_written_in_batches_across_modules(b: Backend) {
         let d = agent.decide(module, ctx, &[], true).unwrap();
         let mut t = TradeRecord {
             created_at: 1_750_000_000.0 + i as f64,
-            symbol: format!("SYM{i}"),
+            symbol: Some(format!("SYM{i}")),
             return_pct: Some(0.001 * i as f64),
             reward: Some(0.001 * i as f64),
             ..Default::default()
@@ -836,8 +868,12 @@ async fn local_a_torn_write_leaves_the_previous_checkpoint_loadable() {
     let torn = ckpt_dir.join(format!(".{:020}.json.tmp-999999-0", 2));
     std::fs::write(&torn, &bytes[..bytes.len() / 2]).unwrap();
     // So does a crash mid-append of a trade.
-    let trade =
-        TradeRecord { module_name: "crypto".into(), symbol: "BTCUSD".into(), created_at: 1.0, ..Default::default() };
+    let trade = TradeRecord {
+        module_name: "crypto".into(),
+        symbol: Some("BTCUSD".into()),
+        created_at: 1.0,
+        ..Default::default()
+    };
     store.put_trade(&trade).await.unwrap();
     let trades = dir.path().join("trades/crypto.jsonl");
     let mut f = std::fs::OpenOptions::new().append(true).open(&trades).unwrap();

@@ -14,6 +14,16 @@ if (params.has("token")) {
   const rest = params.toString();
   history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
 }
+// Log out: forget the token this browser keeps; the page then asks for it again.
+(function logoutButton() {
+  const button = document.getElementById("logout");
+  if (!button) return;
+  button.hidden = !localStorage.getItem("paramopt.token");
+  button.onclick = () => {
+    localStorage.removeItem("paramopt.token");
+    location.replace(location.pathname);
+  };
+})();
 const REFRESH_SECS = Math.max(1, Number(params.get("refresh")) || 5);
 
 // What is shown: the module, and the parameter and context of the history chart.

@@ -95,8 +95,25 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     // Assets change only with the binary; a restart may bring a new one.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
     response
 }
+
+/// On every page and asset: no Referer (the first visit's URL carries
+/// `?token=`), nothing loaded from elsewhere, no framing, no sniffing. Inline
+/// `style` attributes stay allowed: the charts set widths and positions with them.
+const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
+    (header::REFERRER_POLICY, "no-referrer"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
 
 async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX_HTML)
