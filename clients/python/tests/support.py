@@ -137,6 +137,12 @@ class Target:
         assert match, f"no {name} in /metrics"
         return float(match.group(1))
 
+    def outcomes(self) -> float:
+        """Outcomes accepted so far, over every module."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(v) for v in re.findall(r"^paramopt_outcomes_total\{[^}]*\} ([0-9.eE+-]+)$", text, re.M))
+
     def stored_trade(self, module: str, decision_id: str, timeout: float = 15.0) -> Dict[str, Any]:
         """The trade record the server stored for `decision_id` (the embedded
         store's trades/MODULE.jsonl; records follow in the decision log's
