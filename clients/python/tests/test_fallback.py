@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+import time
 import unittest
 from pathlib import Path
 from typing import Dict
@@ -41,7 +42,8 @@ class SyncFallbackTest(unittest.TestCase):
 
     def test_the_seed_defaults_stand_in_while_the_server_is_stopped(self) -> None:
         defaults = seed_defaults(self.direct, "crypto")
-        with Fallback(ParamoptClient(self.server.url, timeout=2, retry=FAST), cache_path=self.cache) as pm:
+        pm = Fallback(ParamoptClient(self.server.url, timeout=2, retry=FAST), cache_path=self.cache, recheck_after=0.3)
+        with pm:
             live = pm.decide("crypto", "asia_prime", "bullish", features={"momentum_score": 0.5})
             self.assertFalse(live.fallback)
             self.assertTrue(pm.report_closed(live, return_pct=0.01, confidence=0.7).delivered)
@@ -61,6 +63,13 @@ class SyncFallbackTest(unittest.TestCase):
             self.assertEqual(pm.fallbacks, 1)
             self.assertEqual(pm.fallbacks_by_module, {"crypto": 1})
             self.assertTrue(any("seed defaults" in line and "fallback 1" in line for line in logs.output), logs.output)
+            # Within recheck_after of that failure, the next decision does not try.
+            with self.assertLogs("paramopt_client", "WARNING"):
+                quick = pm.decide("crypto", "us_prime", "bearish")
+            self.assertTrue(quick.fallback)
+            self.assertIn("next try in", quick.fallback_reason or "")
+            self.assertEqual(pm.fallbacks, 2)
+            self.assertEqual(pm.fallbacks_by_module, {"crypto": 2})
 
             # Its outcome is not sent.
             skipped = pm.report_skipped(d, confidence=0.2)
@@ -75,12 +84,16 @@ class SyncFallbackTest(unittest.TestCase):
             self.assertFalse(lost.delivered)
             self.assertEqual(pm.undelivered, 1)
 
-            # Back up on the same port and store: real decisions again.
+            # Back up on the same port and store: real decisions again, once
+            # recheck_after has passed.
             self.server.start()
-            again = pm.decide("crypto", "us_prime", "bearish")
+            time.sleep(0.3)
+            with self.assertLogs("paramopt_client", "WARNING") as logs:
+                again = pm.decide("crypto", "us_prime", "bearish")
             self.assertFalse(again.fallback)
             self.assertEqual(len(again.decision_id or ""), 32)
-            self.assertEqual(pm.fallbacks, 1)
+            self.assertIn("reachable again", logs.output[0])
+            self.assertEqual(pm.fallbacks, 2)
             outcomes = self.direct.checkpoints("crypto")
             # The final checkpoint at the stop held the one delivered outcome.
             self.assertEqual(outcomes[0]["outcomes"], 1)
@@ -127,7 +140,7 @@ class AsyncFallbackTest(unittest.IsolatedAsyncioTestCase):
         self.addCleanup(self.server.close)
 
     async def test_the_seed_defaults_stand_in_while_the_server_is_stopped(self) -> None:
-        async with AsyncFallback(AsyncParamoptClient(self.server.url, timeout=2, retry=FAST)) as pm:
+        async with AsyncFallback(AsyncParamoptClient(self.server.url, timeout=2, retry=FAST), recheck_after=0.3) as pm:
             spaces = {m["module"]: m for m in await pm.modules()}
             defaults = {p["name"]: p["default"] for p in spaces["stocks"]["parameters"]}
             live = await pm.decide("stocks", "us_prime", "bullish")
@@ -144,6 +157,7 @@ class AsyncFallbackTest(unittest.IsolatedAsyncioTestCase):
             self.assertFalse(r.sent)
 
             await asyncio.to_thread(self.server.start)
+            await asyncio.sleep(0.3)
             again = await pm.decide("stocks", "us_prime", "bullish")
             self.assertFalse(again.fallback)
             self.assertTrue((await pm.report(again, reward=0.0)).delivered)

@@ -156,9 +156,9 @@ class SyncClientTest(unittest.TestCase):
         with self.assertRaises(InvalidRequest) as e:
             self.client.report_closed(d, return_pct=0.01, confidence=1.5)
         self.assertIn("confidence", e.exception.message)
-        with self.assertRaises(UnknownDecision) as e:
+        with self.assertRaises(UnknownDecision) as unknown:
             self.client.report("0" * 32, reward=0.1)
-        self.assertIsInstance(e.exception, NotFound)
+        self.assertIsInstance(unknown.exception, NotFound)
         with self.assertRaises(PayloadTooLarge):
             self.client.decide("crypto", "asia_prime", "bullish", features={f"f{i}": 0.0 for i in range(10000)})
         with self.assertRaises(InvalidRequest) as e:

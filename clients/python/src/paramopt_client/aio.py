@@ -8,7 +8,6 @@ connections; more wait for one to be free.
 from __future__ import annotations
 
 import asyncio
-import random
 import ssl
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -63,7 +62,6 @@ class AsyncParamoptClient:
         # Made on first use, inside the running loop (Python 3.9 binds a
         # semaphore to the loop current when it is made).
         self._slots: Optional[asyncio.Semaphore] = None
-        self._rng = random.Random()
 
     # ------------------------------------------------------------------ API
 
@@ -259,7 +257,7 @@ class AsyncParamoptClient:
 
 
 async def _chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
+    parts: List[bytes] = []
     while True:
         size_line = await reader.readline()
         if not size_line:

@@ -8,6 +8,11 @@ those of the last `GET /v1/modules` (fetched once a module's first decision
 succeeds, kept in memory and, with `cache_path`, in a JSON file, so a process
 started during an outage has them), else the ones the module gave.
 
+After a decision fell back, the next ones fall back at once, without
+trying the server, for `recheck_after` seconds (5 by default): a server that
+times out would otherwise cost every decision the client's whole retry
+budget. The first decision after that tries the server again.
+
 Outcomes of fallback decisions are not sent. An outcome of a real decision
 that cannot be delivered (after the retries) is logged, counted in
 `undelivered` and returned as a Report with `delivered=False`, instead of
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .aio import AsyncParamoptClient
-from .errors import Unavailable
+from .errors import ParamoptError, Unavailable
 from .sync import ParamoptClient
 from .types import Decision, Health, ModuleSpec, Parameters, Report
 
@@ -87,13 +92,40 @@ class SeedDefaults:
 class _Record:
     """What both wrappers count and log."""
 
-    def __init__(self, defaults: SeedDefaults, logger: logging.Logger) -> None:
+    def __init__(self, defaults: SeedDefaults, logger: logging.Logger, recheck_after: float) -> None:
         self.defaults = defaults
         self.log = logger
+        self.recheck_after = recheck_after
         self.fallbacks = 0
         self.by_module: Dict[str, int] = {}
         self.undelivered = 0
+        self._failed_at: Optional[float] = None
+        self._failure = ""
         self._lock = threading.Lock()
+
+    def skip(self) -> Optional[Unavailable]:
+        """The error to fall back on without trying, while the last failure is recent."""
+        with self._lock:
+            if self._failed_at is None:
+                return None
+            ago = time.monotonic() - self._failed_at
+            if ago >= self.recheck_after:
+                return None
+            return Unavailable(
+                f"paramopt was unreachable {ago:.1f} s ago ({self._failure}); next try in {self.recheck_after - ago:.1f} s"
+            )
+
+    def failed(self, error: Unavailable) -> None:
+        with self._lock:
+            self._failed_at = time.monotonic()
+            self._failure = str(error)
+
+    def recovered(self) -> None:
+        with self._lock:
+            was_down, self._failed_at = self._failed_at is not None, None
+            count = self.fallbacks
+        if was_down:
+            self.log.warning("paramopt reachable again (%d fallback decisions so far)", count)
 
     def fall_back(
         self, module: str, session: str, regime: str, strategy: Optional[str], error: Unavailable
@@ -132,8 +164,9 @@ class _Record:
 class Fallback:
     """A ParamoptClient that answers with the seed defaults when paramopt is
     unreachable (module docstring). `fallbacks` counts those decisions
-    (`fallbacks_by_module` per module). Use it as a context manager to close
-    the client at the end."""
+    (`fallbacks_by_module` per module); `recheck_after` is how long, in
+    seconds, decisions fall back without trying after one failed. Use it as
+    a context manager to close the client at the end."""
 
     def __init__(
         self,
@@ -141,9 +174,10 @@ class Fallback:
         defaults: Optional[Mapping[str, Mapping[str, float]]] = None,
         cache_path: Optional[PathLike] = None,
         logger: Optional[logging.Logger] = None,
+        recheck_after: float = 5.0,
     ) -> None:
         self.client = client
-        self._record = _Record(SeedDefaults(defaults, cache_path), logger or LOG)
+        self._record = _Record(SeedDefaults(defaults, cache_path), logger or LOG, recheck_after)
 
     @property
     def defaults(self) -> SeedDefaults:
@@ -166,7 +200,7 @@ class Fallback:
         try:
             self.defaults.learn(self.client.modules())
             return True
-        except Unavailable as e:
+        except ParamoptError as e:
             self._record.log.warning("paramopt: cannot fetch the seed defaults: %s", e)
             return False
 
@@ -179,10 +213,15 @@ class Fallback:
         explore: bool = True,
         strategy: Optional[str] = None,
     ) -> Decision:
+        skip = self._record.skip()
+        if skip is not None:
+            return self._record.fall_back(module, session, regime, strategy, skip)
         try:
             decision = self.client.decide(module, session, regime, features, explore, strategy)
         except Unavailable as e:
+            self._record.failed(e)
             return self._record.fall_back(module, session, regime, strategy, e)
+        self._record.recovered()
         if not self.defaults.knows(module):
             self.refresh_defaults()
         return decision
@@ -249,9 +288,10 @@ class AsyncFallback:
         defaults: Optional[Mapping[str, Mapping[str, float]]] = None,
         cache_path: Optional[PathLike] = None,
         logger: Optional[logging.Logger] = None,
+        recheck_after: float = 5.0,
     ) -> None:
         self.client = client
-        self._record = _Record(SeedDefaults(defaults, cache_path), logger or LOG)
+        self._record = _Record(SeedDefaults(defaults, cache_path), logger or LOG, recheck_after)
 
     @property
     def defaults(self) -> SeedDefaults:
@@ -273,7 +313,7 @@ class AsyncFallback:
         try:
             self.defaults.learn(await self.client.modules())
             return True
-        except Unavailable as e:
+        except ParamoptError as e:
             self._record.log.warning("paramopt: cannot fetch the seed defaults: %s", e)
             return False
 
@@ -286,10 +326,15 @@ class AsyncFallback:
         explore: bool = True,
         strategy: Optional[str] = None,
     ) -> Decision:
+        skip = self._record.skip()
+        if skip is not None:
+            return self._record.fall_back(module, session, regime, strategy, skip)
         try:
             decision = await self.client.decide(module, session, regime, features, explore, strategy)
         except Unavailable as e:
+            self._record.failed(e)
             return self._record.fall_back(module, session, regime, strategy, e)
+        self._record.recovered()
         if not self.defaults.knows(module):
             await self.refresh_defaults()
         return decision

@@ -7,13 +7,12 @@ a lock. Use one client per thread for parallel requests.
 from __future__ import annotations
 
 import http.client
-import random
 import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, TypeVar, Union
 
 from . import _core
-from ._core import Answer, Call, Endpoint, Plan, Response, Retry, TransportError
+from ._core import Call, Endpoint, Plan, Response, Retry, TransportError
 from .types import Decision, GenerationTarget, Health, ModuleSpec, ParametersAnswer, Report, RetryPolicy
 from .version import __version__
 
@@ -48,7 +47,6 @@ class ParamoptClient:
         self._headers = _core.headers(token, f"paramopt-client/{__version__} (sync)")
         self._conn: Optional[http.client.HTTPConnection] = None
         self._lock = threading.Lock()
-        self._rng = random.Random()
 
     # ------------------------------------------------------------------ API
 
