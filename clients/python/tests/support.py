@@ -143,16 +143,19 @@ class Target:
             text = r.read().decode()
         return sum(float(v) for v in re.findall(r"^paramopt_outcomes_total\{[^}]*\} ([0-9.eE+-]+)$", text, re.M))
 
-    def stored_trade(self, module: str, decision_id: str, timeout: float = 15.0) -> Dict[str, Any]:
+    def stored_trade(self, module: Optional[str], decision_id: str, timeout: float = 15.0) -> Dict[str, Any]:
         """The trade record the server stored for `decision_id` (the embedded
-        store's trades/MODULE.jsonl; records follow in the decision log's
-        batches, so this waits for it)."""
+        store's trades/MODULE.jsonl, or any module's with None; records
+        follow in the decision log's batches, so this waits for it)."""
         if self.store is None:
             raise unittest_skip("the server's store directory is not known (set PARAMOPT_TEST_STORE)")
-        path = self.store / "trades" / f"{module}.jsonl"
+        trades = self.store / "trades"
         deadline = time.monotonic() + timeout
         while True:
-            if path.exists():
+            paths = [trades / f"{module}.jsonl"] if module else sorted(trades.glob("*.jsonl"))
+            for path in paths:
+                if not path.exists():
+                    continue
                 for line in path.read_text().splitlines():
                     try:
                         row = json.loads(line)
@@ -161,7 +164,7 @@ class Target:
                     if row.get("decision_id") == decision_id:
                         return dict(row)
             if time.monotonic() > deadline:
-                raise AssertionError(f"no trade record for {decision_id} in {path} after {timeout} s")
+                raise AssertionError(f"no trade record for {decision_id} in {paths} after {timeout} s")
             time.sleep(0.05)
 
 

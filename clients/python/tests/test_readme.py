@@ -81,10 +81,11 @@ class ReadmeExampleTest(unittest.TestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertNotIn("seed defaults", done.stdout + done.stderr, "the server is up: no fallback")
         self.assertGreater(self.target.outcomes(), before, "the example reported an outcome")
-        printed = re.findall(r"\b[0-9a-f]{32}\b", done.stdout)
-        for decision_id in printed:
-            row = self.target.stored_trade("crypto", decision_id)
-            self.assertEqual(row["confidence"], 0.81)
+        # A decision id it prints has its trade record in the store.
+        for decision_id in re.findall(r"\b[0-9a-f]{32}\b", done.stdout):
+            row = self.target.stored_trade(None, decision_id)
+            self.assertEqual(row["decision_id"], decision_id)
+            self.assertIn("return_pct", row)
 
 
 if __name__ == "__main__":

@@ -236,7 +236,7 @@ class SyncClientTest(unittest.TestCase):
         # Timing is reported, not asserted (the machine is shared).
         print(f"\n500 decide+report pairs in {elapsed:.2f} s", file=sys.stderr)
         after = self.target.metric("paramopt_connections_accepted_total")
-        self.assertEqual(after - before, 1 + 1, "one for the client, one for the first scrape")
+        self.assertEqual(after - before, 1 + 1, "one for the client, one for this scrape")
 
     def test_an_unreachable_server_is_unavailable_after_the_retries(self) -> None:
         policy = RetryPolicy(attempts=3, backoff=0.05, factor=2.0, jitter=0.0)
