@@ -74,6 +74,7 @@ class AsyncParamoptClient:
         explore: bool = True,
         strategy: Optional[str] = None,
     ) -> Decision:
+        """As `ParamoptClient.decide`."""
         return await self._run(_core.decide(module, session, regime, features, explore, strategy))
 
     async def report(
@@ -83,6 +84,7 @@ class AsyncParamoptClient:
         traded: bool = True,
         trade: Optional[Mapping[str, Any]] = None,
     ) -> Report:
+        """As `ParamoptClient.report`."""
         return await self._run(_core.report(decision, reward, traded, trade))
 
     async def report_skipped(
@@ -92,6 +94,7 @@ class AsyncParamoptClient:
         strategy: Optional[str] = None,
         **module_fields: Any,
     ) -> Report:
+        """As `ParamoptClient.report_skipped`."""
         trade = _core.skipped_trade(decision, confidence, strategy, module_fields)
         return await self.report(decision, traded=False, trade=trade)
 
@@ -105,39 +108,50 @@ class AsyncParamoptClient:
         reward: Optional[float] = None,
         **module_fields: Any,
     ) -> Report:
+        """As `ParamoptClient.report_closed`."""
         trade = _core.closed_trade(decision, return_pct, strategy, confidence, path, module_fields)
         return await self.report(decision, reward=reward, traded=True, trade=trade)
 
     async def parameters(self, module: str, session: str, regime: str) -> ParametersAnswer:
+        """As `ParamoptClient.parameters`."""
         return await self._run(_core.parameters(module, session, regime))
 
     async def modules(self) -> List[ModuleSpec]:
+        """As `ParamoptClient.modules`."""
         return await self._run(_core.modules())
 
     async def checkpoints(self, module: str) -> List[Dict[str, Any]]:
+        """As `ParamoptClient.checkpoints`."""
         return await self._run(_core.checkpoints(module))
 
     async def checkpoint(self, module: str, generation: int) -> Dict[str, Any]:
+        """As `ParamoptClient.checkpoint`."""
         return await self._run(_core.checkpoint(module, generation))
 
     async def create_checkpoint(self, module: str) -> Dict[str, Any]:
+        """As `ParamoptClient.create_checkpoint`."""
         return await self._run(_core.create_checkpoint(module))
 
     async def rollback(self, module: str, to: GenerationTarget) -> Dict[str, Any]:
+        """As `ParamoptClient.rollback`."""
         return await self._run(_core.rollback(module, to))
 
     async def start_ab_test(
         self, module: str, challenger: Union[int, str, Mapping[str, float]], **settings: Any
     ) -> Dict[str, Any]:
+        """As `ParamoptClient.start_ab_test`."""
         return await self._run(_core.start_ab_test(module, challenger, settings))
 
     async def ab_test(self, module: str) -> Dict[str, Any]:
+        """As `ParamoptClient.ab_test`."""
         return await self._run(_core.ab_test(module))
 
     async def stop_ab_test(self, module: str) -> Dict[str, Any]:
+        """As `ParamoptClient.stop_ab_test`."""
         return await self._run(_core.stop_ab_test(module))
 
     async def health(self) -> Health:
+        """As `ParamoptClient.health`."""
         return await self._run(_core.health())
 
     async def aclose(self) -> None:
