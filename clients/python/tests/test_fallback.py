@@ -158,8 +158,10 @@ class AsyncFallbackTest(unittest.IsolatedAsyncioTestCase):
 
             await asyncio.to_thread(self.server.start)
             await asyncio.sleep(0.3)
-            again = await pm.decide("stocks", "us_prime", "bullish")
+            with self.assertLogs("paramopt_client", "WARNING") as logs:
+                again = await pm.decide("stocks", "us_prime", "bullish")
             self.assertFalse(again.fallback)
+            self.assertIn("reachable again (3 fallback decisions so far)", logs.output[0])
             self.assertTrue((await pm.report(again, reward=0.0)).delivered)
 
 
