@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import time
 import unittest
 
+import paramopt_client
 from paramopt_client import (
     AbTestRunning,
     Decision,
@@ -39,6 +41,15 @@ class SyncClientTest(unittest.TestCase):
     def tearDownClass(cls) -> None:
         cls.client.close()
         cls.target.close()
+
+    def test_the_installed_version_follows_the_api_version(self) -> None:
+        try:
+            installed = importlib.metadata.version("paramopt-client")
+        except importlib.metadata.PackageNotFoundError:
+            self.skipTest("paramopt-client is not installed (pip install ./clients/python)")
+        self.assertEqual(installed, paramopt_client.__version__)
+        self.assertEqual(paramopt_client.API_VERSION, "v1")
+        self.assertEqual(installed.split(".")[0], "1", "1.x speaks /v1")
 
     def test_modules_list_the_three_spaces_with_their_defaults(self) -> None:
         modules = {m["module"]: m for m in self.client.modules()}
