@@ -1322,22 +1322,6 @@ fn the_serve_binary_reads_its_config_and_env_and_stops_cleanly_on_sigterm() {
     );
     assert!(!logs.contains(TOKEN), "the token is never logged");
 }
-
-#[test]
-fn the_python_client_tests_pass_against_the_real_binary() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
-    let out = std::process::Command::new("python3")
-        .args(["-m", "unittest", "-v", "test_client"])
-        .current_dir(dir)
-        .env("PARAMOPT_BIN", env!("CARGO_BIN_EXE_paramopt"))
-        .env("PARAMOPT_MODELS", concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
-        .output()
-        .expect("python3 must be installed to test the Python client");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python client tests failed:\n{}\n{stderr}", String::from_utf8_lossy(&out.stdout));
-    assert!(stderr.contains("OK"), "{stderr}");
-}
-
 /// docs/api.md is the contract: it begins with the shared contract word for
 /// word (when the shared folder is beside the checkout), and it documents
 /// every route the router serves, read from the router's own source.
