@@ -60,11 +60,12 @@ pub struct DecisionLog {
 }
 
 impl DecisionLog {
-    /// Starts the writer task on the current tokio runtime.
-    pub fn start(store: Arc<dyn Store>, spaces: Spaces) -> DecisionLog {
+    /// Starts the writer task on the current tokio runtime, watched by `tasks`
+    /// (it ends only when every sender is gone, at shutdown).
+    pub fn start(store: Arc<dyn Store>, spaces: Spaces, tasks: &Arc<crate::supervisor::Supervisor>) -> DecisionLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         let counters = Arc::new(DecisionLogCounters::default());
-        tokio::spawn(write_loop(rx, store, spaces, counters.clone()));
+        tasks.spawn(&tokio::runtime::Handle::current(), "decision log", write_loop(rx, store, spaces, counters.clone()));
         DecisionLog { tx, counters }
     }
 

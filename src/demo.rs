@@ -86,7 +86,7 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     let learning = tokio_rt
         .block_on(Runtime::start(spaces.clone(), options))
         .with_context(|| format!("opening the store {store}"))?;
-    tokio_rt.spawn(learning.clone().run_checkpointer());
+    learning.status.tasks.spawn(tokio_rt.handle(), "checkpointer", learning.clone().run_checkpointer());
     let persist = Arc::new(RuntimeHooks::new(learning.clone(), tokio_rt.handle().clone()));
     let hooks = Hooks { checkpoints: Some(persist.clone()), outcomes: persist };
     let state = AppState::new(learning.agent.clone(), ServiceOptions::default(), hooks);
@@ -148,6 +148,7 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     let _ = stop.send(());
     let served = tokio_rt.block_on(serving);
     // The final checkpoint waits on the store through this runtime's handle.
+    learning.status.tasks.stop();
     let errors = std::thread::scope(|s| s.spawn(|| server::finish(&state)).join().expect("shutdown thread"));
     drop(tokio_rt);
     let passes = passes?;

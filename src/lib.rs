@@ -19,3 +19,4 @@ pub mod inspect;
 pub mod policy;
 pub mod runtime;
 pub mod service;
+pub mod supervisor;

@@ -490,8 +490,11 @@ fn serve(models: Option<&std::path::Path>, cli: &ServeCli) -> Result<()> {
     let learning = tokio_rt
         .block_on(Runtime::start(spaces.clone(), options))
         .with_context(|| format!("opening the store {}", settings.store))?;
-    tokio_rt.spawn(learning.clone().run_checkpointer());
-    tokio_rt.spawn(learning.clone().run_syncer());
+    let tasks = learning.status.tasks.clone();
+    tasks.spawn(tokio_rt.handle(), "checkpointer", learning.clone().run_checkpointer());
+    if cli.sync_every_secs.is_some() {
+        tasks.spawn(tokio_rt.handle(), "replica syncer", learning.clone().run_syncer());
+    }
     let persist = Arc::new(RuntimeHooks::new(learning.clone(), tokio_rt.handle().clone()));
     let hooks = Hooks { checkpoints: Some(persist.clone()), outcomes: persist };
     let state = AppState::new(learning.agent.clone(), settings.options.clone(), hooks);
@@ -514,6 +517,7 @@ fn serve(models: Option<&std::path::Path>, cli: &ServeCli) -> Result<()> {
         server::serve(listener, state.clone(), server::shutdown_signal()).await.context("serving")?;
         anyhow::Ok(())
     })?;
+    tasks.stop();
     // The final checkpoint waits on the store through this runtime's handle.
     let errors = std::thread::scope(|s| s.spawn(|| server::finish(&state)).join().expect("shutdown thread"));
     drop(runtime);

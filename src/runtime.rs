@@ -174,6 +174,8 @@ pub struct RuntimeStatus {
     auto_rollbacks: Mutex<HashMap<String, (u64, String)>>,
     /// Per module: A/B promotions.
     promotions: Mutex<HashMap<String, u64>>,
+    /// The background tasks (checkpointer, syncer, decision log) and how any died.
+    pub tasks: std::sync::Arc<crate::supervisor::Supervisor>,
 }
 
 impl RuntimeStatus {
@@ -277,7 +279,7 @@ impl Runtime {
             AgentOptions { seed: Some(seed), journal: Some(journal.clone() as Arc<dyn Journal>), ..Default::default() },
         );
         let module_locks = spaces.names().map(|m| (m.to_string(), tokio::sync::Mutex::new(()))).collect();
-        let decision_log = DecisionLog::start(store.clone(), spaces.clone());
+        let decision_log = DecisionLog::start(store.clone(), spaces.clone(), &status.tasks);
         let runtime = Arc::new(Runtime {
             agent,
             store,
@@ -399,8 +401,15 @@ impl Runtime {
                 line.push(entry);
             }
         }
-        if let Err(e) = self.journal.compact(module, cp.journal_seq) {
-            tracing::warn!(module, error = %e, "journal compaction failed; it will be retried at the next checkpoint");
+        // Copying and fsyncing the journal is blocking file work: off the async workers.
+        let (journal, name, through) = (self.journal.clone(), module.to_string(), cp.journal_seq);
+        let compacted = tokio::task::spawn_blocking(move || journal.compact(&name, through)).await;
+        match compacted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(module, error = %e, "journal compaction failed; it will be retried at the next checkpoint")
+            }
+            Err(e) => tracing::warn!(module, error = %e, "journal compaction task failed; retried at the next checkpoint"),
         }
         let event = match kind {
             CheckpointKind::Checkpoint => LearningEventKind::Checkpoint,

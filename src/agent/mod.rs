@@ -590,6 +590,13 @@ impl Agent {
 
     /// Stops the writer after it has learned everything accepted, and returns
     /// the learned state.
+    /// Whether the writer thread still runs: false once it ended, shut down
+    /// or panicked (decisions would then be served from a view that never
+    /// learns again, so health checks ask).
+    pub fn writer_alive(&self) -> bool {
+        self.inner.writer.lock().as_ref().is_some_and(|w| !w.is_finished())
+    }
+
     pub fn shutdown(&self) -> Vec<ModuleLearner> {
         self.inner.tx.lock().take();
         self.inner.writer.lock().take().map(|w| w.join().expect("writer thread panicked")).unwrap_or_default()

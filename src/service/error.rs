@@ -42,6 +42,9 @@ pub enum ApiError {
     /// A checkpoint or outcome store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A part of the service is down (`/healthz`); the message says which.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bug or an unexpected failure. The message is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Store(e) => e.status(),
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -16,6 +16,7 @@ pub mod config;
 mod dashboard;
 pub mod error;
 pub mod extract;
+mod idempotency;
 pub mod metrics;
 mod middleware;
 pub mod persist;
@@ -96,6 +97,7 @@ struct Inner {
     options: ServiceOptions,
     hooks: Hooks,
     metrics: Metrics,
+    idempotency: idempotency::IdempotencyKeys,
     /// `GET /v1/modules` never changes while the process runs, so it is rendered once.
     modules_json: Bytes,
 }
@@ -111,7 +113,16 @@ impl AppState {
         let modules_json = Bytes::from(
             serde_json::to_vec(&wire::modules_json(agent.modules())).expect("module spaces serialise to JSON"),
         );
-        AppState { inner: Arc::new(Inner { agent, options, hooks, metrics: Metrics::default(), modules_json }) }
+        AppState {
+            inner: Arc::new(Inner {
+                agent,
+                options,
+                hooks,
+                metrics: Metrics::default(),
+                idempotency: Default::default(),
+                modules_json,
+            }),
+        }
     }
 
     pub fn agent(&self) -> &Agent {
@@ -120,6 +131,10 @@ impl AppState {
 
     pub fn options(&self) -> &ServiceOptions {
         &self.inner.options
+    }
+
+    fn idempotency(&self) -> &idempotency::IdempotencyKeys {
+        &self.inner.idempotency
     }
 
     pub fn hooks(&self) -> &Hooks {

@@ -72,6 +72,10 @@ impl CheckpointStore for RuntimeHooks {
         self.runtime.status.store_healthy.load(Ordering::Relaxed)
     }
 
+    fn failures(&self) -> Vec<String> {
+        self.runtime.status.tasks.failures()
+    }
+
     fn list(&self, module: &str) -> Result<Vec<CheckpointSummary>, StoreError> {
         let metas = self.handle.block_on(self.runtime.store.list_checkpoints(module)).map_err(backend)?;
         Ok(metas.iter().map(summary).collect())

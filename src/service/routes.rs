@@ -185,16 +185,49 @@ pub async fn create_checkpoint(
     json(&summary)
 }
 
-/// `POST /v1/rollback`.
+/// `POST /v1/rollback`. With an `Idempotency-Key` header, a retry of the
+/// same key gets the first answer and makes no second generation.
 pub async fn rollback(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<RollbackRequest>,
 ) -> Result<Response, ApiError> {
     state.agent().space(&req.module)?;
+    let key = idempotency_key(&headers)?;
     let RollbackRequest { module, to } = req;
-    let summary = on_store(&state, move |s| s.rollback(&module, to)).await?;
-    tracing::info!(module = %summary.module, generation = summary.generation, ?to, "rolled back");
-    json(&serde_json::json!({ "rolled_back_to": to, "checkpoint": summary }))
+    let work = {
+        let state = state.clone();
+        async move {
+            let answer = async {
+                let summary = on_store(&state, move |s| s.rollback(&module, to)).await?;
+                tracing::info!(module = %summary.module, generation = summary.generation, ?to, "rolled back");
+                json(&serde_json::json!({ "rolled_back_to": to, "checkpoint": summary }))
+            };
+            let response = answer.await.unwrap_or_else(IntoResponse::into_response);
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    let (status, body) = match key {
+        Some(key) => state.idempotency().once(format!("rollback:{key}"), work).await,
+        None => work.await,
+    };
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// The request's `Idempotency-Key`, if any: printable ASCII, at most 200 bytes.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= super::idempotency::MAX_KEY_LEN);
+    key.map(|k| Some(k.to_string())).ok_or_else(|| {
+        ApiError::Invalid(format!(
+            "Idempotency-Key must be 1 to {} printable ASCII characters",
+            super::idempotency::MAX_KEY_LEN
+        ))
+    })
 }
 
 /// `POST /v1/ab-tests`: starts an A/B test.
@@ -233,12 +266,20 @@ pub async fn stop_ab_test(
     json(&serde_json::json!({ "stopped": result }))
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`: 200 while every part works; 503 naming what died (a
+/// background task, or the agent's writer, without which nothing is learned).
 pub async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (kind, healthy) = match &state.hooks().checkpoints {
         Some(s) => (s.kind(), s.healthy()),
         None => ("none", false),
     };
+    let mut failures = state.hooks().checkpoints.as_ref().map(|s| s.failures()).unwrap_or_default();
+    if !state.agent().writer_alive() {
+        failures.push("the agent's writer thread stopped: outcomes are no longer learned".to_string());
+    }
+    if !failures.is_empty() {
+        return Err(ApiError::Unavailable(format!("unhealthy: {}", failures.join("; "))));
+    }
     json(&serde_json::json!({ "status": "ok", "store": kind, "store_healthy": healthy }))
 }
 

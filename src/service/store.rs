@@ -167,6 +167,10 @@ pub trait CheckpointStore: Send + Sync + 'static {
         let _ = module;
         None
     }
+    /// Why background tasks died, if any did: `/healthz` answers 503 with them.
+    fn failures(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// A/B promotions and automatic rollbacks so far, and the last rollback's reason.
     fn rollout_counts(&self, module: &str) -> (u64, u64, Option<String>) {
         let _ = module;

@@ -694,11 +694,16 @@ impl Store for FirestoreStore {
             .from(DECISION_LOG)
             .parent(&parent)
             .filter(|q| q.for_all([q.field("created_at").greater_than_or_equal(since)]))
-            .order(|o| o.fields([o.field("created_at").ascending()]))
+            // The newest `limit`, handed back oldest first.
+            .order(|o| o.fields([o.field("created_at").descending()]))
             .limit(limit.min(u32::MAX as usize) as u32)
             .obj()
             .query()
             .await
+            .map(|mut records: Vec<DecisionLogRecord>| {
+                records.reverse();
+                records
+            })
             .map_err(fs_err(format!("list decisions of {module:?}")))
     }
 

@@ -23,6 +23,8 @@
 //! Changes take an exclusive `flock` on `DIR/.lock`, so several stores (threads
 //! or processes on one machine) can share a directory without losing updates.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -310,19 +312,35 @@ impl Inner {
         Ok(ids.contains(decision_id))
     }
 
+    /// The newest `limit` decisions made at or after `since`, oldest first,
+    /// with their rewards. Both files are streamed, so memory stays in
+    /// proportion to `limit`, not to the log's size.
     fn list_decisions(&self, module: &str, since: f64, limit: usize) -> StoreResult<Vec<DecisionLogRecord>> {
-        let mut records: Vec<DecisionLogRecord> = read_lines(&self.file("decisions", module, "jsonl")?)?;
-        records.retain(|r| r.created_at >= since);
-        records.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
-        records.truncate(limit);
-        let settled: Vec<Settlement> = read_lines(&self.file("decisions", module, "settled.jsonl")?)?;
-        let settled: HashMap<String, Settlement> = settled.into_iter().map(|s| (s.decision_id.clone(), s)).collect();
-        for r in &mut records {
-            if let Some(s) = settled.get(&r.decision_id) {
-                r.reward = Some(s.reward);
-                r.settled_at = Some(s.settled_at);
-            }
+        if limit == 0 {
+            return Ok(Vec::new());
         }
+        // A min-heap on (created_at, append order) of the newest `limit` seen so far.
+        let mut newest: BinaryHeap<Reverse<Newest>> = BinaryHeap::with_capacity(limit + 1);
+        let mut order = 0u64;
+        for_each_line(&self.file("decisions", module, "jsonl")?, |r: DecisionLogRecord| {
+            if r.created_at >= since {
+                order += 1;
+                newest.push(Reverse(Newest { created_at: r.created_at, order, record: r }));
+                if newest.len() > limit {
+                    newest.pop();
+                }
+            }
+        })?;
+        let mut records: Vec<DecisionLogRecord> =
+            newest.into_sorted_vec().into_iter().rev().map(|n| n.0.record).collect();
+        let index: HashMap<String, usize> =
+            records.iter().enumerate().map(|(i, r)| (r.decision_id.clone(), i)).collect();
+        for_each_line(&self.file("decisions", module, "settled.jsonl")?, |s: Settlement| {
+            if let Some(&i) = index.get(&s.decision_id) {
+                records[i].reward = Some(s.reward);
+                records[i].settled_at = Some(s.settled_at);
+            }
+        })?;
         Ok(records)
     }
 
@@ -485,6 +503,67 @@ fn read_lines<T: DeserializeOwned>(path: &Path) -> StoreResult<Vec<T>> {
             })
         })
         .collect()
+}
+
+/// A decision ordered by when it was made, then by where it stands in the file.
+struct Newest {
+    created_at: f64,
+    order: u64,
+    record: DecisionLogRecord,
+}
+
+impl PartialEq for Newest {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Newest {}
+impl PartialOrd for Newest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Newest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.created_at.total_cmp(&other.created_at).then(self.order.cmp(&other.order))
+    }
+}
+
+/// Calls `f` with each complete line of `path` (a torn last line is skipped
+/// with a warning, as [`read_lines`] does), reading a buffer at a time.
+fn for_each_line<T: DeserializeOwned>(path: &Path, mut f: impl FnMut(T)) -> StoreResult<()> {
+    use std::io::BufRead;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(StoreError::Io { op: "open", path: path.to_path_buf(), source }),
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    for number in 1.. {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(|source| StoreError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            tracing::warn!(path = %path.display(), bytes = line.len(), "skipping a torn last line");
+            break;
+        }
+        if line.len() == 1 {
+            continue;
+        }
+        let value = serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| StoreError::Corrupt {
+            what: format!("{} line {number}", path.display()),
+            detail: e.to_string(),
+        })?;
+        f(value);
+    }
+    Ok(())
 }
 
 fn newest_first<T>(mut records: Vec<T>, limit: usize, created_at: impl Fn(&T) -> f64) -> Vec<T> {

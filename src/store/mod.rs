@@ -183,8 +183,9 @@ pub trait Store: Send + Sync + fmt::Debug {
         }
         Ok(results)
     }
-    /// Decisions of `module` created at or after `since` (epoch seconds),
-    /// oldest first, at most `limit`, each with its reward once settled.
+    /// The newest `limit` decisions of `module` created at or after `since`
+    /// (epoch seconds), handed back oldest first, each with its reward once
+    /// settled. Analytics read the newest window, never the oldest.
     async fn list_decisions(&self, module: &str, since: f64, limit: usize) -> StoreResult<Vec<DecisionLogRecord>>;
 
     /// Atomically adds a replica's posterior increment (see

@@ -285,3 +285,30 @@ async fn every_outcomes_trade_reaches_the_store_and_is_counted() {
     assert!(metrics.contains("paramopt_log_records_total{kind=\"trade\"} 300\n"), "{metrics}");
     assert!(metrics.contains("paramopt_log_dropped_total 0\n"), "{metrics}");
 }
+
+/// A background task that dies shows in `/healthz` (503, naming it) instead
+/// of a stale "ok"; a healthy runtime answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_dies_shows_in_healthz() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(spaces(false), options(dir.path())).await.unwrap();
+    let router = crate::support::served(&rt);
+    let (status, body) = crate::support::send(&router, "GET", "/healthz", serde_json::Value::Null).await;
+    assert_eq!(status, 200, "{body}");
+    rt.status.tasks.spawn(&tokio::runtime::Handle::current(), "checkpointer", async {
+        panic!("the disk is full");
+    });
+    let mut answer = (status, body);
+    for _ in 0..400 {
+        answer = crate::support::send(&router, "GET", "/healthz", serde_json::Value::Null).await;
+        if answer.0 != 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(answer.0, 503, "{}", answer.1);
+    let error = answer.1["error"].as_str().unwrap();
+    assert!(error.contains("checkpointer") && error.contains("the disk is full"), "{error}");
+    rt.status.tasks.stop();
+    rt.shutdown().await;
+}

@@ -115,6 +115,7 @@ impl OutcomeSink for FailingSink {
 struct MemoryStore {
     generations: Mutex<Vec<CheckpointSummary>>,
     delay: Option<Duration>,
+    rollback_delay: Option<Duration>,
     panic: bool,
 }
 
@@ -159,6 +160,9 @@ impl CheckpointStore for MemoryStore {
     fn rollback(&self, module: &str, to: RollbackTarget) -> Result<CheckpointSummary, StoreError> {
         if let RollbackTarget::Generation(n) = to {
             self.get(module, n)?;
+        }
+        if let Some(d) = self.rollback_delay {
+            std::thread::sleep(d);
         }
         self.create(module)
     }
@@ -1062,6 +1066,36 @@ async fn bad_input_table_each_gets_its_4xx_naming_the_value_and_changes_nothing(
         case("rollback: negative target", Method::POST, "/v1/rollback", r#"{"module": "crypto", "to": -3}"#, 422, "-3"),
         case("rollback: unknown module", Method::POST, "/v1/rollback", r#"{"module": "forex", "to": 1}"#, 422, "forex"),
         case("rollback: missing target", Method::POST, "/v1/rollback", r#"{"module": "crypto"}"#, 422, "to"),
+        case(
+            "A/B test: outcomes past the bound",
+            Method::POST,
+            "/v1/ab-tests",
+            r#"{"module": "crypto", "challenger": "defaults", "min_outcomes": 18446744073709551615, "max_outcomes": 18446744073709551615}"#,
+            422,
+            "at most 100000000",
+        ),
+        case(
+            "A/B test: a vanishing split",
+            Method::POST,
+            "/v1/ab-tests",
+            r#"{"module": "crypto", "challenger": "defaults", "split": 1e-300}"#,
+            422,
+            "1e-300",
+        ),
+        case(
+            "module name of 60 KB",
+            Method::POST,
+            "/v1/decisions",
+            json!({"module": "m".repeat(60_000), "context": ctx}).to_string(),
+            422,
+            "bytes in all",
+        ),
+        decide_case(
+            "context of the wrong type names no Rust type",
+            json!({"module": "crypto", "context": ["asia_prime"]}),
+            422,
+            "expected a JSON object",
+        ),
     ];
     assert!(cases.len() >= 30, "{}", cases.len());
 
@@ -1425,4 +1459,41 @@ async fn the_dashboard_sends_security_headers_on_the_page_and_its_assets() {
         let csp = header("content-security-policy").unwrap_or_default();
         assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
     }
+}
+
+/// A rollback that outlasts the request's timeout still finishes once, and
+/// its retry with the same Idempotency-Key gets that answer: one generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_rollback_with_the_same_key_makes_one_generation() {
+    let store = Arc::new(MemoryStore { rollback_delay: Some(Duration::from_millis(400)), ..Default::default() });
+    let options = ServiceOptions { request_timeout: Duration::from_millis(100), ..Default::default() };
+    let hooks = Hooks { checkpoints: Some(store.clone()), ..Hooks::default() };
+    let app = app(state_with(support::agent(20), options, hooks));
+    let rollback = |key: &str| {
+        Request::post("/v1/rollback")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(r#"{"module": "crypto", "to": "defaults"}"#))
+            .unwrap()
+    };
+    let first = send(&app, rollback("retry-me")).await;
+    assert_contract_error(&first, StatusCode::REQUEST_TIMEOUT, "100ms");
+    // The retry waits for the first one's work instead of starting another.
+    let mut retry = send(&app, rollback("retry-me")).await;
+    while retry.status == StatusCode::REQUEST_TIMEOUT {
+        retry = send(&app, rollback("retry-me")).await;
+    }
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text);
+    assert_eq!(retry.json["checkpoint"]["generation"], 1);
+    let again = send(&app, rollback("retry-me")).await;
+    assert_eq!(again.json, retry.json, "the same answer every time");
+    assert_eq!(store.generations.lock().len(), 1, "one generation for one key");
+    // Another key is another rollback.
+    let mut other = send(&app, rollback("another")).await;
+    while other.status == StatusCode::REQUEST_TIMEOUT {
+        other = send(&app, rollback("another")).await;
+    }
+    assert_eq!(other.json["checkpoint"]["generation"], 2, "{}", other.text);
+    let bad = send(&app, rollback(&"k".repeat(300))).await;
+    assert_contract_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key");
 }

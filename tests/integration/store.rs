@@ -752,9 +752,12 @@ async fn decision_log_round_trips_and_settles(b: Backend) {
         records,
         "oldest first, settled reward joined"
     );
-    assert_eq!(b.store.list_decisions("crypto", 1_750_000_002.0, 2).await.unwrap(), records[2..4]);
+    // A limit keeps the newest window (handed back oldest first), never the oldest.
+    assert_eq!(b.store.list_decisions("crypto", 1_750_000_002.0, 2).await.unwrap(), records[4..6]);
+    assert_eq!(b.store.list_decisions("crypto", 1_750_000_002.0, 3).await.unwrap(), records[3..6]);
+    assert_eq!(b.store.list_decisions("crypto", 0.0, 0).await.unwrap(), vec![]);
     assert_eq!(b.store.list_decisions("stocks", 0.0, 100).await.unwrap(), vec![other]);
-    let first = &b.store.list_decisions("crypto", 0.0, 1).await.unwrap()[0];
+    let first = &b.store.list_decisions("crypto", 0.0, 100).await.unwrap()[0];
     assert_eq!(first.seed, u64::MAX);
     assert!((first.propensities.iter().product::<f64>() - first.propensity).abs() < 1e-12);
 }
