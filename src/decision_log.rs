@@ -65,7 +65,11 @@ impl DecisionLog {
     pub fn start(store: Arc<dyn Store>, spaces: Spaces, tasks: &Arc<crate::supervisor::Supervisor>) -> DecisionLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         let counters = Arc::new(DecisionLogCounters::default());
-        tasks.spawn(&tokio::runtime::Handle::current(), "decision log", write_loop(rx, store, spaces, counters.clone()));
+        tasks.spawn(
+            &tokio::runtime::Handle::current(),
+            "decision log",
+            write_loop(rx, store, spaces, counters.clone()),
+        );
         DecisionLog { tx, counters }
     }
 

@@ -409,7 +409,9 @@ impl Runtime {
             Ok(Err(e)) => {
                 tracing::warn!(module, error = %e, "journal compaction failed; it will be retried at the next checkpoint")
             }
-            Err(e) => tracing::warn!(module, error = %e, "journal compaction task failed; retried at the next checkpoint"),
+            Err(e) => {
+                tracing::warn!(module, error = %e, "journal compaction task failed; retried at the next checkpoint")
+            }
         }
         let event = match kind {
             CheckpointKind::Checkpoint => LearningEventKind::Checkpoint,

@@ -48,7 +48,12 @@ impl IdempotencyKeys {
                     let answer = async move {
                         task.await.unwrap_or_else(|e| {
                             tracing::error!(error = %e, "an idempotent request's task failed");
-                            (StatusCode::INTERNAL_SERVER_ERROR, bytes::Bytes::from_static(br#"{"error":"internal error; the server log has the details"}"#))
+                            (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                bytes::Bytes::from_static(
+                                    br#"{"error":"internal error; the server log has the details"}"#,
+                                ),
+                            )
                         })
                     }
                     .boxed()
@@ -85,7 +90,8 @@ mod tests {
             (StatusCode::OK, bytes::Bytes::from(format!("{{\"generation\": {n}}}")))
         };
         // The first caller gives up at once, as a request that timed out does.
-        let first = tokio::time::timeout(std::time::Duration::from_millis(1), keys.once("k".into(), work(runs.clone())));
+        let first =
+            tokio::time::timeout(std::time::Duration::from_millis(1), keys.once("k".into(), work(runs.clone())));
         assert!(first.await.is_err());
         let retry = keys.once("k".into(), work(runs.clone())).await;
         assert_eq!(retry.1, bytes::Bytes::from_static(b"{\"generation\": 1}"));

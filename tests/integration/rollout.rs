@@ -258,7 +258,10 @@ async fn ab_test_routes_start_report_and_stop_a_test() {
     let router = served(&rt);
 
     let bad = [
-        (json!({"module": MODULE, "challenger": "defaults", "split": 1.5}), "split must be within [0.01, 0.99], got 1.5"),
+        (
+            json!({"module": MODULE, "challenger": "defaults", "split": 1.5}),
+            "split must be within [0.01, 0.99], got 1.5",
+        ),
         (json!({"module": MODULE, "challenger": {"parameters": {"nope.x": 0.5}}}), "unknown parameter \"nope.x\""),
         (
             json!({"module": MODULE, "challenger": {"parameters": {"session_confidence.asia_prime": 0.9}}}),
