@@ -64,6 +64,7 @@ pub async fn report(
         reward: req.reward,
         traded: req.traded.unwrap_or(true),
         return_pct: req.trade.as_ref().and_then(|t| t.return_pct),
+        evidence: Default::default(),
     };
     let agent = state.agent();
     // Awaits the journal's group commit without holding a worker thread, so
