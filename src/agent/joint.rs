@@ -389,7 +389,7 @@ pub fn without_weights(cf: &Counterfactual) -> Counterfactual {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::space::{Regime, Spaces};
+    use crate::space::{Regime, Session, Spaces};
     use rand::{Rng, SeedableRng};
     use rand_pcg::Pcg64Mcg;
 

@@ -136,7 +136,8 @@ pub fn max_score_weights(features: &[f64], lo: &[f64], hi: &[f64]) -> Vec<f64> {
     order.sort_by(|&a, &b| features[b].total_cmp(&features[a]));
     for i in order {
         let add = (hi[i] - lo[i]).min(left).max(0.0);
-        w[i] += add;
+        // Never past the box by a rounding step.
+        w[i] = (lo[i] + add).min(hi[i]);
         left -= add;
     }
     w
