@@ -466,3 +466,57 @@ fn without_an_edge_the_agent_stays_near_the_defaults() {
         assert!(agent >= defaults - 0.0015, "{module}: agent {agent} vs defaults {defaults}");
     }
 }
+
+/// The version-1 fixture, written before roles existed, still loads into a
+/// learner of the shipped crypto space (which declares them): the bandit's
+/// state comes back, the estimator starts empty, and its decisions carry
+/// their serving record.
+#[test]
+fn a_checkpoint_from_before_roles_still_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/checkpoint-v1.json");
+    let cp = decode(&std::fs::read(path).unwrap(), path).unwrap();
+    assert!(cp.counterfactual.is_none());
+    let space = Spaces::builtin().get("crypto").unwrap().clone();
+    let learner = cp.to_learner(space.clone(), 1).unwrap();
+    assert_eq!(learner.stats, cp.stats);
+    assert_eq!(learner.incumbents, cp.incumbents);
+    let joint = learner.joint.as_ref().unwrap();
+    assert_eq!(joint.state.counts.used, 0);
+    let agent = Agent::with_learners(vec![learner], AgentOptions { seed: Some(1), ..Default::default() });
+    let mut rng = Pcg64Mcg::seed_from_u64(1);
+    let o = random_opp("crypto", &mut rng, Context::from_index(5).unwrap());
+    let d = decide(&agent, &space, &o);
+    assert!(d.counterfactual.is_some());
+    agent.report(&d.id.to_string(), outcome(&space, &o, &d.values)).unwrap();
+}
+
+/// What journal replay does, learning each accepted outcome again from its
+/// stored form (JSON, as the journal keeps it), gives the live writer's
+/// state exactly: estimator, incumbents and statistics.
+#[test]
+fn replaying_the_journaled_outcomes_learns_the_same() {
+    let spaces = Spaces::builtin();
+    let space = spaces.get("options").unwrap().clone();
+    let agent = Agent::new(&spaces, AgentOptions { seed: Some(12), ..Default::default() });
+    let mut rng = Pcg64Mcg::seed_from_u64(12);
+    let mut journal = Vec::new();
+    for _ in 0..1_500 {
+        let ctx = Context::from_index(rng.random_range(0..Context::COUNT)).unwrap();
+        let o = random_opp("options", &mut rng, ctx);
+        let d = decide(&agent, &space, &o);
+        let settled = agent.report(&d.id.to_string(), outcome(&space, &o, &d.values)).unwrap();
+        journal.push(serde_json::to_string(&settled).unwrap());
+    }
+    agent.flush();
+    let live = agent.shutdown().into_iter().find(|l| l.space.name == "options").unwrap();
+    let mut replayed = paramopt::agent::ModuleLearner::new(space.clone(), 0).unwrap();
+    for line in &journal {
+        let settled: paramopt::agent::Settled = serde_json::from_str(line).unwrap();
+        replayed.apply_settled(&settled).unwrap();
+    }
+    let (a, b) = (live.joint.as_ref().unwrap(), replayed.joint.as_ref().unwrap());
+    assert!(a.state.counts.used > 500, "{:?}", a.state.counts);
+    assert_eq!(a.state, b.state);
+    assert_eq!(live.incumbents, replayed.incumbents);
+    assert_eq!(live.stats, replayed.stats);
+}
