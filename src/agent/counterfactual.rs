@@ -56,6 +56,9 @@ pub enum ExploreReason {
     WeightsMaxScore,
     /// An opaque parameter, Thompson-sampled as before.
     OpaqueThompson,
+    /// A trade only the permissive gate takes, sized at the smallest scale in
+    /// reach: it is taken to be seen, and every scale learns from it alike.
+    SmallestScaleToSee,
 }
 
 /// Why an outcome teaches the determined parameters nothing.

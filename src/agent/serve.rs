@@ -118,7 +118,29 @@ pub fn serve<R: Rng + ?Sized>(
                 let score = blend(w.members.iter().map(|&p| values[p]), f.iter().copied());
                 gate.is_none_or(|g| score >= values[g])
             };
-            Some(epsilon * f64::from(u8::from(fires(&permissive))) + (1.0 - epsilon) * f64::from(u8::from(fires(&incumbent))))
+            let (perm, inc) = (fires(&permissive), fires(&incumbent));
+            // A trade only the permissive gate takes is there to be seen, not
+            // to earn: its return per unit of scale is what every arm learns
+            // (the estimator divides the applied scale out), so it is taken
+            // at the smallest scale in reach, which is what it costs when
+            // today's gate is right to skip it.
+            if take && perm && !inc {
+                if let Some(m) = cf.in_scope_of(&cf.scales, session, strategy) {
+                    let pv = &cell.params[m];
+                    let smallest = pv.served.iter().copied().fold(f64::INFINITY, f64::min).min(pv.incumbent);
+                    if smallest < choice.values[m] {
+                        choice.values[m] = smallest;
+                        choice.arms[m] = space.params[m].nearest_arm(smallest);
+                        // Its marginal; the whole choice counts the coin once.
+                        choice.propensities[m] = epsilon;
+                        explored.push(Explored {
+                            parameter: space.params[m].full_name.clone(),
+                            reason: ExploreReason::SmallestScaleToSee,
+                        });
+                    }
+                }
+            }
+            Some(epsilon * f64::from(u8::from(perm)) + (1.0 - epsilon) * f64::from(u8::from(inc)))
         }
         _ => None,
     };

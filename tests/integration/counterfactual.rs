@@ -436,6 +436,15 @@ fn second_half(module: &str, seed: u64, n: usize, edge: impl Fn(&Opp) -> f64) ->
         }
     }
     let half = (n - n / 2) as f64;
+    agent.flush();
+    let i = module_index(&agent, module);
+    let (counts, moved) = agent
+        .with_writer(move |l| {
+            let j = l[i].joint.as_ref().unwrap();
+            (j.state.counts.clone(), j.state.cells.iter().filter(|c| c.target.is_some()).count())
+        })
+        .unwrap();
+    eprintln!("{module} seed {seed}: {counts:?}, {moved} of 12 cells off the defaults at the end");
     (agent_sum / half, default_sum / half)
 }
 
