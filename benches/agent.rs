@@ -18,11 +18,11 @@ mod common;
 use common::{warm_agent, warm_agent_over, FEATURES};
 use paramopt::agent::counterfactual::blend;
 use paramopt::agent::{AbServing, AbTest, Agent, AgentOptions, Decision, Evidence, Outcome, Settled};
+use paramopt::eval::ab::AbSettings;
 use paramopt::space::ModuleSpace;
+use paramopt::space::{Context, Spaces};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use paramopt::eval::ab::AbSettings;
-use paramopt::space::{Context, Spaces};
 
 /// The built-in spaces with every module's policy network switched on.
 fn policy_spaces() -> Spaces {
@@ -106,7 +106,21 @@ fn bench(c: &mut Criterion) {
                 i += 1;
                 agent.decide("crypto", Context::from_index(i % 12).unwrap(), &FEATURES, true).unwrap().id.to_string()
             },
-            |id| black_box(agent.report(&id, Outcome { reward: Some(0.001), traded: true, return_pct: None, evidence: Default::default() }).unwrap()),
+            |id| {
+                black_box(
+                    agent
+                        .report(
+                            &id,
+                            Outcome {
+                                reward: Some(0.001),
+                                traded: true,
+                                return_pct: None,
+                                evidence: Default::default(),
+                            },
+                        )
+                        .unwrap(),
+                )
+            },
             BatchSize::SmallInput,
         )
     });
@@ -166,8 +180,10 @@ fn writer_throughput() {
         let space = spaces.iter().nth(i % 3).unwrap().clone();
         let cf = space.counterfactual.as_ref().unwrap();
         let ctx = Context::from_index(rng.random_range(0..12)).unwrap();
-        let features: Vec<(&str, f64)> = space.features.iter().map(|f| (f.name.as_str(), rng.random_range(f.lo..f.hi))).collect();
-        let strategy = (!cf.strategies.is_empty()).then(|| cf.strategies[rng.random_range(0..cf.strategies.len())].as_str());
+        let features: Vec<(&str, f64)> =
+            space.features.iter().map(|f| (f.name.as_str(), rng.random_range(f.lo..f.hi))).collect();
+        let strategy =
+            (!cf.strategies.is_empty()).then(|| cf.strategies[rng.random_range(0..cf.strategies.len())].as_str());
         let d = agent.decide_for(&space.name, ctx, &features, strategy, true).unwrap();
         pending.push((d.id.to_string(), rule_outcome(&space, &d, &mut rng)));
     }
@@ -202,7 +218,17 @@ fn timed(agent: Agent, label: &str) {
         decide_ns.push(t.elapsed().as_nanos() as u64);
         let id = d.id.to_string();
         let t = Instant::now();
-        agent.report(&id, Outcome { reward: Some(0.001 * (i % 5) as f64), traded: true, return_pct: None, evidence: Default::default() }).unwrap();
+        agent
+            .report(
+                &id,
+                Outcome {
+                    reward: Some(0.001 * (i % 5) as f64),
+                    traded: true,
+                    return_pct: None,
+                    evidence: Default::default(),
+                },
+            )
+            .unwrap();
         report_ns.push(t.elapsed().as_nanos() as u64);
     }
     let t = Instant::now();

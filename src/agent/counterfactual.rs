@@ -216,9 +216,15 @@ pub fn observe(
     // The probability of the trade being taken: either branch's gate.
     let fires_inc = observed.fires(cf, &serving.incumbent);
     let fires_perm = observed.fires(cf, &serving.permissive_values);
-    let p_obs = serving.epsilon * f64::from(u8::from(fires_perm)) + (1.0 - serving.epsilon) * f64::from(u8::from(fires_inc));
+    let p_obs =
+        serving.epsilon * f64::from(u8::from(fires_perm)) + (1.0 - serving.epsilon) * f64::from(u8::from(fires_inc));
     if observed.traded && p_obs <= 0.0 {
-        return Err(Unusable::GateMismatch { traded: true, fires: false, score: observed.score(cf, &decision.values), threshold: f64::NAN });
+        return Err(Unusable::GateMismatch {
+            traded: true,
+            fires: false,
+            score: observed.score(cf, &decision.values),
+            threshold: f64::NAN,
+        });
     }
     Ok(Observation { p_obs, ..observed })
 }
@@ -304,7 +310,8 @@ pub fn observe_with(
         if evidence.path.is_empty() {
             return Err(Unusable::NoPath);
         }
-        let capital = evidence.applied.get(&roles.capital).copied().ok_or_else(|| Unusable::NoCapital(roles.capital.clone()))?;
+        let capital =
+            evidence.applied.get(&roles.capital).copied().ok_or_else(|| Unusable::NoCapital(roles.capital.clone()))?;
         let stop = roles.stop_loss.map(|p| values[p]);
         let target = roles.profit_target.map(|p| values[p]);
         let (_, pnl_served) = exit_on_path(&evidence.path, stop, target).expect("non-empty");
@@ -349,7 +356,11 @@ pub struct ParamAlternatives {
 /// `parameter_performance.alternative_outcomes`. Opaque and out-of-scope
 /// parameters are left out; an outcome that determines nothing (see
 /// [`Unusable`]) gives the reason instead.
-pub fn alternatives(space: &ModuleSpace, decision: &Decision, outcome: &Outcome) -> Result<Vec<ParamAlternatives>, Unusable> {
+pub fn alternatives(
+    space: &ModuleSpace,
+    decision: &Decision,
+    outcome: &Outcome,
+) -> Result<Vec<ParamAlternatives>, Unusable> {
     let cf = space.counterfactual.as_ref().ok_or(Unusable::NotServed)?;
     let obs = observe_with(space, cf, decision, outcome, &decision.values)?;
     let strategy = strategy_of(cf, decision, &outcome.evidence);

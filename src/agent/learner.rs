@@ -180,7 +180,9 @@ impl ModuleLearner {
         let Some(cf) = self.cf.clone() else { return };
         match Joint::restore(&self.space, &cf, state) {
             Some(joint) => self.joint = Some(joint),
-            None => tracing::warn!(module = %self.space.name, "the checkpoint's counterfactual state does not fit the space; it starts afresh"),
+            None => {
+                tracing::warn!(module = %self.space.name, "the checkpoint's counterfactual state does not fit the space; it starts afresh")
+            }
         }
     }
 

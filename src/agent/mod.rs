@@ -36,13 +36,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::space::{Context, ModuleSpace, Spaces};
 
-pub use counterfactual::{alternatives, observe, ArmOutcome, CfServing, ExploreReason, Explored, ParamAlternatives, Unusable};
+pub use counterfactual::{
+    alternatives, observe, ArmOutcome, CfServing, ExploreReason, Explored, ParamAlternatives, Unusable,
+};
 pub use evidence::{exit_on_path, Evidence};
 pub use joint::{Joint, JointCounts, JointState};
 pub use learner::{eligible_arms, Applied, ModuleLearner, ReplicaState};
-pub use serve::max_score_weights;
 pub use pending::{Evictions, Tombstone};
 pub use rollout::{AbArm, AbAssignment, AbServing, AbTest, RewardWindow};
+pub use serve::max_score_weights;
 pub use view::{CellView, Choice, ModuleView, ParamView};
 
 use pending::{Lookup, PendingTable};

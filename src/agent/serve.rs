@@ -52,7 +52,8 @@ pub fn serve<R: Rng + ?Sized>(
             choice.propensities[p] = 1.0;
             choice.offsets[p] = None;
         } else if explore {
-            explored.push(Explored { parameter: space.params[p].full_name.clone(), reason: ExploreReason::OpaqueThompson });
+            explored
+                .push(Explored { parameter: space.params[p].full_name.clone(), reason: ExploreReason::OpaqueThompson });
         }
     }
     if !explore {
@@ -94,8 +95,11 @@ pub fn serve<R: Rng + ?Sized>(
         if take {
             choice.values[p] = permissive[p];
             choice.arms[p] = param.nearest_arm(permissive[p]);
-            let reason =
-                if cf.roles[p] == Role::Gate { ExploreReason::GateBelowIncumbent } else { ExploreReason::WeightsMaxScore };
+            let reason = if cf.roles[p] == Role::Gate {
+                ExploreReason::GateBelowIncumbent
+            } else {
+                ExploreReason::WeightsMaxScore
+            };
             explored.push(Explored { parameter: param.full_name.clone(), reason });
         }
         choice.propensities[p] = if take { epsilon } else { 1.0 - epsilon };
@@ -144,7 +148,10 @@ pub fn serve<R: Rng + ?Sized>(
         }
         _ => None,
     };
-    (Some(CfServing { permissive: take, epsilon, incumbent, permissive_values: permissive, p_obs, explored }), propensity)
+    (
+        Some(CfServing { permissive: take, epsilon, incumbent, permissive_values: permissive, p_obs, explored }),
+        propensity,
+    )
 }
 
 /// The weights inside the boxes `[lo, hi]`, summing to 1, that maximise

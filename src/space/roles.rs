@@ -215,7 +215,11 @@ pub fn validate(
     for (i, s) in spec.strategies.iter().enumerate() {
         let ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
-            return Err(fail(at(&format!("strategies[{i}]")), format!("{s:?}"), "must be a name of letters, digits and '_'".into()));
+            return Err(fail(
+                at(&format!("strategies[{i}]")),
+                format!("{s:?}"),
+                "must be a name of letters, digits and '_'".into(),
+            ));
         }
         if !seen.insert(s.clone()) {
             return Err(fail(at(&format!("strategies[{i}]")), format!("{s:?}"), "is declared twice".into()));
@@ -277,7 +281,11 @@ pub fn validate(
             (None, Some(name)) => match params.iter().position(|p| &p.full_name == name) {
                 Some(i) => vec![(i, params[i].name.as_str())],
                 None => {
-                    return Err(fail(field("parameter"), format!("{name:?}"), "is not a parameter of this module".into()))
+                    return Err(fail(
+                        field("parameter"),
+                        format!("{name:?}"),
+                        "is not a parameter of this module".into(),
+                    ))
                 }
             },
             _ => {
@@ -308,7 +316,11 @@ pub fn validate(
                 }
             }
             if scope == "module" {
-                return Err(fail(field("members"), format!("{map:?}"), "needs scope \"session\" or \"strategy\"".into()));
+                return Err(fail(
+                    field("members"),
+                    format!("{map:?}"),
+                    "needs scope \"session\" or \"strategy\"".into(),
+                ));
             }
         }
         for &(p, member) in &members {
@@ -336,7 +348,11 @@ pub fn validate(
                     }
                 },
                 other => {
-                    return Err(fail(field("scope"), format!("{other:?}"), "must be module, session or strategy".into()))
+                    return Err(fail(
+                        field("scope"),
+                        format!("{other:?}"),
+                        "must be module, session or strategy".into(),
+                    ))
                 }
             };
         }
@@ -365,45 +381,83 @@ pub fn validate(
                     Some("confidence") => (ScoreSource::Confidence, None),
                     Some(name) => (ScoreSource::Weights, Some(name.to_string())),
                     None => {
-                        return Err(fail(field("score"), "none".into(), "a gate needs \"confidence\" or a weights group".into()))
+                        return Err(fail(
+                            field("score"),
+                            "none".into(),
+                            "a gate needs \"confidence\" or a weights group".into(),
+                        ))
                     }
                 };
                 match &gate_score {
                     Some((s, w, _)) if (*s, w.clone()) != score => {
-                        return Err(fail(field("score"), format!("{:?}", role_spec.score), "every gate must share one score".into()))
+                        return Err(fail(
+                            field("score"),
+                            format!("{:?}", role_spec.score),
+                            "every gate must share one score".into(),
+                        ))
                     }
                     _ => gate_score = Some((score.0, score.1, field("score"))),
                 }
             }
             Role::Weights => {
                 if weights.is_some() {
-                    return Err(fail(field("group"), format!("{:?}", role_spec.group), "only one weights group is supported".into()));
+                    return Err(fail(
+                        field("group"),
+                        format!("{:?}", role_spec.group),
+                        "only one weights group is supported".into(),
+                    ));
                 }
                 let Some(group) = &role_spec.group else {
-                    return Err(fail(field("parameter"), format!("{:?}", role_spec.parameter), "weights are a whole group".into()));
+                    return Err(fail(
+                        field("parameter"),
+                        format!("{:?}", role_spec.parameter),
+                        "weights are a whole group".into(),
+                    ));
                 };
                 if !simplex_groups.iter().any(|(g, _)| g == group) {
-                    return Err(fail(field("group"), format!("{group:?}"), "a weights group must be a simplex group".into()));
+                    return Err(fail(
+                        field("group"),
+                        format!("{group:?}"),
+                        "a weights group must be a simplex group".into(),
+                    ));
                 }
                 if scope != "module" {
-                    return Err(fail(field("scope"), format!("{scope:?}"), "weights are shared by the whole module".into()));
+                    return Err(fail(
+                        field("scope"),
+                        format!("{scope:?}"),
+                        "weights are shared by the whole module".into(),
+                    ));
                 }
                 let map = role_spec.features.clone().unwrap_or_default();
                 let mut fs = Vec::new();
                 for &(_, member) in &members {
                     let Some(f) = map.get(member) else {
-                        return Err(fail(field("features"), format!("{member:?}"), "every weight needs its feature".into()));
+                        return Err(fail(
+                            field("features"),
+                            format!("{member:?}"),
+                            "every weight needs its feature".into(),
+                        ));
                     };
                     match features.iter().position(|x| &x.name == f) {
                         Some(i) => fs.push(i),
-                        None => return Err(fail(field("features"), format!("{f:?}"), "is not a declared feature".into())),
+                        None => {
+                            return Err(fail(field("features"), format!("{f:?}"), "is not a declared feature".into()))
+                        }
                     }
                 }
-                weights = Some(WeightsGroup { name: group.clone(), members: members.iter().map(|m| m.0).collect(), features: fs });
+                weights = Some(WeightsGroup {
+                    name: group.clone(),
+                    members: members.iter().map(|m| m.0).collect(),
+                    features: fs,
+                });
             }
             Role::StopLoss | Role::ProfitTarget => {
                 if members.len() != 1 || scope != "module" {
-                    return Err(fail(field("role"), role.as_str().into(), "an exit is one module-wide parameter".into()));
+                    return Err(fail(
+                        field("role"),
+                        role.as_str().into(),
+                        "an exit is one module-wide parameter".into(),
+                    ));
                 }
                 let slot = if role == Role::StopLoss { &mut exit.stop_loss } else { &mut exit.profit_target };
                 if slot.is_some() {
@@ -411,7 +465,11 @@ pub fn validate(
                 }
                 *slot = Some(members[0].0);
                 let Some(cap) = role_spec.capital.clone() else {
-                    return Err(fail(field("capital"), "none".into(), "an exit needs the evidence.applied key of the capital".into()));
+                    return Err(fail(
+                        field("capital"),
+                        "none".into(),
+                        "an exit needs the evidence.applied key of the capital".into(),
+                    ));
                 };
                 match &exit_capital {
                     Some(c) if *c != cap => {

@@ -226,11 +226,31 @@ mod roles {
     fn bad_declarations_name_file_field_and_value() {
         let cases: [(&str, &str, &str, &[&str]); 8] = [
             (STOCKS, "role = \"scale\"", "role = \"size\"", &["counterfactual.roles[1].role", "\"size\""]),
-            (STOCKS, "group = \"position_multipliers\"\nrole", "group = \"multipliers\"\nrole", &["counterfactual.roles[1].group", "\"multipliers\""]),
+            (
+                STOCKS,
+                "group = \"position_multipliers\"\nrole",
+                "group = \"multipliers\"\nrole",
+                &["counterfactual.roles[1].group", "\"multipliers\""],
+            ),
             (STOCKS, "\"core_equity\"]", "\"core\"]", &["counterfactual.roles[0].members", "\"core_equity\""]),
-            (CRYPTO, "volume = \"volume_score\"", "volume = \"flow\"", &["counterfactual.roles[2].features", "\"flow\""]),
-            (CRYPTO, "europe_session = \"europe_prime\"", "europe_session = \"europe\"", &["counterfactual.roles[1].members", "\"europe\""]),
-            (OPTIONS, "score = \"confidence\"", "score = \"weights\"", &["counterfactual.roles[0].score", "\"weights\""]),
+            (
+                CRYPTO,
+                "volume = \"volume_score\"",
+                "volume = \"flow\"",
+                &["counterfactual.roles[2].features", "\"flow\""],
+            ),
+            (
+                CRYPTO,
+                "europe_session = \"europe_prime\"",
+                "europe_session = \"europe\"",
+                &["counterfactual.roles[1].members", "\"europe\""],
+            ),
+            (
+                OPTIONS,
+                "score = \"confidence\"",
+                "score = \"weights\"",
+                &["counterfactual.roles[0].score", "\"weights\""],
+            ),
             (OPTIONS, "explore_rate = 0.1", "explore_rate = 1.5", &["counterfactual.explore_rate", "1.5"]),
             (
                 OPTIONS,

@@ -77,8 +77,10 @@ fn rule(space: &ModuleSpace, o: &Opp, values: &[f64]) -> (bool, f64) {
             if s < v(space, values, &format!("confidence_thresholds.{st}")) {
                 return (false, 0.0);
             }
-            let (stop, target) =
-                (v(space, values, "position_sizing.stop_loss_pct"), v(space, values, "position_sizing.profit_target_pct"));
+            let (stop, target) = (
+                v(space, values, "position_sizing.stop_loss_pct"),
+                v(space, values, "position_sizing.profit_target_pct"),
+            );
             let pnl = o.path.iter().copied().find(|&p| p <= -stop || p >= target).unwrap_or(*o.path.last().unwrap());
             (true, o.capital * (pnl - o.spread))
         }
@@ -112,7 +114,9 @@ fn random_opp(module: &str, rng: &mut Pcg64Mcg, ctx: Context) -> Opp {
 fn features(space: &ModuleSpace, o: &Opp) -> Vec<(&'static str, f64)> {
     match space.name.as_str() {
         "crypto" => vec![("momentum_score", o.f[0]), ("volatility_score", o.f[1]), ("volume_score", o.f[2])],
-        "stocks" => vec![("technical_confidence", o.f[0]), ("regime_confidence", o.f[1]), ("pattern_confidence", o.f[2])],
+        "stocks" => {
+            vec![("technical_confidence", o.f[0]), ("regime_confidence", o.f[1]), ("pattern_confidence", o.f[2])]
+        }
         _ => vec![("signal_confidence", o.f[0])],
     }
 }
@@ -217,16 +221,23 @@ fn exit_arms_follow_the_recorded_path() {
     let cf = space.counterfactual.as_ref().unwrap();
     let agent = Agent::new(&spaces, AgentOptions { seed: Some(3), ..Default::default() });
     let ctx = Context::new(Session::UsPrime, Regime::Bullish);
-    let paths = [
-        vec![0.1, -0.35, 0.8, 2.1, -0.9],
-        vec![0.05, 0.1, -0.1, 0.2],
-        vec![-0.6, 1.5],
-        vec![0.55, -0.75, 0.6, 1.2],
-    ];
-    let (stop, target) = (space.param_index("position_sizing.stop_loss_pct").unwrap(), space.param_index("position_sizing.profit_target_pct").unwrap());
+    let paths =
+        [vec![0.1, -0.35, 0.8, 2.1, -0.9], vec![0.05, 0.1, -0.1, 0.2], vec![-0.6, 1.5], vec![0.55, -0.75, 0.6, 1.2]];
+    let (stop, target) = (
+        space.param_index("position_sizing.stop_loss_pct").unwrap(),
+        space.param_index("position_sizing.profit_target_pct").unwrap(),
+    );
     let mut checked = 0;
     for path in paths {
-        let o = Opp { ctx, strategy: Some("protective_puts"), f: [0.9, 0.0, 0.0], u: 0.0, path, capital: 0.24, spread: 0.03 };
+        let o = Opp {
+            ctx,
+            strategy: Some("protective_puts"),
+            f: [0.9, 0.0, 0.0],
+            u: 0.0,
+            path,
+            capital: 0.24,
+            spread: 0.03,
+        };
         let d = decide(&agent, &space, &o);
         let out = outcome(&space, &o, &d.values);
         assert!(out.traded, "a confidence of 0.9 opens protective puts");
@@ -270,8 +281,9 @@ fn only_the_strategy_that_traded_learns() {
     }
     agent.flush();
     let i = module_index(&agent, "stocks");
-    let (incumbents, stats, joint) =
-        agent.with_writer(move |l| (l[i].incumbents.clone(), l[i].stats.clone(), l[i].joint.clone().unwrap().state)).unwrap();
+    let (incumbents, stats, joint) = agent
+        .with_writer(move |l| (l[i].incumbents.clone(), l[i].stats.clone(), l[i].joint.clone().unwrap().state))
+        .unwrap();
     let defaults = space.defaults();
     let (nw, ne, slots, thresholds) = joint.shape;
     for other in STOCKS.iter().skip(1) {
@@ -299,7 +311,12 @@ fn only_the_strategy_that_traded_learns() {
             incumbents[ctx.index()][p] != defaults[p]
         })
         .collect();
-    assert_eq!(moved.len(), 2, "the strategy that paid moved its threshold down and its size up: {:?}", incumbents[ctx.index()]);
+    assert_eq!(
+        moved.len(),
+        2,
+        "the strategy that paid moved its threshold down and its size up: {:?}",
+        incumbents[ctx.index()]
+    );
     let p = space.param_index("strategy_thresholds.leveraged_etfs").unwrap();
     assert!(incumbents[ctx.index()][p] < defaults[p]);
 }
@@ -317,7 +334,9 @@ fn a_skipped_trade_changes_no_scale_or_exit_arm() {
         let mut rng = Pcg64Mcg::seed_from_u64(4);
         let i = module_index(&agent, module);
         let snapshot = |agent: &Agent| {
-            agent.with_writer(move |l| (l[i].joint.clone().unwrap().state, l[i].stats.clone(), l[i].incumbents.clone())).unwrap()
+            agent
+                .with_writer(move |l| (l[i].joint.clone().unwrap().state, l[i].stats.clone(), l[i].incumbents.clone()))
+                .unwrap()
         };
         // Some trades first, so there is something to keep.
         for _ in 0..200 {
@@ -341,7 +360,10 @@ fn a_skipped_trade_changes_no_scale_or_exit_arm() {
         let after = snapshot(&agent);
         let cf = space.counterfactual.as_ref().unwrap();
         for (p, param) in space.params.iter().enumerate() {
-            let scale_or_exit = matches!(cf.roles[p], paramopt::space::Role::Scale | paramopt::space::Role::StopLoss | paramopt::space::Role::ProfitTarget);
+            let scale_or_exit = matches!(
+                cf.roles[p],
+                paramopt::space::Role::Scale | paramopt::space::Role::StopLoss | paramopt::space::Role::ProfitTarget
+            );
             if scale_or_exit {
                 assert_eq!(after.1.cells[ctx.index()][p], before.1.cells[ctx.index()][p], "{}", param.full_name);
                 assert_eq!(after.2[ctx.index()][p], before.2[ctx.index()][p], "{}", param.full_name);
@@ -401,8 +423,14 @@ fn save_and_load_with_roles_gives_identical_decisions() {
             let ctx = Context::from_index(r1.random_range(0..Context::COUNT)).unwrap();
             let o = random_opp(module, &mut r1, ctx);
             let (da, db) = (decide(&a, &space, &o), decide(&b, &space, &o));
-            assert_eq!(da.values.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), db.values.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-            assert_eq!((&da.arms, &da.propensities, &da.counterfactual), (&db.arms, &db.propensities, &db.counterfactual));
+            assert_eq!(
+                da.values.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                db.values.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                (&da.arms, &da.propensities, &da.counterfactual),
+                (&db.arms, &db.propensities, &db.counterfactual)
+            );
         }
     }
 }
