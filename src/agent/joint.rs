@@ -241,13 +241,14 @@ impl Joint {
         cell.default_y[slot] += y;
         cell.default_yy[slot] += y * y;
         cell.opportunities[slot] += 1.0;
-        for wi in 0..nw {
-            for ei in 0..ne {
+        debug_assert_eq!((scores.len(), units.len()), (nw, ne));
+        for (wi, &score) in scores.iter().enumerate() {
+            for (ei, &unit) in units.iter().enumerate() {
                 let s = wi * ne + ei;
-                let x_all = units[ei] * inv_p;
+                let x_all = unit * inv_p;
                 let k_max = gate_arms.len().max(1);
                 for k in 0..k_max {
-                    let fires = gate_arms.get(k).is_none_or(|&t| scores[wi] >= t);
+                    let fires = gate_arms.get(k).is_none_or(|&t| score >= t);
                     if !fires {
                         continue;
                     }
@@ -286,12 +287,14 @@ impl Joint {
         let default_k = |g: usize| slot_params[g].0.map_or(0, |p| space.params[p].default_arm);
         let m_arms = |g: usize| -> Vec<f64> { slot_params[g].1.map_or(vec![1.0], |p| space.params[p].arms.clone()) };
         let m0 = |g: usize| slot_params[g].1.map_or(1.0, |p| defaults[p]);
-        let mut best: Option<(f64, usize, Vec<(usize, f64)>)> = None;
+        // (total value, shared candidate, per slot its threshold arm and scale)
+        type Best = (f64, usize, Vec<(usize, f64)>);
+        let mut best: Option<Best> = None;
         for s in 0..self.candidates.shared() {
             let mut total = 0.0;
             let mut choice = Vec::with_capacity(slots);
-            for g in 0..slots {
-                let k_n = slot_params[g].0.map_or(1, |p| space.params[p].arms.len());
+            for (g, &(gate, _)) in slot_params.iter().enumerate() {
+                let k_n = gate.map_or(1, |p| space.params[p].arms.len());
                 let (mut bv, mut bk, mut bm) = (f64::NEG_INFINITY, default_k(g), m0(g));
                 // The defaults' own (theta, m) first, so ties keep them.
                 let order = std::iter::once(default_k(g)).chain((0..k_n).filter(|&k| k != default_k(g)));

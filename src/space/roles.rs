@@ -505,10 +505,7 @@ pub fn validate(
     if weights.is_some() && score != Some(ScoreSource::Weights) {
         return Err(fail(at("roles"), "weights".into(), "a weights group needs a gate that scores with it".into()));
     }
-    let exit = match exit_capital {
-        Some(capital) => Some(ExitRoles { capital, ..exit }),
-        None => None,
-    };
+    let exit = exit_capital.map(|capital| ExitRoles { capital, ..exit });
     Ok(Counterfactual {
         strategies: spec.strategies,
         roles,
