@@ -1,6 +1,10 @@
-//! `decide` and `report` on the crypto module with all 12 contexts warm,
-//! `decide` with the policy network refining continuous values, and `decide`
-//! while an A/B test splits the traffic.
+//! `decide` and `report` on the crypto module with all 12 contexts warm
+//! (crypto declares roles, so every report is a counterfactual update: the
+//! warm agent's decisions carry their features and their trades pass the
+//! gate), `decide` with the policy network refining continuous values,
+//! `decide` while an A/B test splits the traffic, and the writer's
+//! throughput with every role in use (crypto, stocks with strategies,
+//! options with exits on paths).
 //!
 //! Run: `cargo bench --bench agent`. Besides criterion's estimates it prints
 //! per-call percentiles from 200,000 individually timed calls.
@@ -12,9 +16,13 @@ use criterion::{criterion_group, BatchSize, Criterion};
 mod common;
 
 use common::{warm_agent, warm_agent_over, FEATURES};
-use paramopt::agent::{AbServing, AbTest, Agent, Outcome};
+use paramopt::agent::counterfactual::blend;
+use paramopt::agent::{AbServing, AbTest, Agent, AgentOptions, Decision, Evidence, Outcome, Settled};
 use paramopt::eval::ab::AbSettings;
+use paramopt::space::ModuleSpace;
 use paramopt::space::{Context, Spaces};
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
 
 /// The built-in spaces with every module's policy network switched on.
 fn policy_spaces() -> Spaces {
@@ -98,13 +106,28 @@ fn bench(c: &mut Criterion) {
                 i += 1;
                 agent.decide("crypto", Context::from_index(i % 12).unwrap(), &FEATURES, true).unwrap().id.to_string()
             },
-            |id| black_box(agent.report(&id, Outcome { reward: Some(0.001), traded: true, return_pct: None }).unwrap()),
+            |id| {
+                black_box(
+                    agent
+                        .report(
+                            &id,
+                            Outcome {
+                                reward: Some(0.001),
+                                traded: true,
+                                return_pct: None,
+                                evidence: Default::default(),
+                            },
+                        )
+                        .unwrap(),
+                )
+            },
             BatchSize::SmallInput,
         )
     });
     agent.flush();
 
-    // The writer's work per outcome: learn, move incumbents, rebuild the cell's view.
+    // The writer's work per outcome: learn (the counterfactual update
+    // included), move incumbents, rebuild the cell's view.
     let decisions: Vec<_> = (0..1024)
         .map(|k| agent.decide("crypto", Context::from_index(k % 12).unwrap(), &FEATURES, true).unwrap())
         .collect();
@@ -115,12 +138,64 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let d = &decisions[i % decisions.len()];
-            let applied = learner.apply(d, 0.001 * (i % 7) as f64).unwrap();
+            let r = 0.001 * (i % 7) as f64;
+            let settled = Settled { decision: d.clone(), outcome: Outcome::reward(r), reward: r };
+            let applied = learner.apply_settled(&settled).unwrap();
             touched[d.context.index()] = true;
             view = learner.next_view(&view, &touched, applied.refresh_all || applied.policy_changed);
             touched[d.context.index()] = false;
         })
     });
+}
+
+/// A decision's outcome under the declared rule (score against the in-scope
+/// gate, return = scale x u, exits on a random path), with its evidence.
+fn rule_outcome(space: &ModuleSpace, d: &Decision, rng: &mut Pcg64Mcg) -> Outcome {
+    let cf = space.counterfactual.as_ref().expect("the shipped modules declare roles");
+    let strategy = d.strategy.as_deref().and_then(|s| cf.strategy_index(s));
+    let score = match &cf.weights {
+        Some(w) => blend(w.members.iter().map(|&p| d.values[p]), w.features.iter().map(|&f| d.features[f].unwrap())),
+        None => rng.random(),
+    };
+    let traded = cf.in_scope_of(&cf.gates, d.context.session, strategy).is_none_or(|g| score >= d.values[g]);
+    let m = cf.in_scope_of(&cf.scales, d.context.session, strategy).map_or(1.0, |p| d.values[p]);
+    let mut evidence = Evidence { strategy: d.strategy.clone(), confidence: Some(score), ..Evidence::default() };
+    if cf.exit.is_some() {
+        evidence.path = (0..24).map(|_| rng.random_range(-1.0..1.5)).collect();
+        evidence.applied.insert("position_sizing.max_allocation".into(), 0.24);
+    }
+    let reward = if traded { m * (rng.random::<f64>() - 0.45) * 0.02 } else { 0.0 };
+    Outcome { reward: Some(reward), traded, return_pct: None, evidence }
+}
+
+/// Outcomes per second the writer learns with every role in use: 60,000
+/// decided beforehand (a third per module, random features, contexts and
+/// strategies), then reported as fast as one thread can and flushed.
+fn writer_throughput() {
+    let spaces = paramopt::space::Spaces::builtin();
+    let agent = Agent::new(&spaces, AgentOptions { seed: Some(2), ..Default::default() });
+    let mut rng = Pcg64Mcg::seed_from_u64(2);
+    let mut pending = Vec::new();
+    for i in 0..60_000usize {
+        let space = spaces.iter().nth(i % 3).unwrap().clone();
+        let cf = space.counterfactual.as_ref().unwrap();
+        let ctx = Context::from_index(rng.random_range(0..12)).unwrap();
+        let features: Vec<(&str, f64)> =
+            space.features.iter().map(|f| (f.name.as_str(), rng.random_range(f.lo..f.hi))).collect();
+        let strategy =
+            (!cf.strategies.is_empty()).then(|| cf.strategies[rng.random_range(0..cf.strategies.len())].as_str());
+        let d = agent.decide_for(&space.name, ctx, &features, strategy, true).unwrap();
+        pending.push((d.id.to_string(), rule_outcome(&space, &d, &mut rng)));
+    }
+    agent.flush();
+    let t = Instant::now();
+    let n = pending.len();
+    for (id, outcome) in pending {
+        agent.report(&id, outcome).unwrap();
+    }
+    agent.flush();
+    let secs = t.elapsed().as_secs_f64();
+    println!("writer, every role in use: {n} outcomes in {:.3} s = {:.0} outcomes/s", secs, n as f64 / secs);
 }
 
 /// Times calls one by one: what a client waits for, tail included.
@@ -143,7 +218,17 @@ fn timed(agent: Agent, label: &str) {
         decide_ns.push(t.elapsed().as_nanos() as u64);
         let id = d.id.to_string();
         let t = Instant::now();
-        agent.report(&id, Outcome { reward: Some(0.001 * (i % 5) as f64), traded: true, return_pct: None }).unwrap();
+        agent
+            .report(
+                &id,
+                Outcome {
+                    reward: Some(0.001 * (i % 5) as f64),
+                    traded: true,
+                    return_pct: None,
+                    evidence: Default::default(),
+                },
+            )
+            .unwrap();
         report_ns.push(t.elapsed().as_nanos() as u64);
     }
     let t = Instant::now();
@@ -169,5 +254,6 @@ criterion_group!(benches, bench);
 fn main() {
     benches();
     percentiles();
+    writer_throughput();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -268,7 +268,7 @@ impl Runtime {
             let replayed = replay.len();
             for (seq, settled) in replay {
                 learner.mark_journaled(seq);
-                learner.apply(&settled.decision, settled.reward).map_err(|e| restore(e.to_string()))?;
+                learner.apply_settled(&settled).map_err(|e| restore(e.to_string()))?;
             }
             status.last.lock().entry(module.clone()).or_insert((now_secs(), learner.outcomes));
             tracing::info!(module, generation = learner.generation, outcomes = learner.outcomes, replayed, "restored");

@@ -18,7 +18,12 @@ pub fn warm_agent_over(spaces: &Spaces) -> Agent {
         let ctx = Context::from_index((i % 12) as usize).unwrap();
         let d = agent.decide("crypto", ctx, &FEATURES, true).unwrap();
         let reward = 0.01 * ((i * 7919) % 13) as f64 / 13.0 - 0.004;
-        agent.report(&d.id.to_string(), Outcome { reward: Some(reward), traded: true, return_pct: None }).unwrap();
+        agent
+            .report(
+                &d.id.to_string(),
+                Outcome { reward: Some(reward), traded: true, return_pct: None, evidence: Default::default() },
+            )
+            .unwrap();
     }
     agent.flush();
     agent

@@ -10,10 +10,13 @@ use crate::bandit::{thompson_propensities, BanditSettings, ModuleStats, Nig};
 use crate::policy::{PolicyError, PolicySnapshot, PolicyTrainer, Sample};
 use crate::space::{Context, ModuleSpace, Parameter};
 
+use super::counterfactual::{observe, strategy_of, Unusable};
+use super::joint::{without_weights, Joint, JointState};
 use super::rollout::{AbArm, AbTest, RewardWindow};
 use super::safety::{project_simplex, trust_box, trust_width};
 use super::view::{CellView, ModuleView, ParamView};
-use super::Decision;
+use super::{Decision, Settled};
+use crate::space::Counterfactual;
 
 #[derive(Debug)]
 pub struct ModuleLearner {
@@ -39,6 +42,11 @@ pub struct ModuleLearner {
     /// The generation the live policy took over at (a rollback or promotion);
     /// rewards of older decisions are not the live policy's.
     pub rolling_since: u64,
+    /// The joint counterfactual estimator, when the module declares roles.
+    pub joint: Option<Joint>,
+    /// The declarations in force: the space's, or with the weights made
+    /// opaque once the module's confidence disagreed with them.
+    pub cf: Option<Arc<Counterfactual>>,
     policy_snapshot: Option<Arc<PolicySnapshot>>,
     outcomes_since_refresh: u64,
 }
@@ -91,7 +99,11 @@ impl ModuleLearner {
         };
         let arms: Vec<usize> = space.params.iter().map(|p| p.arms.len()).collect();
         let window = space.rollback.window;
+        let cf = space.counterfactual.clone().map(Arc::new);
+        let joint = cf.as_ref().map(|cf| Joint::new(&space, cf));
         Ok(ModuleLearner {
+            joint,
+            cf,
             stats: ModuleStats::new(Context::COUNT, &arms),
             incumbents: vec![space.defaults(); Context::COUNT],
             settings,
@@ -110,10 +122,129 @@ impl ModuleLearner {
         })
     }
 
+    /// Learns from one accepted outcome. Without declared roles this is
+    /// [`ModuleLearner::apply`]. With them: opaque parameters in scope learn
+    /// the reward by bandit feedback when the trade was taken; every
+    /// determined parameter learns, through the joint estimator, what each of
+    /// its values would have earned on this trade; parameters out of scope
+    /// learn nothing.
+    pub fn apply_settled(&mut self, settled: &Settled) -> Result<Applied, PolicyError> {
+        let Some(cf) = self.cf.clone() else { return self.apply(&settled.decision, settled.reward) };
+        let (d, outcome) = (&settled.decision, &settled.outcome);
+        let context = d.context.index();
+        let strategy = strategy_of(&cf, d, &outcome.evidence);
+        let credit: Vec<bool> = (0..self.space.params.len())
+            .map(|p| !cf.roles[p].determined() && cf.in_scope(p, d.context.session, strategy) && outcome.traded)
+            .collect();
+        let learned = self.learn_masked(context, &d.arms, settled.reward, Some(&credit));
+        let space = self.space.clone();
+        let mut refit = false;
+        match observe(&space, &cf, d, outcome) {
+            Ok(obs) => {
+                let joint = self.joint.as_mut().expect("declared roles have an estimator");
+                if obs.cap.is_some() {
+                    joint.state.counts.capped += 1;
+                } else {
+                    refit = joint.observe(&space, &cf, d.context, &obs);
+                }
+            }
+            Err(Unusable::NotServed) => {}
+            Err(Unusable::ConfidenceMismatch { reported, computed }) => {
+                let joint = self.joint.as_mut().expect("declared roles have an estimator");
+                joint.state.counts.confidence_mismatch += 1;
+                if !joint.state.weights_opaque {
+                    tracing::warn!(module = %space.name, decision = %d.id, reported, computed,
+                        "trade.confidence disagrees with the declared weights' score: the weights are opaque from now on");
+                    self.make_weights_opaque();
+                }
+            }
+            Err(reason) => {
+                let joint = self.joint.as_mut().expect("declared roles have an estimator");
+                joint.state.counts.unusable += 1;
+                tracing::debug!(module = %space.name, decision = %d.id, reason = %reason, "outcome teaches no counterfactual");
+            }
+        }
+        if refit {
+            self.move_determined(context);
+        }
+        self.after_learning(d, settled.reward, learned)
+    }
+
+    /// Takes back the estimator's state from a checkpoint. A state of
+    /// another shape (the space's arms or strategies changed) is dropped
+    /// with a warning: the estimator starts afresh, the bandit keeps its state.
+    pub fn restore_joint(&mut self, state: JointState) {
+        if state.weights_opaque {
+            self.make_weights_opaque();
+        }
+        let Some(cf) = self.cf.clone() else { return };
+        match Joint::restore(&self.space, &cf, state) {
+            Some(joint) => self.joint = Some(joint),
+            None => {
+                tracing::warn!(module = %self.space.name, "the checkpoint's counterfactual state does not fit the space; it starts afresh")
+            }
+        }
+    }
+
+    /// Gates score with the reported confidence from now on and the weights
+    /// learn by bandit feedback; the estimator starts afresh on the new shape.
+    pub fn make_weights_opaque(&mut self) {
+        let Some(cf) = &self.cf else { return };
+        let reduced = without_weights(cf);
+        let mut joint = Joint::new(&self.space, &reduced);
+        if let Some(old) = &self.joint {
+            joint.state.counts = old.state.counts.clone();
+        }
+        joint.state.weights_opaque = true;
+        self.joint = Some(joint);
+        self.cf = Some(Arc::new(reduced));
+    }
+
+    /// Moves a cell's determined parameters towards its estimator's target,
+    /// by at most the trust region's width, the weights projected back onto
+    /// their simplex inside the same boxes.
+    fn move_determined(&mut self, context: usize) {
+        let (Some(cf), Some(joint)) = (&self.cf, &self.joint) else { return };
+        let target = joint.target(&self.space, Context::from_index(context).expect("a context index"));
+        let evidence = self.stats.cell_outcomes[context];
+        let old = self.incumbents[context].clone();
+        let mut new = old.clone();
+        for (p, param) in self.space.params.iter().enumerate() {
+            if cf.roles[p].determined() {
+                let w = trust_width(param, &self.space.safety, evidence);
+                new[p] = (old[p] + (target[p] - old[p]).clamp(-w, w)).clamp(param.lo, param.hi);
+            }
+        }
+        if let Some(group) = &cf.weights {
+            if group.members.iter().any(|&p| new[p] != old[p]) {
+                let (mut y, mut lo, mut hi) = (vec![], vec![], vec![]);
+                for &p in &group.members {
+                    let param = &self.space.params[p];
+                    let (l, h) = trust_box(param, old[p], trust_width(param, &self.space.safety, evidence));
+                    y.push(new[p]);
+                    lo.push(l);
+                    hi.push(h);
+                }
+                project_simplex(&mut y, &lo, &hi);
+                for (&p, v) in group.members.iter().zip(y) {
+                    new[p] = v;
+                }
+            }
+        }
+        self.incumbents[context] = new;
+    }
+
     /// Learns from one decision's outcome: the bandit from its arms, the policy
-    /// network from its offsets.
+    /// network from its offsets. Every parameter is credited as opaque: this
+    /// is learning without the outcome's evidence (see [`ModuleLearner::apply_settled`]).
     pub fn apply(&mut self, decision: &Decision, reward: f64) -> Result<Applied, PolicyError> {
         let learned = self.learn(decision.context.index(), &decision.arms, reward);
+        self.after_learning(decision, reward, learned)
+    }
+
+    /// What every outcome does after the bandit learned: the A/B test's
+    /// tally, the rollback watch's window, the policy network's sample.
+    fn after_learning(&mut self, decision: &Decision, reward: f64, learned: Learned) -> Result<Applied, PolicyError> {
         if let Some(test) = &mut self.ab {
             test.record(decision.ab, reward);
         }
@@ -184,11 +315,16 @@ impl ModuleLearner {
 
     /// The bandit's part of learning from a reward for `arms` in `context`.
     pub fn learn(&mut self, context: usize, arms: &[usize], reward: f64) -> Learned {
-        let advantage = self.stats.record(&self.settings, context, arms, reward);
+        self.learn_masked(context, arms, reward, None)
+    }
+
+    /// [`ModuleLearner::learn`] crediting only the parameters `credit` marks.
+    pub fn learn_masked(&mut self, context: usize, arms: &[usize], reward: f64, credit: Option<&[bool]>) -> Learned {
+        let advantage = self.stats.record_masked(&self.settings, context, arms, reward, credit);
         if let Some(replica) = &mut self.replica {
             let stats = &self.stats;
             let unsynced = replica.unsynced.get_or_insert_with(|| stats.empty_like());
-            unsynced.push_outcome(context, arms, reward, advantage);
+            unsynced.push_outcome_masked(context, arms, reward, advantage, credit);
         }
         self.outcomes += 1;
         self.reward_sum += reward;
@@ -209,6 +345,10 @@ impl ModuleLearner {
         let old = self.incumbents[context].clone();
         let mut new = old.clone();
         for (p, param) in self.space.params.iter().enumerate() {
+            // Determined parameters follow the joint estimator, not their arms' posteriors.
+            if self.cf.as_ref().is_some_and(|cf| cf.roles[p].determined()) {
+                continue;
+            }
             let w = trust_width(param, &self.space.safety, evidence);
             let eligible = eligible_arms(param, old[p], w);
             let mut target = param.nearest_arm(old[p]);
@@ -225,6 +365,9 @@ impl ModuleLearner {
             new[p] = (old[p] + step).clamp(param.lo, param.hi);
         }
         for group in &self.space.simplex_groups {
+            if self.cf.as_ref().is_some_and(|cf| group.members.iter().any(|&p| cf.roles[p].determined())) {
+                continue;
+            }
             // An unmoved group is already feasible; projecting it would only add rounding.
             if group.members.iter().all(|&p| new[p] == old[p]) {
                 continue;
@@ -286,6 +429,7 @@ impl ModuleLearner {
             outcomes: self.outcomes,
             cells: (0..Context::COUNT).map(|c| Arc::new(self.cell_view(c))).collect(),
             policy: self.policy_snapshot.clone(),
+            cf: self.cf.clone(),
             ab: self.ab.clone().map(Arc::new),
             rolling: self.rolling.stats(),
             rolling_by_context: self.rolling.by_context(),
@@ -306,6 +450,7 @@ impl ModuleLearner {
                 .map(|c| if touched[c] { Arc::new(self.cell_view(c)) } else { previous.cells[c].clone() })
                 .collect(),
             policy: self.policy_snapshot.clone(),
+            cf: self.cf.clone(),
             ab: self.ab.clone().map(Arc::new),
             rolling: self.rolling.stats(),
             rolling_by_context: self.rolling.by_context(),

@@ -7,10 +7,14 @@
 //! only code that changes learned state. Decisions therefore never wait on
 //! learning; [`Agent::flush`] waits for the writer when a caller needs to.
 
+pub mod counterfactual;
+mod evidence;
+pub mod joint;
 mod learner;
 mod pending;
 mod rollout;
 pub mod safety;
+mod serve;
 mod view;
 
 use std::collections::HashMap;
@@ -32,9 +36,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::space::{Context, ModuleSpace, Spaces};
 
+pub use counterfactual::{
+    alternatives, observe, ArmOutcome, CfServing, ExploreReason, Explored, ParamAlternatives, Unusable,
+};
+pub use evidence::{exit_on_path, Evidence};
+pub use joint::{Joint, JointCounts, JointState};
 pub use learner::{eligible_arms, Applied, ModuleLearner, ReplicaState};
 pub use pending::{Evictions, Tombstone};
 pub use rollout::{AbArm, AbAssignment, AbServing, AbTest, RewardWindow};
+pub use serve::max_score_weights;
 pub use view::{CellView, Choice, ModuleView, ParamView};
 
 use pending::{Lookup, PendingTable};
@@ -59,6 +69,12 @@ pub enum AgentError {
     NonFiniteReward { field: &'static str, value: f64 },
     #[error("decision_id {0:?}: the outcome has no reward and no trade.return_pct")]
     MissingReward(String),
+    #[error("module {module:?} has no strategy {strategy:?}")]
+    UnknownStrategy { module: String, strategy: String },
+    #[error("trade.strategy {reported:?} disagrees with the decision's strategy {decided:?}")]
+    StrategyMismatch { decided: String, reported: String },
+    #[error("{field} is not a finite number: {value}")]
+    NonFiniteEvidence { field: String, value: f64 },
     #[error("the agent is shutting down")]
     ShuttingDown,
     /// The outcome could not be made durable, so it was not accepted.
@@ -158,14 +174,32 @@ pub struct Decision {
     /// `propensity` is then the probability under the test's mixture of arms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ab: Option<AbAssignment>,
+    /// The trade's strategy, when the decision named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// How an exploring decision of a module with declared roles was served:
+    /// both branches' values, so the trade's observation probability is
+    /// known exactly, and what was explored and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterfactual: Option<CfServing>,
 }
 
 /// What a module reports when its trade closes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub reward: Option<f64>,
     pub traded: bool,
     pub return_pct: Option<f64>,
+    /// What the counterfactuals need; absent from older journals.
+    #[serde(default, skip_serializing_if = "Evidence::is_empty")]
+    pub evidence: Evidence,
+}
+
+impl Outcome {
+    /// An outcome with a reward and nothing else.
+    pub fn reward(reward: f64) -> Outcome {
+        Outcome { reward: Some(reward), traded: true, ..Outcome::default() }
+    }
 }
 
 /// An accepted outcome, as handed to the writer.
@@ -394,8 +428,29 @@ impl Agent {
         features: &[(&str, f64)],
         explore: bool,
     ) -> Result<Arc<Decision>, AgentError> {
+        self.decide_for(module, context, features, None, explore)
+    }
+
+    /// [`Agent::decide`] for one trade of `strategy`: parameters scoped to
+    /// other strategies are served at their incumbents and learn nothing
+    /// from its outcome.
+    pub fn decide_for(
+        &self,
+        module: &str,
+        context: Context,
+        features: &[(&str, f64)],
+        strategy: Option<&str>,
+        explore: bool,
+    ) -> Result<Arc<Decision>, AgentError> {
         let (module_index, handle) = self.handle(module)?;
         let space = &handle.space;
+        let strategy_index = match (strategy, &space.counterfactual) {
+            (None, _) => None,
+            (Some(s), Some(cf)) if cf.strategy_index(s).is_some() => cf.strategy_index(s),
+            (Some(s), _) => {
+                return Err(AgentError::UnknownStrategy { module: module.to_string(), strategy: s.to_string() })
+            }
+        };
         let mut feature_values = vec![None; space.features.len()];
         for &(name, value) in features {
             let i = space
@@ -420,11 +475,29 @@ impl Agent {
             &mut rng,
         );
         let mut propensity = choice.propensities.iter().product();
+        let mut cf_serving = None;
+        if let Some(cf) = view.cf.as_deref() {
+            let (serving, p) = serve::serve(
+                space,
+                cf,
+                &view.cells[context.index()],
+                context.session,
+                &feature_values,
+                strategy_index,
+                explore,
+                &mut rng,
+                &mut choice,
+            );
+            (cf_serving, propensity) = (serving, p);
+        }
         let ab = view.ab.as_ref().map(|test| {
             let serving = &test.serving;
             let arm = serving.assign(n);
             if arm == AbArm::Challenger {
                 serving.serve_challenger(context.index(), &mut choice);
+                // The challenger's values are not the serving policy the
+                // observation probabilities describe.
+                cf_serving = None;
             }
             propensity =
                 serving.mixture_propensity(context.index(), &view.cells[context.index()], explore, &choice.arms);
@@ -447,6 +520,8 @@ impl Agent {
             generation: view.generation,
             created_at: now,
             ab,
+            strategy: strategy.map(str::to_string),
+            counterfactual: cf_serving,
         });
         let ev = handle.pending.insert(decision.clone(), now);
         handle.counters.decisions.fetch_add(1, Ordering::Relaxed);
@@ -481,6 +556,7 @@ impl Agent {
         let settled = handle.pending.settle(id.0, now, |lookup| match lookup {
             Lookup::Open(decision) => {
                 let reward = resolve_reward(&handle.space, &decision, &outcome)?;
+                check_evidence(&handle.space, &decision, &outcome.evidence)?;
                 Ok(Settled { decision, outcome, reward })
             }
             Lookup::Gone(Tombstone::Settled) => Err(AgentError::DuplicateOutcome(decision_id.to_string())),
@@ -646,7 +722,7 @@ fn writer_loop(
                         if let Some(seq) = seq {
                             learners[module].mark_journaled(seq);
                         }
-                        match learners[module].apply(d, settled.reward) {
+                        match learners[module].apply_settled(&settled) {
                             Ok(applied) => {
                                 refresh_all[module] |= applied.refresh_all || applied.policy_changed;
                                 touched[module][d.context.index()] = true;
@@ -721,6 +797,24 @@ fn resolve_reward(space: &ModuleSpace, decision: &Decision, outcome: &Outcome) -
         (None, true, None) => return Err(AgentError::MissingReward(decision.id.to_string())),
     };
     Ok(raw.clamp(-space.reward.clip, space.reward.clip))
+}
+
+/// Refuses evidence that is not finite or names a strategy the module does
+/// not have or the decision did not.
+fn check_evidence(space: &ModuleSpace, decision: &Decision, evidence: &Evidence) -> Result<(), AgentError> {
+    if let Some((field, value)) = evidence.non_finite() {
+        return Err(AgentError::NonFiniteEvidence { field, value });
+    }
+    if let Some(reported) = &evidence.strategy {
+        let known = space.counterfactual.as_ref().is_some_and(|cf| cf.strategy_index(reported).is_some());
+        if !known {
+            return Err(AgentError::UnknownStrategy { module: space.name.clone(), strategy: reported.clone() });
+        }
+        if let Some(decided) = decision.strategy.as_ref().filter(|d| *d != reported) {
+            return Err(AgentError::StrategyMismatch { decided: decided.clone(), reported: reported.clone() });
+        }
+    }
+    Ok(())
 }
 
 /// A module's own seed, derived from the agent's seed and the module's name

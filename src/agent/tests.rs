@@ -12,7 +12,7 @@ fn ctx() -> Context {
 }
 
 fn reward(r: f64) -> Outcome {
-    Outcome { reward: Some(r), traded: true, return_pct: None }
+    Outcome { reward: Some(r), traded: true, return_pct: None, evidence: Default::default() }
 }
 
 #[test]
@@ -97,10 +97,14 @@ fn bad_reports_are_typed_errors_and_change_nothing() {
         agent.report(&id, reward(f64::INFINITY)).unwrap_err(),
         AgentError::NonFiniteReward { field: "reward", value: f64::INFINITY }
     );
-    let nan = agent.report(&id, Outcome { reward: None, traded: true, return_pct: Some(f64::NAN) }).unwrap_err();
+    let nan = agent
+        .report(&id, Outcome { reward: None, traded: true, return_pct: Some(f64::NAN), evidence: Default::default() })
+        .unwrap_err();
     assert!(matches!(nan, AgentError::NonFiniteReward { field: "trade.return_pct", .. }), "{nan}");
     assert_eq!(
-        agent.report(&id, Outcome { reward: None, traded: true, return_pct: None }).unwrap_err(),
+        agent
+            .report(&id, Outcome { reward: None, traded: true, return_pct: None, evidence: Default::default() })
+            .unwrap_err(),
         AgentError::MissingReward(id.clone())
     );
 
@@ -129,11 +133,17 @@ fn skipped_trades_count_with_reward_zero_unless_given() {
     let a = agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string();
     let b = agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string();
     let c = agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string();
-    let skipped = agent.report(&a, Outcome { reward: None, traded: false, return_pct: None }).unwrap();
+    let skipped = agent
+        .report(&a, Outcome { reward: None, traded: false, return_pct: None, evidence: Default::default() })
+        .unwrap();
     assert_eq!(skipped.reward, 0.0);
-    let given = agent.report(&b, Outcome { reward: Some(-0.004), traded: false, return_pct: None }).unwrap();
+    let given = agent
+        .report(&b, Outcome { reward: Some(-0.004), traded: false, return_pct: None, evidence: Default::default() })
+        .unwrap();
     assert_eq!(given.reward, -0.004);
-    let derived = agent.report(&c, Outcome { reward: None, traded: true, return_pct: Some(0.0123) }).unwrap();
+    let derived = agent
+        .report(&c, Outcome { reward: None, traded: true, return_pct: Some(0.0123), evidence: Default::default() })
+        .unwrap();
     assert_eq!(derived.reward, 0.0123);
     agent.flush();
     assert_eq!(agent.view("crypto").unwrap().outcomes, 3);

@@ -43,6 +43,8 @@ pub struct ModuleView {
     pub cells: Vec<Arc<CellView>>,
     /// The policy network's weights, when the module refines values.
     pub policy: Option<Arc<PolicySnapshot>>,
+    /// The declarations decisions serve by (see `ModuleLearner::cf`).
+    pub cf: Option<Arc<crate::space::Counterfactual>>,
     /// The A/B test running on the module, as of this view (a copy; the writer owns the test).
     pub ab: Option<Arc<AbTest>>,
     /// The live policy's rolling reward (see [`ModuleLearner::rolling`](super::ModuleLearner)).

@@ -13,12 +13,14 @@
 //! Thompson sampling never revisits. Advantages are comparable across cells,
 //! which is also what makes pooling them sound.
 
+pub mod confseq;
 mod nig;
 mod propensity;
 mod stats;
 
 use serde::{Deserialize, Serialize};
 
+pub use confseq::{MixtureTest, PairedSums, Verdict};
 pub use nig::Nig;
 pub use propensity::{normal_cdf, sample_argmax, thompson_propensities};
 pub use stats::Stats;
@@ -67,6 +69,20 @@ impl ModuleStats {
     /// One decision's reward updates every arm it chose, in its cell and in
     /// the pool, as an advantage over the cell's baseline. Returns the advantage.
     pub fn record(&mut self, settings: &BanditSettings, context: usize, chosen_arms: &[usize], reward: f64) -> f64 {
+        self.record_masked(settings, context, chosen_arms, reward, None)
+    }
+
+    /// [`ModuleStats::record`] crediting only the parameters `credit` marks
+    /// (all when `None`): the cell's outcome count and baseline still move,
+    /// so its trust region widens with every outcome.
+    pub fn record_masked(
+        &mut self,
+        settings: &BanditSettings,
+        context: usize,
+        chosen_arms: &[usize],
+        reward: f64,
+        credit: Option<&[bool]>,
+    ) -> f64 {
         let discount = settings.discount;
         let baseline = &mut self.baselines[context];
         // The first reward of a cell is its own baseline: it says nothing about arms yet.
@@ -82,8 +98,10 @@ impl ModuleStats {
         }
         self.cell_outcomes[context] += 1.0;
         for (p, &arm) in chosen_arms.iter().enumerate() {
-            cell[p][arm].push(advantage);
-            self.pool[p][arm].push(advantage);
+            if credit.is_none_or(|c| c[p]) {
+                cell[p][arm].push(advantage);
+                self.pool[p][arm].push(advantage);
+            }
         }
         advantage
     }
@@ -92,11 +110,25 @@ impl ModuleStats {
     /// forgetting: the form of a replica's increment, which adds up exactly
     /// however replicas' increments are interleaved.
     pub fn push_outcome(&mut self, context: usize, chosen_arms: &[usize], reward: f64, advantage: f64) {
+        self.push_outcome_masked(context, chosen_arms, reward, advantage, None);
+    }
+
+    /// [`ModuleStats::push_outcome`] crediting only the marked parameters.
+    pub fn push_outcome_masked(
+        &mut self,
+        context: usize,
+        chosen_arms: &[usize],
+        reward: f64,
+        advantage: f64,
+        credit: Option<&[bool]>,
+    ) {
         self.baselines[context].push(reward);
         self.cell_outcomes[context] += 1.0;
         for (p, &arm) in chosen_arms.iter().enumerate() {
-            self.cells[context][p][arm].push(advantage);
-            self.pool[p][arm].push(advantage);
+            if credit.is_none_or(|c| c[p]) {
+                self.cells[context][p][arm].push(advantage);
+                self.pool[p][arm].push(advantage);
+            }
         }
     }
 

@@ -381,7 +381,8 @@ impl Driver for AgentDriver<'_> {
         let entry = &mut self.log[ticket.1];
         entry.traded = traded;
         entry.reward = ret;
-        self.agent.report(&ticket.0, Outcome { reward: None, traded, return_pct: Some(ret) })?;
+        self.agent
+            .report(&ticket.0, Outcome { reward: None, traded, return_pct: Some(ret), evidence: Default::default() })?;
         Ok(())
     }
     fn sync(&mut self) {

@@ -71,7 +71,10 @@ pub fn run(spaces: &Spaces, opts: &SimulateOptions) -> Result<SimulateReport> {
                 while !open.is_empty() {
                     let i = rng.random_range(0..open.len());
                     let (id, reward) = open.swap_remove_back(i).expect("index in range");
-                    agent.report(&id, Outcome { reward: Some(reward), traded: true, return_pct: None })?;
+                    agent.report(
+                        &id,
+                        Outcome { reward: Some(reward), traded: true, return_pct: None, evidence: Default::default() },
+                    )?;
                     if open.len() < OPEN_DECISIONS / 2 {
                         break;
                     }

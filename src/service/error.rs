@@ -76,7 +76,10 @@ impl ApiError {
                 | AgentError::UnknownFeature { .. }
                 | AgentError::NonFiniteFeature { .. }
                 | AgentError::NonFiniteReward { .. }
-                | AgentError::MissingReward(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                | AgentError::MissingReward(_)
+                | AgentError::UnknownStrategy { .. }
+                | AgentError::StrategyMismatch { .. }
+                | AgentError::NonFiniteEvidence { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 AgentError::UnknownDecision(_) | AgentError::ExpiredDecision(_) => StatusCode::NOT_FOUND,
                 AgentError::DuplicateOutcome(_) => StatusCode::CONFLICT,
                 AgentError::ShuttingDown | AgentError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,

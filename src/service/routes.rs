@@ -9,7 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::agent::Outcome;
+use crate::agent::{Evidence, Outcome};
 use crate::store::trade::{TradeError, TradeRecord};
 
 use super::error::ApiError;
@@ -47,7 +47,8 @@ pub async fn decide(
         .ok_or_else(|| ApiError::Invalid("context is missing; expected {\"session\": …, \"regime\": …}".into()))?
         .resolve("context.")?;
     let (features, ignored_features) = req.split_features(&space)?;
-    let decision = agent.decide(&req.module, context, &features, req.explore.unwrap_or(true))?;
+    let decision =
+        agent.decide_for(&req.module, context, &features, req.strategy.as_deref(), req.explore.unwrap_or(true))?;
     if !ignored_features.is_empty() {
         state.metrics().undeclared.count(&space.name, &ignored_features);
     }
@@ -61,15 +62,25 @@ pub async fn report(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<OutcomeRequest>,
 ) -> Result<Response, ApiError> {
-    let OutcomeRequest { decision_id, reward, traded, trade } = req;
+    let OutcomeRequest { decision_id, reward, traded, trade, applied } = req;
     // Everything is read and checked before the agent sees the outcome, so a
     // refused trade leaves the decision pending and unlearned.
     let mut trade = trade.map(TradeRecord::from_fields).transpose().map_err(trade_error)?;
     if let Some(t) = &trade {
         t.check().map_err(trade_error)?;
     }
-    let outcome =
-        Outcome { reward, traded: traded.unwrap_or(true), return_pct: trade.as_ref().and_then(|t| t.return_pct) };
+    let evidence = Evidence {
+        strategy: trade.as_ref().and_then(|t| t.strategy.clone()),
+        confidence: trade.as_ref().and_then(|t| t.confidence),
+        path: trade.as_ref().map(TradeRecord::exit_path).unwrap_or_default(),
+        applied: applied.unwrap_or_default(),
+    };
+    let outcome = Outcome {
+        reward,
+        traded: traded.unwrap_or(true),
+        return_pct: trade.as_ref().and_then(|t| t.return_pct),
+        evidence,
+    };
     let agent = state.agent();
     // Awaits the journal's group commit without holding a worker thread, so
     // decisions keep flowing and concurrent reports share one fdatasync.
@@ -78,6 +89,7 @@ pub async fn report(
         let space = agent.space(&settled.decision.module)?;
         t.fill_from_decision(&settled.decision, space);
         t.reward = Some(settled.reward);
+        t.fill_alternatives(space, &settled.decision, &settled.outcome);
     }
     let record = OutcomeRecord {
         decision: settled.decision.clone(),

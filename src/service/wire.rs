@@ -59,6 +59,10 @@ pub struct DecisionRequest {
     pub features: Option<BTreeMap<String, f64>>,
     /// Defaults to true: API.md.
     pub explore: Option<bool>,
+    /// The strategy this trade will belong to, when the module's file lists
+    /// strategies: parameters scoped to other strategies are served at their
+    /// incumbents and learn nothing from its outcome (docs/counterfactuals.md).
+    pub strategy: Option<String>,
 }
 
 impl DecisionRequest {
@@ -103,6 +107,9 @@ pub struct OutcomeRequest {
     /// [`crate::store::TradeRecord::from_fields`] reads it, everything else is
     /// kept verbatim. Only this request's top level refuses unknown fields.
     pub trade: Option<BTreeMap<String, Box<RawValue>>>,
+    /// Per parameter (`group.name`): the value the module really applied where
+    /// it capped or rounded the served one (docs/counterfactuals.md).
+    pub applied: Option<BTreeMap<String, f64>>,
 }
 
 /// `POST /v1/rollback`.
@@ -259,6 +266,18 @@ impl Serialize for DecisionResponse<'_> {
         map.serialize_entry("propensities", &NamedValues { space: self.space, values: &d.propensities })?;
         map.serialize_entry("propensity", &d.propensity)?;
         map.serialize_entry("created_at", &d.created_at)?;
+        if let Some(strategy) = &d.strategy {
+            map.serialize_entry("strategy", strategy)?;
+        }
+        if let Some(cf) = &d.counterfactual {
+            // What was explored and why, beside the propensities (Vowpal Wabbit's cb labels).
+            map.serialize_entry(
+                "exploration",
+                &json!({
+                    "permissive": cf.permissive, "epsilon": cf.epsilon, "p_obs": cf.p_obs, "explored": cf.explored,
+                }),
+            )?;
+        }
         if let Some(ab) = &d.ab {
             map.serialize_entry("ab_test", &json!({ "test": ab.test.to_string(), "arm": ab.arm }))?;
         }

@@ -7,6 +7,7 @@
 //! no IO beyond reading the files it is pointed at.
 
 mod context;
+pub mod roles;
 mod spec;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use context::{Context, Regime, Session};
+pub use roles::{Counterfactual, CounterfactualSpec, Role, RoleSpec, Scope, ScoreSource};
 pub use spec::{
     FeatureSpec, GroupSpec, LearningSpec, ModuleSpec, ParamSpec, PendingSpec, PolicySpec, RewardSpec, RollbackSpec,
     SafetySpec,
@@ -213,6 +215,9 @@ pub struct ModuleSpace {
     pub features: Vec<Feature>,
     pub params: Vec<Parameter>,
     pub simplex_groups: Vec<SimplexGroup>,
+    /// Roles, scopes and strategies; `None` when the file declares none
+    /// (every parameter is then opaque, learning from bandit feedback).
+    pub counterfactual: Option<Counterfactual>,
 }
 
 /// What a decision's features that the module does not declare get.

@@ -31,6 +31,9 @@ pub struct ModuleSpec {
     #[serde(default)]
     pub features: Vec<FeatureSpec>,
     pub groups: Vec<GroupSpec>,
+    /// Roles, scopes and strategies (see `space::roles`); absent: every parameter is opaque.
+    #[serde(default)]
+    pub counterfactual: Option<super::roles::CounterfactualSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -370,7 +373,18 @@ impl ModuleSpec {
             }
         }
 
+        let counterfactual = match self.counterfactual {
+            None => None,
+            Some(cf) => {
+                let groups: Vec<(String, Vec<usize>)> =
+                    simplex_groups.iter().map(|g: &SimplexGroup| (g.name.clone(), g.members.clone())).collect();
+                let fail = |field: String, value: String, reason: String| c.fail(field, value, reason);
+                Some(super::roles::validate(cf, &params, &features, &groups, &fail)?)
+            }
+        };
+
         Ok(ModuleSpace {
+            counterfactual,
             name: self.module,
             origin: file.to_string(),
             undeclared_features: self.undeclared_features,

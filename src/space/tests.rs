@@ -176,3 +176,103 @@ fn models_dir_matches_the_compiled_in_copy() {
     let names: Vec<&str> = from_disk.names().collect();
     assert_eq!(names, vec!["crypto", "options", "stocks"]);
 }
+
+mod roles {
+    use super::super::*;
+
+    const STOCKS: &str = include_str!("../../models/stocks.toml");
+    const OPTIONS: &str = include_str!("../../models/options.toml");
+    const CRYPTO: &str = include_str!("../../models/crypto.toml");
+
+    fn edited(text: &str, from: &str, to: &str) -> Result<ModuleSpace, SpaceError> {
+        assert!(text.contains(from), "no {from:?}");
+        ModuleSpace::from_toml_str(&text.replacen(from, to, 1), "models/x.toml")
+    }
+
+    #[test]
+    fn the_shipped_models_declare_their_roles_and_scopes() {
+        let spaces = Spaces::builtin();
+        let crypto = spaces.get("crypto").unwrap();
+        let cf = crypto.counterfactual.as_ref().unwrap();
+        let p = |s: &ModuleSpace, n: &str| s.param_index(n).unwrap();
+        assert_eq!(cf.roles[p(crypto, "session_confidence.asia_prime")], Role::Gate);
+        assert_eq!(cf.scopes[p(crypto, "session_confidence.asia_prime")], Scope::Session(Session::AsiaPrime));
+        assert_eq!(cf.scopes[p(crypto, "position_multipliers.us_session")], Scope::Session(Session::UsPrime));
+        assert_eq!(cf.roles[p(crypto, "analysis_weights.volume")], Role::Weights);
+        assert_eq!(cf.score, Some(ScoreSource::Weights));
+        assert!(cf.strategies.is_empty() && !cf.strategy_scoped());
+
+        let stocks = spaces.get("stocks").unwrap();
+        let cf = stocks.counterfactual.as_ref().unwrap();
+        assert_eq!(cf.strategies.len(), 5);
+        let k = cf.strategy_index("sector_rotation").unwrap();
+        assert_eq!(cf.scopes[p(stocks, "strategy_thresholds.sector_rotation")], Scope::Strategy(k));
+        assert_eq!(cf.scopes[p(stocks, "position_multipliers.sector_rotation")], Scope::Strategy(k));
+        assert!(cf.in_scope(p(stocks, "strategy_thresholds.sector_rotation"), Session::AsiaPrime, Some(k)));
+        assert!(!cf.in_scope(p(stocks, "strategy_thresholds.sector_rotation"), Session::AsiaPrime, None));
+
+        let options = spaces.get("options").unwrap();
+        let cf = options.counterfactual.as_ref().unwrap();
+        assert_eq!(cf.score, Some(ScoreSource::Confidence));
+        assert_eq!(cf.roles[p(options, "position_sizing.stop_loss_pct")], Role::StopLoss);
+        assert_eq!(cf.roles[p(options, "position_sizing.profit_target_pct")], Role::ProfitTarget);
+        assert_eq!(cf.roles[p(options, "position_sizing.contracts_multiplier")], Role::Opaque);
+        assert_eq!(cf.roles[p(options, "position_sizing.max_allocation")], Role::Opaque);
+        assert_eq!(cf.exit.as_ref().unwrap().capital, "position_sizing.max_allocation");
+    }
+
+    /// Each mistake is refused with the file, the field and the value.
+    #[test]
+    fn bad_declarations_name_file_field_and_value() {
+        let cases: [(&str, &str, &str, &[&str]); 8] = [
+            (STOCKS, "role = \"scale\"", "role = \"size\"", &["counterfactual.roles[1].role", "\"size\""]),
+            (
+                STOCKS,
+                "group = \"position_multipliers\"\nrole",
+                "group = \"multipliers\"\nrole",
+                &["counterfactual.roles[1].group", "\"multipliers\""],
+            ),
+            (STOCKS, "\"core_equity\"]", "\"core\"]", &["counterfactual.roles[0].members", "\"core_equity\""]),
+            (
+                CRYPTO,
+                "volume = \"volume_score\"",
+                "volume = \"flow\"",
+                &["counterfactual.roles[2].features", "\"flow\""],
+            ),
+            (
+                CRYPTO,
+                "europe_session = \"europe_prime\"",
+                "europe_session = \"europe\"",
+                &["counterfactual.roles[1].members", "\"europe\""],
+            ),
+            (
+                OPTIONS,
+                "score = \"confidence\"",
+                "score = \"weights\"",
+                &["counterfactual.roles[0].score", "\"weights\""],
+            ),
+            (OPTIONS, "explore_rate = 0.1", "explore_rate = 1.5", &["counterfactual.explore_rate", "1.5"]),
+            (
+                OPTIONS,
+                "parameter = \"position_sizing.stop_loss_pct\"",
+                "parameter = \"position_sizing.contracts_multiplier\"",
+                &["counterfactual.roles[1].role", "contracts_multiplier", "integer"],
+            ),
+        ];
+        for (text, from, to, want) in cases {
+            let err = edited(text, from, to).unwrap_err().to_string();
+            assert!(err.starts_with("models/x.toml: "), "{err}");
+            for w in want {
+                assert!(err.contains(w), "{from:?} -> {to:?}: {err:?} lacks {w:?}");
+            }
+        }
+        let unknown = edited(CRYPTO, "refit_every = 32", "refit_every = 32\nrefit = 3").unwrap_err().to_string();
+        assert!(unknown.contains("refit"), "{unknown}");
+    }
+
+    #[test]
+    fn a_file_without_declarations_is_all_opaque() {
+        let s = ModuleSpace::from_toml_str(super::MINIMAL, "models/toy.toml").unwrap();
+        assert!(s.counterfactual.is_none());
+    }
+}

@@ -119,6 +119,9 @@ pub struct Checkpoint {
     /// The same per context (by `Context::index`); absent in older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_by_context: Option<Vec<Stats>>,
+    /// The counterfactual estimator's sums and tables (modules with declared roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterfactual: Option<crate::agent::JointState>,
 }
 
 impl Checkpoint {
@@ -155,6 +158,7 @@ impl Checkpoint {
             ab_test: learner.ab.clone(),
             rolling_reward: Some(learner.rolling.stats()).filter(|s| s.n > 0.0),
             rolling_by_context: Some(learner.rolling.by_context()).filter(|c| c.iter().any(|s| s.n > 0.0)),
+            counterfactual: learner.joint.as_ref().map(|j| j.state.clone()),
         }
     }
 
@@ -211,6 +215,9 @@ impl Checkpoint {
         learner.journal_seq = self.journal_seq;
         learner.replica = self.replica.clone();
         learner.ab = self.ab_test.clone();
+        if let Some(state) = &self.counterfactual {
+            learner.restore_joint(state.clone());
+        }
         Ok(learner)
     }
 

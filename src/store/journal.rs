@@ -329,7 +329,12 @@ mod tests {
     fn report_some(agent: &Agent, module: &str, n: usize) {
         for i in 0..n {
             let d = agent.decide(module, Context::from_index(i % Context::COUNT).unwrap(), &[], true).unwrap();
-            let outcome = Outcome { reward: Some(0.001 * i as f64), traded: true, return_pct: None };
+            let outcome = Outcome {
+                reward: Some(0.001 * i as f64),
+                traded: true,
+                return_pct: None,
+                evidence: Default::default(),
+            };
             agent.report(&d.id.to_string(), outcome).unwrap();
         }
     }

@@ -309,6 +309,43 @@ fn one_line(raw: Box<RawValue>) -> Box<RawValue> {
     RawValue::from_string(raw.get().replace(['\n', '\r'], " ")).unwrap_or(raw)
 }
 
+impl TradeRecord {
+    /// `parameter_performance.alternative_outcomes`: per parameter the
+    /// outcome determines, what each of its arms would have done (traded or
+    /// skipped, and its return where known). The server's entries replace a
+    /// module's of the same parameter name; the module's others stay.
+    pub fn fill_alternatives(&mut self, space: &ModuleSpace, decision: &Decision, outcome: &crate::agent::Outcome) {
+        let Ok(alternatives) = crate::agent::alternatives(space, decision, outcome) else { return };
+        if alternatives.is_empty() {
+            return;
+        }
+        let entry =
+            self.parameter_performance.entry("alternative_outcomes").or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            // The module's own value of another shape is kept beside ours.
+            let theirs = std::mem::replace(entry, Value::Object(Map::new()));
+            entry.as_object_mut().map(|m| m.insert("module".into(), theirs));
+        }
+        let Some(map) = entry.as_object_mut() else { return };
+        for a in alternatives {
+            let arms: Vec<Value> = a
+                .arms
+                .iter()
+                .map(|arm| {
+                    let mut row = Map::new();
+                    row.insert("value".into(), Value::from(arm.value));
+                    row.insert("outcome".into(), Value::from(arm.label()));
+                    if let Some(r) = arm.reward {
+                        row.insert("return".into(), Value::from(r));
+                    }
+                    Value::Object(row)
+                })
+                .collect();
+            map.insert(a.parameter, Value::Array(arms));
+        }
+    }
+}
+
 /// The value at a serde path such as `exit_analysis.path[2]`, for error messages.
 fn field_value<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
     let mut v = root;

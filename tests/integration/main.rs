@@ -1,6 +1,7 @@
 //! The one integration-test binary: public API only.
 
 mod cli;
+mod counterfactual;
 mod dashboard;
 mod demo;
 mod e2e;

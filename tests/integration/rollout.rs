@@ -65,7 +65,10 @@ fn trade(rt: &Runtime, n: usize, r: &mut Pcg64Mcg, mut reward: impl FnMut(&[f64]
         let value = reward(&d.values, r);
         let settled = rt
             .agent
-            .report(&d.id.to_string(), Outcome { reward: Some(value), traded: true, return_pct: None })
+            .report(
+                &d.id.to_string(),
+                Outcome { reward: Some(value), traded: true, return_pct: None, evidence: Default::default() },
+            )
             .unwrap();
         rt.decision_log.settled(&d, settled.reward, d.created_at);
     }

@@ -19,13 +19,21 @@ fn stream(rt: &Runtime, n: usize, seed: u64) {
         let ctx = Context::from_index(r.random_range(0..Context::COUNT)).unwrap();
         let d = rt.agent.decide("crypto", ctx, &[], true).unwrap();
         let reward = 0.01 * d.values[0] - 0.004 + 0.002 * r.random::<f64>();
-        rt.agent.report(&d.id.to_string(), Outcome { reward: Some(reward), traded: true, return_pct: None }).unwrap();
+        rt.agent
+            .report(
+                &d.id.to_string(),
+                Outcome { reward: Some(reward), traded: true, return_pct: None, evidence: Default::default() },
+            )
+            .unwrap();
         // Another module's outcomes in between: journal sequence numbers are
         // shared, so crypto's own have gaps that replay must not trip on.
         if r.random::<f64>() < 0.5 {
             let d = rt.agent.decide("stocks", ctx, &[], true).unwrap();
             rt.agent
-                .report(&d.id.to_string(), Outcome { reward: Some(0.001), traded: true, return_pct: None })
+                .report(
+                    &d.id.to_string(),
+                    Outcome { reward: Some(0.001), traded: true, return_pct: None, evidence: Default::default() },
+                )
                 .unwrap();
         }
     }

@@ -409,6 +409,7 @@ fn big_checkpoint() -> Checkpoint {
         ab_test: None,
         rolling_reward: Some(random(&mut rng)),
         rolling_by_context: Some((0..contexts).map(|_| random(&mut rng)).collect()),
+        counterfactual: None,
     }
 }
 

@@ -15,12 +15,15 @@ pub fn agent(seed: u64) -> Agent {
     Agent::new(&Spaces::builtin(), AgentOptions { seed: Some(seed), ..Default::default() })
 }
 
-/// The shipped spaces with the policy network on or off (it ships off).
+/// The shipped spaces with the policy network on or off (it ships off),
+/// every parameter opaque: the tests of the bandit and the network drive
+/// rewards that depend on the arms, not trades a declared rule makes
+/// (tests/integration/counterfactual.rs tests the declared roles).
 pub fn spaces(policy: bool) -> Spaces {
     spaces_with(policy, &[])
 }
 
-/// The built-in spaces with each `(from, to)` text replaced in every model file.
+/// The built-in spaces with each `(from, to)` text replaced in every model file, every parameter opaque.
 pub fn spaces_with(policy: bool, edits: &[(&str, &str)]) -> Spaces {
     let mut spaces = Spaces::default();
     for (origin, text) in [
@@ -33,7 +36,9 @@ pub fn spaces_with(policy: bool, edits: &[(&str, &str)]) -> Spaces {
             assert!(text.contains(from), "{origin} has no {from:?}");
             text = text.replace(from, to);
         }
-        spaces.insert(ModuleSpace::from_toml_str(&text, origin).unwrap()).unwrap();
+        let mut space = ModuleSpace::from_toml_str(&text, origin).unwrap();
+        space.counterfactual = None;
+        spaces.insert(space).unwrap();
     }
     spaces
 }
@@ -59,7 +64,7 @@ pub fn agent_for(space: ModuleSpace, seed: u64) -> Agent {
 }
 
 pub fn reward(r: f64) -> Outcome {
-    Outcome { reward: Some(r), traded: true, return_pct: None }
+    Outcome { reward: Some(r), traded: true, return_pct: None, evidence: Default::default() }
 }
 
 /// Runs `n` decisions against `env` in the contexts `contexts` picks, with up
