@@ -356,7 +356,7 @@ fn csv_bad_row_is_reported_by_line_number() {
     assert!(err.contains("bad.csv:42: high"), "{err}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_paramopt"))
-        .args(["backtest", "--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models"), "--csv"])
+        .args(["backtest", "--no-peers", "--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models"), "--csv"])
         .arg(&path)
         .output()
         .unwrap();
@@ -391,7 +391,7 @@ fn csv_good_file_backtests_with_progress_and_plots() {
     assert_eq!(r.bars, 600);
     for m in &r.modules {
         assert!(m.decisions > 300, "{}: {}", m.module, m.decisions);
-        assert_eq!(m.policies.len(), 6);
+        assert_eq!(m.policies.len(), 8);
         let oracle = m.policy("oracle").unwrap().second_half.mean_return;
         assert!(oracle >= m.policy("defaults").unwrap().second_half.mean_return);
         assert!(m.policies.iter().all(|p| p.second_half.mean_return.is_finite() && p.full.sharpe.is_finite()));
@@ -412,13 +412,21 @@ fn csv_good_file_backtests_with_progress_and_plots() {
         assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.success_rate) && r.avg_return.is_finite()));
         assert!(attribution(space, &m.agent_log).iter().all(|a| a.correlation.abs() <= 1.0 + 1e-12));
     }
-    // Five learning passes and the oracle per module each end at 100%.
-    assert_eq!(finished.load(Ordering::Relaxed), 3 * 6);
-    assert!(events.load(Ordering::Relaxed) > 3 * 6 * 50);
+    // Six learning passes and the oracle per module each end at 100%.
+    assert_eq!(finished.load(Ordering::Relaxed), 3 * 7);
+    assert!(events.load(Ordering::Relaxed) > 3 * 7 * 50);
 
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_paramopt"))
-        .args(["backtest", "--json", "--module", "options", "--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models")])
+        .args([
+            "backtest",
+            "--json",
+            "--no-peers",
+            "--module",
+            "options",
+            "--models",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/models"),
+        ])
         .arg("--csv")
         .arg(fixture())
         .arg("--plot")
@@ -428,7 +436,7 @@ fn csv_good_file_backtests_with_progress_and_plots() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["modules"][0]["module"], "options");
-    assert_eq!(json["modules"][0]["policies"].as_array().unwrap().len(), 6);
+    assert_eq!(json["modules"][0]["policies"].as_array().unwrap().len(), 8);
     let svg = std::fs::read_to_string(dir.path().join("backtest-options.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 6, "{svg}");
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 8, "{svg}");
 }
