@@ -495,14 +495,28 @@ pub fn run_stream(stream: Arc<Stream>, opts: &BacktestOptions) -> Result<ModuleB
         passes.push((name.clone(), drive(&stream, &mut driver, &progress(&name))?));
     }
     if let Some(Ok(python)) = &opts.peers {
-        for peer in PEERS {
-            let mut driver = PeerDriver::start(python, peer, opts.seed, &stream)?;
-            passes.push((peer.to_string(), drive(&stream, &mut driver, &progress(peer))?));
-            let learned = driver.finish()?;
-            tracing::debug!(module = %space.name, peer, learned, "peer pass done");
+        // Each peer is a process of its own: run them side by side.
+        let peer_passes: Vec<Result<Pass, BacktestError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = PEERS
+                .iter()
+                .map(|&peer| {
+                    let (stream, progress) = (&stream, progress(peer));
+                    scope.spawn(move || {
+                        let mut driver = PeerDriver::start(python, peer, opts.seed, stream)?;
+                        let pass = drive(stream, &mut driver, &progress)?;
+                        let learned = driver.finish()?;
+                        tracing::debug!(module = %stream.space.name, peer, learned, "peer pass done");
+                        Ok(pass)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("peer thread panicked")).collect()
+        });
+        for (peer, pass) in PEERS.iter().zip(peer_passes) {
+            passes.push((peer.to_string(), pass?));
         }
     }
-    Ok(assemble(stream, passes, &greedy, agent_log, agent_view, opts, &progress("oracle"), true))
+    Ok(assemble(stream, passes, &greedy, (agent_log, agent_view), opts, &progress("oracle"), true))
 }
 
 /// Scores an agent whose decisions were made elsewhere (`paramopt demo`: a
@@ -531,18 +545,17 @@ pub fn compare_served(
     let defaults_pass = drive(&stream, &mut driver, &|_| {})?;
     let passes = vec![("agent".to_string(), agent), ("defaults".to_string(), defaults_pass)];
     // The demo's table keeps the agent, the defaults and the hindsight oracle.
-    Ok(assemble(stream, passes, greedy, Vec::new(), None, opts, &|_| {}, false))
+    Ok(assemble(stream, passes, greedy, (Vec::new(), None), opts, &|_| {}, false))
 }
 
 /// The oracle and every figure of a module's result from its policies'
 /// passes (the agent first, the defaults second) and the agent's final greedy
-/// values; with `out_of_sample`, the `oracle-oos` row too.
+/// values (and its log and final view); with `out_of_sample`, the `oracle-oos` row too.
 fn assemble(
     stream: Arc<Stream>,
     passes: Vec<(String, Pass)>,
     greedy: &[Vec<f64>],
-    agent_log: Vec<LoggedDecision>,
-    agent_view: Option<Arc<ModuleView>>,
+    (agent_log, agent_view): (Vec<LoggedDecision>, Option<Arc<ModuleView>>),
     opts: &BacktestOptions,
     progress: &dyn Fn(usize),
     out_of_sample: bool,
@@ -600,7 +613,8 @@ fn assemble(
     let oracle_second = Metrics::of(&half_returns, &oracle_half_traded, ppy);
     // Per policy: its name, whole-stream figures, second-half figures and
     // returns, and learning curve.
-    let mut rows: Vec<(String, Metrics, Metrics, Vec<f64>, Vec<f64>)> = passes
+    type Row = (String, Metrics, Metrics, Vec<f64>, Vec<f64>);
+    let mut rows: Vec<Row> = passes
         .into_iter()
         .map(|(name, p)| {
             let full = Metrics::of(&p.returns, &p.traded, ppy);

@@ -100,7 +100,7 @@ pub fn summarise(reports: &[BacktestReport]) -> Summary {
     Summary { seeds: reports.iter().map(|r| r.seed).collect(), modules }
 }
 
-/// The means as a table per module.
+/// Per module: the means, then each seed's mean return per decision.
 pub fn table(summary: &Summary) -> String {
     let seeds: Vec<String> = summary.seeds.iter().map(u64::to_string).collect();
     let mut out = format!("Means over seeds {} (second half of each stream):\n", seeds.join(", "));
@@ -121,6 +121,16 @@ pub fn table(summary: &Summary) -> String {
                 format!("{}/{}", p.at_least_defaults, p.runs),
             ]);
         }
+        out.push_str(&align(&rows));
+        let mut header = vec!["mean return by seed".to_string()];
+        header.extend(summary.seeds.iter().map(|s| format!("seed {s}")));
+        let mut rows = vec![header];
+        for p in &m.policies {
+            let mut row = vec![p.policy.clone()];
+            row.extend(p.per_seed_mean.iter().map(|v| format!("{v:+.6}")));
+            rows.push(row);
+        }
+        out.push('\n');
         out.push_str(&align(&rows));
     }
     out

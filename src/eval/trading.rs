@@ -256,8 +256,8 @@ const STOCK_LEGS: [(f64, usize, f64); 5] =
 /// volatility waking up (log short/long volatility > 0.35) calls for
 /// `volatility_trading` with the momentum; a strong momentum (|m| >= 1.5)
 /// that the slow trend confirms for `leveraged_etfs` (3x); a clear momentum
-/// (|m| >= 0.75) for `momentum_amp` (1.5x); a slow trend alone (|trend| >=
-/// 1) for `sector_rotation` with the trend; anything else for `core_equity`,
+/// (|m| >= 0.75) for `momentum_amp` (1.5x); a slow trend alone (|trend| of
+/// at least 1) for `sector_rotation` with the trend; anything else for `core_equity`,
 /// long only. Holding periods are 2 to 16 bars (`STOCK_LEGS`). It sends, for
 /// that direction d, `technical_confidence` = Phi(d momentum),
 /// `regime_confidence` = Phi(d trend) and `pattern_confidence` = Phi(-d z)

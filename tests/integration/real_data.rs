@@ -183,7 +183,7 @@ fn peers_bridge_decides_and_learns_a_few_hundred_decisions() {
         let mut stream = real_stream(spaces.get(module).unwrap(), 3);
         stream.opportunities.truncate(400);
         for peer in PEERS {
-            let mut run = || {
+            let run = || {
                 let mut driver = PeerDriver::start(&python, peer, 3, &stream).unwrap();
                 let pass = backtest::drive(&stream, &mut driver, &|_| {}).unwrap();
                 assert_eq!(driver.finish().unwrap(), 400, "{module} {peer}: every outcome learned");
@@ -259,4 +259,36 @@ fn real_data_backtest_scores_every_policy_on_the_same_second_half() {
     let mean = |n: &str| m.policy(n).unwrap().second_half.mean_return;
     assert!(mean("oracle") >= mean("defaults"));
     assert!(mean("oracle") >= mean("oracle-oos"));
+}
+
+/// `--seeds` runs every seed and sums them up: per policy the means over
+/// seeds and each seed's mean, in JSON as on the terminal.
+#[test]
+fn backtest_cli_with_several_seeds_reports_each_run_and_the_means() {
+    let run = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paramopt"));
+        cmd.args(["backtest", "--synthetic", "--bars", "1500", "--seeds", "1,2", "--no-peers", "--module", "crypto"])
+            .args(["--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models")]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let json: serde_json::Value = serde_json::from_slice(&run(true)).unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(json["means"]["seeds"], serde_json::json!([1, 2]));
+    let policies = json["means"]["modules"][0]["policies"].as_array().unwrap();
+    let agent = &policies[0];
+    let per_seed: Vec<f64> = agent["per_seed_mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let runs: Vec<f64> = (0..2)
+        .map(|k| json["runs"][k]["modules"][0]["policies"][0]["second_half"]["mean_return"].as_f64().unwrap())
+        .collect();
+    assert_eq!(per_seed, runs);
+    assert!((agent["mean_return"].as_f64().unwrap() - (runs[0] + runs[1]) / 2.0).abs() < 1e-15);
+    assert_eq!(policies[1]["policy"], "defaults");
+    assert_eq!(policies[1]["at_least_defaults"], 2);
+    let text = String::from_utf8(run(false)).unwrap();
+    assert!(text.contains("Means over seeds 1, 2") && text.contains("seed 2"), "{text}");
 }
