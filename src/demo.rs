@@ -170,7 +170,8 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
             .collect();
         threads.into_iter().map(|t| t.join().expect("scoring thread panicked")).collect::<Result<_, _>>()
     })?;
-    let report = BacktestReport { market: market.source.clone(), bars: market.len(), seed: opts.seed, modules };
+    let report =
+        BacktestReport { market: market.source.clone(), bars: market.len(), seed: opts.seed, modules, notes: vec![] };
 
     outln!();
     out!("{}", backtest::table(&report));

@@ -104,30 +104,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: std::net::SocketAddr,
     },
-    /// Trade each module on a market (synthetic or an OHLCV CSV) with the agent
-    /// and with baselines on the same bars, and compare them.
-    Backtest {
-        /// An OHLCV CSV (timestamp,open,high,low,close,volume) instead of the synthetic market.
-        #[arg(long)]
-        csv: Option<PathBuf>,
-        /// Hourly bars of the synthetic market.
-        #[arg(long, default_value_t = 30_000)]
-        bars: usize,
-        /// Seeds the synthetic market, the agent and the random baselines.
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Only this module (repeatable).
-        #[arg(long)]
-        module: Vec<String>,
-        /// Exploration rate of the epsilon-greedy baseline.
-        #[arg(long, default_value_t = 0.1)]
-        epsilon: f64,
-        /// Write each module's learning curve here as `backtest-<module>.svg`.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Trade each module on a market (the shipped real data by default, the
+    /// synthetic market or an OHLCV CSV) with the agent and with baselines and
+    /// peers on the same bars, and compare them.
+    Backtest(BacktestCli),
     /// Serve the HTTP API (API.md) until SIGINT or SIGTERM.
     Serve(ServeCli),
     /// Look at learned state in a store: checkpoints, posteriors, diffs, history, exports, plots.
@@ -398,9 +378,7 @@ fn run() -> Result<()> {
             let opts = demo::DemoOptions { seed: *seed, bars: *bars, data_dir: data_dir.clone(), addr: *addr, models };
             demo::run(spaces()?, &opts)?;
         }
-        Command::Backtest { csv, bars, seed, module, epsilon, plot, json } => {
-            backtest(&spaces()?, csv.clone(), *bars, *seed, module.clone(), *epsilon, plot.as_deref(), *json)?;
-        }
+        Command::Backtest(args) => backtest(&spaces()?, args)?,
         Command::Serve(_) => unreachable!("handled above"),
         Command::Inspect { store, what } => {
             let spaces = spaces()?;
@@ -525,33 +503,90 @@ fn serve(models: Option<&std::path::Path>, cli: &ServeCli) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn backtest(
-    spaces: &Spaces,
+#[derive(clap::Args, Debug)]
+struct BacktestCli {
+    /// The synthetic market (`--bars` hourly bars, seeded) instead of the real data.
+    #[arg(long, conflicts_with = "csv")]
+    synthetic: bool,
+    /// An OHLCV CSV (timestamp,open,high,low,close,volume) instead of the real data.
+    #[arg(long)]
     csv: Option<PathBuf>,
+    /// Hourly bars of the synthetic market.
+    #[arg(long, default_value_t = 30_000)]
     bars: usize,
+    /// Seeds the agent, the random baselines, the peers and the synthetic market.
+    #[arg(long, default_value_t = 7)]
     seed: u64,
-    modules: Vec<String>,
+    /// Several seeds, comma-separated (`1,2,3,4,5`): a table per seed, then the means.
+    #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
+    seeds: Vec<u64>,
+    /// Only this module (repeatable).
+    #[arg(long)]
+    module: Vec<String>,
+    /// Exploration rate of the epsilon-greedy baseline.
+    #[arg(long, default_value_t = 0.1)]
     epsilon: f64,
-    plot: Option<&std::path::Path>,
+    /// Decisions per block of the block t-statistics against the defaults.
+    #[arg(long, default_value_t = backtest::BLOCK)]
+    block: usize,
+    /// Skip the Python peers (Vowpal Wabbit, MABWiser).
+    #[arg(long)]
+    no_peers: bool,
+    /// The peers' venv (made by scripts/peers/setup).
+    #[arg(long, env = "PARAMOPT_PEERS_VENV")]
+    peers_venv: Option<PathBuf>,
+    /// Write each module's learning curve here as `backtest-<module>.svg` (the last seed's).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// The report as JSON (with `--seeds`: every run and the means).
+    #[arg(long)]
     json: bool,
-) -> Result<()> {
-    let market = match csv {
-        Some(path) => MarketSource::Csv(path),
-        None => MarketSource::Synthetic { bars },
+}
+
+fn backtest(spaces: &Spaces, args: &BacktestCli) -> Result<()> {
+    use paramopt::eval::{peers, seeds};
+    let market = match (&args.csv, args.synthetic) {
+        (Some(path), _) => MarketSource::Csv(path.clone()),
+        (None, true) => MarketSource::Synthetic { bars: args.bars },
+        (None, false) => MarketSource::Real,
     };
+    let peers =
+        (!args.no_peers).then(|| peers::find_python(&args.peers_venv.clone().unwrap_or_else(peers::default_venv)));
+    if let Some(Err(why)) = &peers {
+        eprintln!("Vowpal Wabbit and MABWiser will not run: {why}");
+    }
     let progress: Option<backtest::ProgressFn> = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
         let f: backtest::ProgressFn = Arc::new(|e: &backtest::ProgressEvent| {
             eprint!("\r{:<8} {:<15} {:>3}%", e.module, e.policy, 100 * e.done / e.total.max(1));
         });
         f
     });
-    let opts = BacktestOptions { market, seed, modules, epsilon, progress, ..Default::default() };
-    let report = backtest::run(spaces, &opts)?;
-    if opts.progress.is_some() {
-        eprintln!();
+    let seed_list = if args.seeds.is_empty() { vec![args.seed] } else { args.seeds.clone() };
+    let mut reports = Vec::new();
+    for &seed in &seed_list {
+        let started = std::time::Instant::now();
+        let opts = BacktestOptions {
+            market: market.clone(),
+            seed,
+            modules: args.module.clone(),
+            epsilon: args.epsilon,
+            progress: progress.clone(),
+            peers: peers.clone(),
+            block: args.block,
+            ..Default::default()
+        };
+        let report = backtest::run(spaces, &opts)?;
+        if progress.is_some() {
+            eprintln!();
+        }
+        eprintln!("seed {seed}: {:.1} s", started.elapsed().as_secs_f64());
+        if !args.json {
+            out!("{}", backtest::table(&report));
+            outln!();
+        }
+        reports.push(report);
     }
-    if let Some(dir) = plot {
+    if let (Some(dir), Some(report)) = (&args.plot, reports.last()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for m in &report.modules {
             let path = dir.join(format!("backtest-{}.svg", m.module));
@@ -559,10 +594,14 @@ fn backtest(
             eprintln!("wrote {}", path.display());
         }
     }
-    if json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        out!("{}", backtest::table(&report));
+    let summary = (reports.len() > 1).then(|| seeds::summarise(&reports));
+    match (args.json, summary) {
+        (true, Some(summary)) => {
+            outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": reports, "means": summary}))?)
+        }
+        (true, None) => outln!("{}", serde_json::to_string_pretty(&reports[0])?),
+        (false, Some(summary)) => out!("{}", seeds::table(&summary)),
+        (false, None) => {}
     }
     Ok(())
 }

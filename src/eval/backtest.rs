@@ -1,6 +1,15 @@
-//! `paramopt backtest`: every module trades one market with the agent's
+//! `paramopt backtest`: every module trades its market with the agent's
 //! parameters and with each baseline's, on the same bars, and the results are
-//! compared (in full, and over the second half alone).
+//! compared (in full, and over the second half alone, with each policy's
+//! difference from the defaults and its block t-statistic).
+//!
+//! Markets: the real data the project ships (`super::real`: crypto on BTC
+//! hours, stocks and options on nine daily stocks interleaved by date), the
+//! synthetic market, or a CSV. Policies: the agent, the defaults, uniform
+//! random, epsilon-greedy, UCB1, plain Thompson sampling, the Python peers
+//! (Vowpal Wabbit and MABWiser, `super::peers`) when their venv exists, the
+//! out-of-sample oracle (searched on the first half, scored on the second)
+//! and the hindsight oracle.
 //!
 //! Outcomes are delayed as in production: a decision's outcome is reported
 //! when its trade closes, bars later, so the agent and the learning baselines
@@ -22,11 +31,15 @@ use crate::eval::simulate::align;
 use crate::inspect::{escape, padded, scale, svg_frame, H, PAD, W};
 use crate::space::{Context, ModuleSpace, Spaces};
 
-use super::baselines::{self, arm_values, Baseline, EpsilonGreedy, Fixed, Ucb1, UniformRandom};
+use super::baselines::{self, arm_values, Baseline, EpsilonGreedy, Fixed, Thompson, Ucb1, UniformRandom};
 use super::csv::{self, CsvError};
 use super::market::{Market, SyntheticMarket};
+pub use super::metrics::{Metrics, Paired, BLOCK};
 use super::ope::LoggedDecision;
-use super::trading::{rule_for, Opportunity, Rule, RuleError};
+use super::peers::{PeerDriver, PeerError, PEERS};
+use super::real;
+pub use super::stream::Stream;
+use super::trading::{Opportunity, RuleError, Trade};
 
 /// Bars the indicators need before the first decision.
 pub const WARMUP: usize = 200;
@@ -45,10 +58,17 @@ pub enum BacktestError {
     PassLength { module: String, decisions: usize, want: usize },
     #[error("the market has {bars} bars; after warm-up and the longest holding period ({need}) none is left")]
     TooShort { bars: usize, need: usize },
+    #[error("{market}: bar {bar} (time {time}) skips a time the other markets have; markets interleave only on one calendar")]
+    Calendar { market: String, time: i64, bar: usize },
+    #[error(transparent)]
+    Peer(#[from] PeerError),
 }
 
 #[derive(Debug, Clone)]
 pub enum MarketSource {
+    /// The shipped real data (`super::real`): crypto on BTC/USD hours,
+    /// stocks and options on the nine daily stocks.
+    Real,
     /// The built-in synthetic market with this many hourly bars, seeded by the run's seed.
     Synthetic {
         bars: usize,
@@ -79,6 +99,11 @@ pub struct BacktestOptions {
     /// Points on each learning curve.
     pub curve_points: usize,
     pub progress: Option<ProgressFn>,
+    /// The peers' Python (`super::peers::find_python`), or why there is none
+    /// (said in the report's notes); `None` runs no peers and says nothing.
+    pub peers: Option<Result<PathBuf, String>>,
+    /// Decisions per block of the block t-statistics.
+    pub block: usize,
 }
 
 impl Default for BacktestOptions {
@@ -90,53 +115,8 @@ impl Default for BacktestOptions {
             epsilon: 0.1,
             curve_points: 50,
             progress: None,
-        }
-    }
-}
-
-/// Performance over a stretch of decisions. Returns are per decision, as a
-/// fraction of equity, 0 when the rule did not trade.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Metrics {
-    pub decisions: usize,
-    pub total_return: f64,
-    pub mean_return: f64,
-    /// Mean over standard deviation of per-decision returns, annualised by
-    /// the market's bars per year.
-    pub sharpe: f64,
-    /// Share of trades with a positive return.
-    pub win_rate: f64,
-    /// Largest fall of cumulative return from its running peak.
-    pub max_drawdown: f64,
-    /// Share of opportunities traded.
-    pub traded_share: f64,
-}
-
-impl Metrics {
-    pub fn of(returns: &[f64], traded: &[bool], periods_per_year: f64) -> Metrics {
-        let n = returns.len();
-        if n == 0 {
-            return Metrics::default();
-        }
-        let total: f64 = returns.iter().sum();
-        let mean = total / n as f64;
-        let var = returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
-        let trades = traded.iter().filter(|&&t| t).count();
-        let wins = returns.iter().zip(traded).filter(|(r, &t)| t && **r > 0.0).count();
-        let (mut cum, mut peak, mut dd) = (0.0f64, 0.0f64, 0.0f64);
-        for r in returns {
-            cum += r;
-            peak = peak.max(cum);
-            dd = dd.max(peak - cum);
-        }
-        Metrics {
-            decisions: n,
-            total_return: total,
-            mean_return: mean,
-            sharpe: if var > 0.0 { mean / var.sqrt() * periods_per_year.sqrt() } else { 0.0 },
-            win_rate: if trades > 0 { wins as f64 / trades as f64 } else { 0.0 },
-            max_drawdown: dd,
-            traded_share: trades as f64 / n as f64,
+            peers: None,
+            block: BLOCK,
         }
     }
 }
@@ -153,6 +133,9 @@ pub struct PolicyResult {
     pub improvement_over_defaults: f64,
     /// Share of the defaults-to-oracle gap in mean return closed, second half.
     pub gap_closed: f64,
+    /// Second half: this policy's per-decision return minus the defaults',
+    /// with its block t-statistic.
+    pub vs_defaults: Paired,
     /// Mean return per decision in consecutive windows, for the learning curve.
     pub curve: Vec<f64>,
 }
@@ -160,10 +143,17 @@ pub struct PolicyResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModuleBacktest {
     pub module: String,
+    /// The market(s) its stream was built from.
+    pub market: String,
     pub decisions: usize,
     /// Index of the first decision of the second half.
     pub second_half_from: usize,
-    /// Agent, defaults, random, epsilon-greedy, UCB1, oracle, in that order.
+    /// Agent, defaults, random, epsilon-greedy, UCB1, Thompson, the peers
+    /// that ran (vw, mabwiser), the out-of-sample oracle (`oracle-oos`:
+    /// searched on the first half, scored on the second; its `full` figures
+    /// are in-sample on the first half) and the hindsight oracle (`oracle`,
+    /// searched on the stretch it is scored on), in that order; the demo's
+    /// has the agent, the defaults and the hindsight oracle.
     pub policies: Vec<PolicyResult>,
     /// The oracle's search run on the first half and scored on the second:
     /// how much of the hindsight edge could be known in advance.
@@ -223,48 +213,8 @@ pub struct BacktestReport {
     pub bars: usize,
     pub seed: u64,
     pub modules: Vec<ModuleBacktest>,
-}
-
-/// A module's decisions on a market: the rule and its opportunities.
-#[derive(Debug)]
-pub struct Stream {
-    pub space: Arc<ModuleSpace>,
-    pub rule: Box<dyn Rule>,
-    pub opportunities: Vec<Opportunity>,
-    pub periods_per_year: f64,
-}
-
-impl Stream {
-    pub fn new(space: Arc<ModuleSpace>, market: &Market) -> Result<Stream, BacktestError> {
-        let rule = rule_for(&space)?;
-        let end = market.len().saturating_sub(rule.horizon() + 1);
-        if end <= WARMUP {
-            return Err(BacktestError::TooShort { bars: market.len(), need: WARMUP + rule.horizon() + 1 });
-        }
-        let opportunities = (WARMUP..end).map(|t| rule.opportunity(market, t)).collect();
-        Ok(Stream { space, rule, opportunities, periods_per_year: market.periods_per_year })
-    }
-
-    /// The return each decision in `range` makes with `values(context)`:
-    /// the true value of a fixed policy on these bars.
-    pub fn returns_of(&self, range: std::ops::Range<usize>, values: impl Fn(Context) -> Vec<f64>) -> Vec<f64> {
-        let per_context: Vec<Vec<f64>> = Context::all().map(values).collect();
-        self.opportunities[range]
-            .iter()
-            .map(|o| self.rule.trade(o, &per_context[o.context.index()]).return_pct)
-            .collect()
-    }
-
-    /// The reward a learner sees for a trade: the module's reward setting
-    /// applied to its return (scaled, clipped; 0 when not traded).
-    pub fn reward(&self, traded: bool, return_pct: f64) -> f64 {
-        let r = &self.space.reward;
-        if traded {
-            (return_pct * r.scale).clamp(-r.clip, r.clip)
-        } else {
-            0.0
-        }
-    }
+    /// What the run could not do and why (peers skipped, for instance).
+    pub notes: Vec<String>,
 }
 
 /// Each decision's return and whether it traded, in decision order.
@@ -282,6 +232,19 @@ pub trait Driver {
     type Error;
     /// The module's parameters (in the space's order) for this opportunity.
     fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), Self::Error>;
+    /// The outcome of the decision `ticket`, once its trade closed: what
+    /// [`drive`] calls. By default it passes the return to [`Driver::report`];
+    /// a driver that reports what a module would (the strategy, confidence
+    /// and path of [`Trade`]) overrides it.
+    fn report_trade(
+        &mut self,
+        opp: &Opportunity,
+        ticket: Self::Ticket,
+        trade: &Trade,
+        reward: f64,
+    ) -> Result<(), Self::Error> {
+        self.report(opp, ticket, trade.return_pct, trade.traded, reward)
+    }
     /// The outcome of the decision `ticket`, once its trade closed.
     fn report(
         &mut self,
@@ -302,7 +265,7 @@ pub fn drive<D: Driver>(stream: &Stream, driver: &mut D, progress: &dyn Fn(usize
     let n = stream.opportunities.len();
     let mut open: BinaryHeap<Reverse<(usize, usize)>> = BinaryHeap::new();
     let mut tickets: Vec<Option<D::Ticket>> = (0..n).map(|_| None).collect();
-    let mut trades = vec![None; n];
+    let mut trades: Vec<Option<Trade>> = vec![None; n];
     let mut pass = Pass { returns: Vec::with_capacity(n), traded: Vec::with_capacity(n) };
     let step = (n / 100).max(1);
     for (i, opp) in stream.opportunities.iter().enumerate() {
@@ -312,10 +275,10 @@ pub fn drive<D: Driver>(stream: &Stream, driver: &mut D, progress: &dyn Fn(usize
                 break;
             }
             open.pop();
-            let trade: super::trading::Trade = trades[j].expect("decided");
+            let trade = trades[j].take().expect("decided, reported once");
             let ticket = tickets[j].take().expect("reported once");
             let o = &stream.opportunities[j];
-            driver.report(o, ticket, trade.return_pct, trade.traded, stream.reward(trade.traded, trade.return_pct))?;
+            driver.report_trade(o, ticket, &trade, stream.reward(trade.traded, trade.return_pct))?;
             reported = true;
         }
         if reported {
@@ -325,9 +288,9 @@ pub fn drive<D: Driver>(stream: &Stream, driver: &mut D, progress: &dyn Fn(usize
         let trade = stream.rule.trade(opp, &values);
         pass.returns.push(trade.return_pct);
         pass.traded.push(trade.traded);
+        open.push(Reverse((trade.close_bar, i)));
         trades[i] = Some(trade);
         tickets[i] = Some(ticket);
-        open.push(Reverse((trade.close_bar, i)));
         if i % step == 0 {
             progress(i);
         }
@@ -336,10 +299,10 @@ pub fn drive<D: Driver>(stream: &Stream, driver: &mut D, progress: &dyn Fn(usize
     // (decisions stop a holding period before its end): report them too, so
     // every log entry has its outcome.
     while let Some(Reverse((_, j))) = open.pop() {
-        let trade = trades[j].expect("decided");
+        let trade = trades[j].take().expect("decided, reported once");
         let ticket = tickets[j].take().expect("reported once");
         let o = &stream.opportunities[j];
-        driver.report(o, ticket, trade.return_pct, trade.traded, stream.reward(trade.traded, trade.return_pct))?;
+        driver.report_trade(o, ticket, &trade, stream.reward(trade.traded, trade.return_pct))?;
     }
     driver.sync();
     progress(n);
@@ -385,6 +348,18 @@ impl Driver for AgentDriver<'_> {
             .report(&ticket.0, Outcome { reward: None, traded, return_pct: Some(ret), evidence: Default::default() })?;
         Ok(())
     }
+    fn report_trade(
+        &mut self,
+        opp: &Opportunity,
+        ticket: Self::Ticket,
+        trade: &Trade,
+        reward: f64,
+    ) -> Result<(), BacktestError> {
+        // The agent's `Outcome` carries the return alone today. What a module
+        // reports besides (`trade.strategy`, `trade.confidence`, `trade.path`,
+        // and `opp.strategy` when deciding) plugs in here.
+        self.report(opp, ticket, trade.return_pct, trade.traded, reward)
+    }
     fn sync(&mut self) {
         // Deterministic runs: every closed trade is learned before the next decision.
         self.agent.flush();
@@ -419,11 +394,6 @@ impl Driver for BaselineDriver<'_> {
 
 /// Runs the backtest of every selected module (in parallel, one thread each).
 pub fn run(spaces: &Spaces, opts: &BacktestOptions) -> Result<BacktestReport, BacktestError> {
-    let market = Arc::new(match &opts.market {
-        MarketSource::Synthetic { bars } => SyntheticMarket::new(opts.seed, *bars).generate(),
-        MarketSource::Csv(path) => csv::load(path)?,
-        MarketSource::Given(m) => (**m).clone(),
-    });
     let known: Vec<String> = spaces.names().map(String::from).collect();
     for m in &opts.modules {
         if !known.contains(m) {
@@ -432,18 +402,45 @@ pub fn run(spaces: &Spaces, opts: &BacktestOptions) -> Result<BacktestReport, Ba
     }
     let selected: Vec<Arc<ModuleSpace>> =
         spaces.iter().filter(|s| opts.modules.is_empty() || opts.modules.contains(&s.name)).cloned().collect();
+    let (label, bars, streams) = streams(&selected, opts)?;
     let results: Vec<Result<ModuleBacktest, BacktestError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = selected
-            .iter()
-            .map(|space| {
-                let market = market.clone();
-                scope.spawn(move || run_module(space.clone(), &market, opts))
-            })
-            .collect();
+        let handles: Vec<_> =
+            streams.into_iter().map(|stream| scope.spawn(move || run_stream(Arc::new(stream), opts))).collect();
         handles.into_iter().map(|h| h.join().expect("backtest thread panicked")).collect()
     });
     let modules = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok(BacktestReport { market: market.source.clone(), bars: market.len(), seed: opts.seed, modules })
+    let mut notes = Vec::new();
+    if let Some(Err(why)) = &opts.peers {
+        notes.push(format!("Vowpal Wabbit and MABWiser did not run: {why}"));
+    }
+    Ok(BacktestReport { market: label, bars, seed: opts.seed, modules, notes })
+}
+
+/// Each module's stream on the chosen market, the market's name and its bars.
+fn streams(
+    selected: &[Arc<ModuleSpace>],
+    opts: &BacktestOptions,
+) -> Result<(String, usize, Vec<Stream>), BacktestError> {
+    let one = match &opts.market {
+        MarketSource::Real => None,
+        MarketSource::Synthetic { bars } => Some(SyntheticMarket::new(opts.seed, *bars).generate()),
+        MarketSource::Csv(path) => Some(csv::load(path)?),
+        MarketSource::Given(m) => Some((**m).clone()),
+    };
+    if let Some(market) = one {
+        let streams = selected.iter().map(|s| Stream::new(s.clone(), &market)).collect::<Result<_, _>>()?;
+        return Ok((market.source.clone(), market.len(), streams));
+    }
+    let (btc, stocks) = (real::btc_hourly()?, real::us_stocks_daily()?);
+    let streams = selected
+        .iter()
+        .map(
+            |s| if s.name == "crypto" { Stream::new(s.clone(), &btc) } else { Stream::interleaved(s.clone(), &stocks) },
+        )
+        .collect::<Result<_, _>>()?;
+    let bars = btc.len() + stocks.iter().map(Market::len).sum::<usize>();
+    let label = format!("real data: crypto on {}; stocks and options on {} daily stocks", btc.source, stocks.len());
+    Ok((label, bars, streams))
 }
 
 /// One module: the agent, every baseline and the oracle on the same stream.
@@ -452,7 +449,12 @@ pub fn run_module(
     market: &Market,
     opts: &BacktestOptions,
 ) -> Result<ModuleBacktest, BacktestError> {
-    let stream = Arc::new(Stream::new(space.clone(), market)?);
+    run_stream(Arc::new(Stream::new(space, market)?), opts)
+}
+
+/// One module's stream: the agent, every baseline, the peers and the oracles.
+pub fn run_stream(stream: Arc<Stream>, opts: &BacktestOptions) -> Result<ModuleBacktest, BacktestError> {
+    let space = stream.space.clone();
     let n = stream.opportunities.len();
     let progress = |policy: &str| {
         let module = space.name.clone();
@@ -485,6 +487,7 @@ pub fn run_module(
         Box::new(UniformRandom::new(&space)),
         Box::new(EpsilonGreedy::new(&space, opts.epsilon)),
         Box::new(Ucb1::new(&space)),
+        Box::new(Thompson::new(&space)),
     ];
     for (i, policy) in learners.iter_mut().enumerate() {
         let name = policy.name().to_string();
@@ -492,7 +495,29 @@ pub fn run_module(
         let mut driver = BaselineDriver { policy: policy.as_mut(), space: &space, rng };
         passes.push((name.clone(), drive(&stream, &mut driver, &progress(&name))?));
     }
-    Ok(assemble(stream, passes, &greedy, agent_log, agent_view, opts, &progress("oracle")))
+    if let Some(Ok(python)) = &opts.peers {
+        // Each peer is a process of its own: run them side by side.
+        let peer_passes: Vec<Result<Pass, BacktestError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = PEERS
+                .iter()
+                .map(|&peer| {
+                    let (stream, progress) = (&stream, progress(peer));
+                    scope.spawn(move || {
+                        let mut driver = PeerDriver::start(python, peer, opts.seed, stream)?;
+                        let pass = drive(stream, &mut driver, &progress)?;
+                        let learned = driver.finish()?;
+                        tracing::debug!(module = %stream.space.name, peer, learned, "peer pass done");
+                        Ok(pass)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("peer thread panicked")).collect()
+        });
+        for (peer, pass) in PEERS.iter().zip(peer_passes) {
+            passes.push((peer.to_string(), pass?));
+        }
+    }
+    Ok(assemble(stream, passes, &greedy, (agent_log, agent_view), opts, &progress("oracle"), true))
 }
 
 /// Scores an agent whose decisions were made elsewhere (`paramopt demo`: a
@@ -520,19 +545,21 @@ pub fn compare_served(
     let mut driver = BaselineDriver { policy: &mut defaults, space: &space, rng };
     let defaults_pass = drive(&stream, &mut driver, &|_| {})?;
     let passes = vec![("agent".to_string(), agent), ("defaults".to_string(), defaults_pass)];
-    Ok(assemble(stream, passes, greedy, Vec::new(), None, opts, &|_| {}))
+    // The demo's table keeps the agent, the defaults and the hindsight oracle.
+    Ok(assemble(stream, passes, greedy, (Vec::new(), None), opts, &|_| {}, false))
 }
 
 /// The oracle and every figure of a module's result from its policies'
-/// passes (the agent first, the defaults second) and the agent's final greedy values.
+/// passes (the agent first, the defaults second) and the agent's final greedy
+/// values (and its log and final view); with `out_of_sample`, the `oracle-oos` row too.
 fn assemble(
     stream: Arc<Stream>,
     passes: Vec<(String, Pass)>,
     greedy: &[Vec<f64>],
-    agent_log: Vec<LoggedDecision>,
-    agent_view: Option<Arc<ModuleView>>,
+    (agent_log, agent_view): (Vec<LoggedDecision>, Option<Arc<ModuleView>>),
     opts: &BacktestOptions,
     progress: &dyn Fn(usize),
+    out_of_sample: bool,
 ) -> ModuleBacktest {
     let (seed, curve_points) = (opts.seed, opts.curve_points);
     let space = stream.space.clone();
@@ -561,11 +588,9 @@ fn assemble(
         stream.periods_per_year,
     );
     let oracle_first = baselines::oracle(&space, stream.rule.as_ref(), &all[..half]);
-    let first_half_fit = Metrics::of(
-        &stream.returns_of(half..n, |c| arm_values(&space, &oracle_first.arms[c.index()])),
-        &traded_of(&oracle_first, half..n),
-        stream.periods_per_year,
-    );
+    let oos_returns = stream.returns_of(0..n, |c| arm_values(&space, &oracle_first.arms[c.index()]));
+    let oos_traded = traded_of(&oracle_first, 0..n);
+    let first_half_fit = Metrics::of(&oos_returns[half..], &oos_traded[half..], stream.periods_per_year);
     let mut rng = Pcg64Mcg::seed_from_u64(crate::agent::splitmix64(seed ^ 0xe7c));
     let known_by = stream.opportunities.get(half).map_or(usize::MAX, |o| o.bar);
     let committed = baselines::explore_then_commit(
@@ -587,32 +612,48 @@ fn assemble(
 
     let ppy = stream.periods_per_year;
     let oracle_second = Metrics::of(&half_returns, &oracle_half_traded, ppy);
-    let mut policies: Vec<PolicyResult> = passes
-        .iter()
-        .map(|(name, p)| PolicyResult {
-            policy: name.clone(),
-            full: Metrics::of(&p.returns, &p.traded, ppy),
-            second_half: Metrics::of(&p.returns[half..], &p.traded[half..], ppy),
-            regret: 0.0,
-            improvement_over_defaults: 0.0,
-            gap_closed: 0.0,
-            curve: curve(&p.returns, curve_points),
+    // Per policy: its name, whole-stream figures, second-half figures and
+    // returns, and learning curve.
+    type Row = (String, Metrics, Metrics, Vec<f64>, Vec<f64>);
+    let mut rows: Vec<Row> = passes
+        .into_iter()
+        .map(|(name, p)| {
+            let full = Metrics::of(&p.returns, &p.traded, ppy);
+            let second = Metrics::of(&p.returns[half..], &p.traded[half..], ppy);
+            let curve = curve(&p.returns, curve_points);
+            (name, full, second, p.returns[half..].to_vec(), curve)
         })
         .collect();
-    policies.push(PolicyResult {
-        policy: "oracle".into(),
-        full: Metrics::of(&full_returns, &oracle_full_traded, ppy),
-        second_half: oracle_second,
-        regret: 0.0,
-        improvement_over_defaults: 0.0,
-        gap_closed: 1.0,
-        curve: curve(&full_returns, curve_points),
-    });
-    let defaults_mean = policies[1].second_half.mean_return;
-    for p in policies.iter_mut() {
-        p.regret = oracle_second.total_return - p.second_half.total_return;
-        p.improvement_over_defaults = p.second_half.mean_return - defaults_mean;
-        p.gap_closed = gap_share(p.second_half.mean_return, defaults_mean, oracle_second.mean_return);
+    if out_of_sample {
+        rows.push((
+            "oracle-oos".into(),
+            Metrics::of(&oos_returns, &oos_traded, ppy),
+            first_half_fit,
+            oos_returns[half..].to_vec(),
+            curve(&oos_returns, curve_points),
+        ));
+    }
+    rows.push((
+        "oracle".into(),
+        Metrics::of(&full_returns, &oracle_full_traded, ppy),
+        oracle_second,
+        half_returns,
+        curve(&full_returns, curve_points),
+    ));
+    let defaults_second = rows.get(1).map(|r| r.3.clone()).unwrap_or_default();
+    let defaults_mean = rows.get(1).map_or(0.0, |r| r.2.mean_return);
+    let mut policies: Vec<PolicyResult> = Vec::with_capacity(rows.len());
+    for (name, full, second_half, second, curve) in rows {
+        policies.push(PolicyResult {
+            policy: name,
+            full,
+            regret: oracle_second.total_return - second_half.total_return,
+            improvement_over_defaults: second_half.mean_return - defaults_mean,
+            gap_closed: gap_share(second_half.mean_return, defaults_mean, oracle_second.mean_return),
+            vs_defaults: Paired::of(&second, &defaults_second, opts.block),
+            second_half,
+            curve,
+        });
     }
     let oracle_values = Context::all()
         .map(|c| {
@@ -622,6 +663,7 @@ fn assemble(
         .collect();
     ModuleBacktest {
         module: space.name.clone(),
+        market: stream.source.clone(),
         decisions: n,
         second_half_from: half,
         policies,
@@ -644,24 +686,29 @@ fn curve(returns: &[f64], points: usize) -> Vec<f64> {
 /// Per module: every policy's metrics over the second half and in full.
 pub fn table(report: &BacktestReport) -> String {
     let mut out = format!("Market {}, {} bars, seed {}.\n", report.market, report.bars, report.seed);
+    for note in &report.notes {
+        let _ = writeln!(out, "Note: {note}");
+    }
     for m in &report.modules {
+        let block = m.policies.first().map_or(BLOCK, |p| p.vs_defaults.block_size);
         let _ = writeln!(
             out,
-            "\n{}: {} decisions; second half from decision {} (returns per decision, fraction of equity)",
-            m.module, m.decisions, m.second_half_from
+            "\n{} on {}: {} decisions; second half from decision {} (returns per decision, fraction of equity; \
+             t: block t-statistic of the difference from the defaults, blocks of {block} decisions)",
+            m.module, m.market, m.decisions, m.second_half_from
         );
         let mut rows = vec![[
             "policy",
             "mean 2nd",
+            "total 2nd",
             "sharpe 2nd",
+            "max dd 2nd",
             "win 2nd",
             "traded 2nd",
-            "max dd 2nd",
-            "regret 2nd",
             "vs defaults",
+            "t",
             "gap closed",
             "total (all)",
-            "sharpe (all)",
         ]
         .map(String::from)
         .to_vec()];
@@ -670,15 +717,15 @@ pub fn table(report: &BacktestReport) -> String {
             rows.push(vec![
                 p.policy.clone(),
                 format!("{:+.6}", s.mean_return),
+                format!("{:+.3}", s.total_return),
                 format!("{:.2}", s.sharpe),
+                format!("{:.3}", s.max_drawdown),
                 format!("{:.1}%", 100.0 * s.win_rate),
                 format!("{:.1}%", 100.0 * s.traded_share),
-                format!("{:.4}", s.max_drawdown),
-                format!("{:.3}", p.regret),
                 format!("{:+.6}", p.improvement_over_defaults),
+                format!("{:+.2}", p.vs_defaults.block_t),
                 format!("{:.0}%", 100.0 * p.gap_closed),
                 format!("{:+.3}", f.total_return),
-                format!("{:.2}", f.sharpe),
             ]);
         }
         out.push_str(&align(&rows));
@@ -704,7 +751,8 @@ pub fn table(report: &BacktestReport) -> String {
     out
 }
 
-const COLOURS: [&str; 6] = ["#cc3333", "#888888", "#bbbb33", "#33aa55", "#3366cc", "#222222"];
+const COLOURS: [&str; 10] =
+    ["#cc3333", "#888888", "#bbbb33", "#33aa55", "#3366cc", "#aa55cc", "#ee8833", "#33bbbb", "#777722", "#222222"];
 
 /// The learning curve of one module: each policy's mean return per window.
 pub fn curve_svg(m: &ModuleBacktest) -> String {
@@ -795,23 +843,7 @@ fn panel(m: &ModuleBacktest, title: &str, y_label: &str, series: &[(&str, Vec<f6
 
 /// Each policy keeps its colour whichever policies a report holds.
 fn colour_of(policy: &str, i: usize) -> &'static str {
-    const NAMED: [&str; 6] = ["agent", "defaults", "random", "epsilon-greedy", "ucb1", "oracle"];
+    const NAMED: [&str; 10] =
+        ["agent", "defaults", "random", "epsilon-greedy", "ucb1", "thompson", "vw", "mabwiser", "oracle-oos", "oracle"];
     NAMED.iter().position(|n| *n == policy).map_or(COLOURS[i % COLOURS.len()], |k| COLOURS[k])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_of_a_known_series() {
-        let m = Metrics::of(&[0.1, -0.2, 0.0, 0.3], &[true, true, false, true], 1.0);
-        assert!((m.total_return - 0.2).abs() < 1e-12);
-        assert!((m.mean_return - 0.05).abs() < 1e-12);
-        assert!((m.win_rate - 2.0 / 3.0).abs() < 1e-12);
-        assert!((m.traded_share - 0.75).abs() < 1e-12);
-        assert!((m.max_drawdown - 0.2).abs() < 1e-12);
-        let sd = ((0.0025 + 0.0625 + 0.0025 + 0.0625) / 3.0f64).sqrt();
-        assert!((m.sharpe - 0.05 / sd).abs() < 1e-12);
-    }
 }

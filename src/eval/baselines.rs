@@ -1,5 +1,6 @@
 //! What the agent is compared with: fixed parameters (the seed defaults, the
-//! oracle), uniform random, epsilon-greedy and UCB1.
+//! oracle), uniform random, epsilon-greedy, UCB1 and a plain factorised
+//! Thompson sampler.
 //!
 //! The learning baselines are contextual and factorised like the agent: per
 //! context, per parameter, a choice among the same arms, learning from the
@@ -9,6 +10,7 @@
 //! opportunities being scored.
 
 use rand::Rng;
+use rand_distr::StandardNormal;
 use rand_pcg::Pcg64Mcg;
 
 use crate::agent::safety::project_simplex;
@@ -209,6 +211,48 @@ impl Baseline for Ucb1 {
     }
 }
 
+/// Plain factorised Thompson sampling: per context, per parameter, per arm a
+/// Gaussian posterior on the mean reward (prior mean 0 worth one outcome,
+/// noise scale the context's reward standard deviation), each parameter's
+/// arm drawn independently, learning every parameter's served arm from the
+/// decision's one reward (bandit feedback). No pooling, no forgetting, no
+/// trust region: what the agent's machinery adds is measured against it.
+#[derive(Debug, Clone)]
+pub struct Thompson {
+    table: ArmTable,
+}
+
+impl Thompson {
+    pub fn new(space: &ModuleSpace) -> Thompson {
+        Thompson { table: ArmTable::new(space) }
+    }
+}
+
+impl Baseline for Thompson {
+    fn name(&self) -> &str {
+        "thompson"
+    }
+    fn choose(&mut self, context: Context, rng: &mut Pcg64Mcg) -> Vec<usize> {
+        let c = context.index();
+        let sd = self.table.sd(c);
+        let t = &self.table;
+        (0..t.n[c].len())
+            .map(|p| {
+                let draw = |k: usize| {
+                    let n = t.n[c][p][k];
+                    let z: f64 = rng.sample(StandardNormal);
+                    n * t.mean[c][p][k] / (n + 1.0) + sd / (n + 1.0).sqrt() * z
+                };
+                let draws: Vec<f64> = (0..t.n[c][p].len()).map(draw).collect();
+                (0..draws.len()).max_by(|&a, &b| draws[a].total_cmp(&draws[b])).unwrap_or(0)
+            })
+            .collect()
+    }
+    fn learn(&mut self, context: Context, arms: &[usize], reward: f64) {
+        self.table.learn(context.index(), arms, reward);
+    }
+}
+
 /// Explore-then-commit: what `explore` can teach a learner that sees only
 /// the reward of the arms it chose (bandit feedback), with the whole stretch
 /// spent exploring. Every parameter's arm is drawn uniformly at random on
@@ -364,13 +408,13 @@ mod tests {
     }
 
     #[test]
-    fn ucb1_and_epsilon_greedy_settle_on_the_better_arm() {
+    fn ucb1_epsilon_greedy_and_thompson_settle_on_the_better_arm() {
         let spaces = Spaces::builtin();
         let space = spaces.get("crypto").unwrap();
         let ctx = Context::all().next().unwrap();
         let mut rng = rand::SeedableRng::seed_from_u64(1);
         let mut learners: Vec<Box<dyn Baseline>> =
-            vec![Box::new(Ucb1::new(space)), Box::new(EpsilonGreedy::new(space, 0.1))];
+            vec![Box::new(Ucb1::new(space)), Box::new(EpsilonGreedy::new(space, 0.1)), Box::new(Thompson::new(space))];
         for l in learners.iter_mut() {
             for _ in 0..3_000 {
                 let arms = l.choose(ctx, &mut rng);

@@ -1,9 +1,13 @@
-//! The OHLCV CSV loader: a user's market for `paramopt backtest --csv`.
+//! The OHLCV CSV loader: a user's market for `paramopt backtest --csv`, and
+//! the real data the project ships (`super::real`), through one parser.
 //!
 //! The header must name `timestamp,open,high,low,close,volume` (any order,
-//! extra columns ignored). Timestamps are Unix seconds or RFC 3339. Every row
-//! is checked, and the first bad one is reported with its line number and
-//! value, because a backtest on silently repaired data is worse than none.
+//! extra columns ignored); [`Columns`] names other headers, a column that
+//! splits rows into several series (a ticker) and adjustment factors.
+//! Timestamps are Unix seconds, RFC 3339, or a date alone (`2004-01-02`),
+//! which is taken as that day's New York close, 21:00 UTC. Every row is
+//! checked, and the first bad one is reported with its line number and value,
+//! because a backtest on silently repaired data is worse than none.
 
 use std::path::Path;
 
@@ -11,6 +15,10 @@ use super::market::{Bar, Market};
 
 /// Fewest bars a backtest can use: indicators warm up over the first 200.
 pub const MIN_BARS: usize = 300;
+
+/// Seconds after midnight UTC a date-only timestamp stands for: 16:00 in New
+/// York in winter (20:00 UTC in summer), so a daily bar falls in `us_prime`.
+pub const DAILY_CLOSE_UTC: i64 = 21 * 3_600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CsvError {
@@ -28,7 +36,39 @@ pub enum CsvError {
     TooShort { file: String, rows: usize, need: usize },
 }
 
-const COLUMNS: [&str; 6] = ["timestamp", "open", "high", "low", "close", "volume"];
+/// The columns a file's rows are read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Columns {
+    /// Timestamp, open, high, low, close, volume, in that order.
+    pub ohlcv: [&'static str; 6],
+    /// Rows with different values here are separate series (each strictly
+    /// increasing in time on its own), in the order they first appear.
+    pub symbol: Option<&'static str>,
+    /// Multiplies open, high, low and close (a split and dividend adjustment).
+    pub price_factor: Option<&'static str>,
+    /// Divides the volume (a split factor: volume in today's shares).
+    pub volume_divisor: Option<&'static str>,
+    /// Rows with zero volume are dropped (a holiday row of a data vendor).
+    pub drop_zero_volume: bool,
+}
+
+/// The format a user's CSV is in.
+pub const USER_COLUMNS: Columns = Columns {
+    ohlcv: ["timestamp", "open", "high", "low", "close", "volume"],
+    symbol: None,
+    price_factor: None,
+    volume_divisor: None,
+    drop_zero_volume: false,
+};
+
+/// One series of a file: its symbol (empty without a symbol column) and bars.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub symbol: String,
+    pub bars: Vec<Bar>,
+    /// Rows dropped for zero volume.
+    pub dropped: usize,
+}
 
 pub fn load(path: &Path) -> Result<Market, CsvError> {
     let file = path.display().to_string();
@@ -36,20 +76,36 @@ pub fn load(path: &Path) -> Result<Market, CsvError> {
     parse(&text, &file)
 }
 
-/// Parses CSV text; `file` names it in errors.
+/// Parses CSV text in the user format; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Market, CsvError> {
+    let series = parse_series(text, file, &USER_COLUMNS)?;
+    let bars = series.into_iter().next().map(|s| s.bars).unwrap_or_default();
+    if bars.len() < MIN_BARS {
+        return Err(CsvError::TooShort { file: file.to_string(), rows: bars.len(), need: MIN_BARS });
+    }
+    Ok(Market::from_bars(file.to_string(), bars))
+}
+
+/// Parses CSV text into its series, checking every row.
+pub fn parse_series(text: &str, file: &str, columns: &Columns) -> Result<Vec<Series>, CsvError> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let header = lines.next().map(|(_, l)| l).unwrap_or("");
     let names: Vec<String> = header.split(',').map(|h| h.trim().to_ascii_lowercase()).collect();
-    let mut col = [0usize; 6];
-    for (i, c) in COLUMNS.iter().enumerate() {
-        col[i] = names.iter().position(|n| n == c).ok_or_else(|| CsvError::MissingColumn {
+    let find = |column: &'static str| {
+        names.iter().position(|n| n == column).ok_or_else(|| CsvError::MissingColumn {
             file: file.to_string(),
-            column: c,
+            column,
             header: header.to_string(),
-        })?;
+        })
+    };
+    let optional = |c: Option<&'static str>| c.map(find).transpose();
+    let mut col = [0usize; 6];
+    for (i, c) in columns.ohlcv.iter().enumerate() {
+        col[i] = find(c)?;
     }
-    let mut bars: Vec<Bar> = Vec::new();
+    let (symbol_col, factor_col, divisor_col) =
+        (optional(columns.symbol)?, optional(columns.price_factor)?, optional(columns.volume_divisor)?);
+    let mut series: Vec<Series> = Vec::new();
     for (i, line) in lines {
         let line_no = i + 1;
         let cells: Vec<&str> = line.split(',').map(str::trim).collect();
@@ -60,50 +116,83 @@ pub fn parse(text: &str, file: &str) -> Result<Market, CsvError> {
             value: value.to_string(),
             reason,
         };
-        let cell = |k: usize| -> Result<&str, CsvError> {
-            cells.get(col[k]).copied().ok_or_else(|| bad(COLUMNS[k], line, "the row has too few columns"))
+        let cell_at = |k: usize, name: &'static str| -> Result<&str, CsvError> {
+            cells.get(k).copied().ok_or_else(|| bad(name, line, "the row has too few columns"))
         };
-        let number = |k: usize| -> Result<f64, CsvError> {
-            let s = cell(k)?;
-            let v: f64 = s.parse().map_err(|_| bad(COLUMNS[k], s, "not a number"))?;
+        let number_at = |k: usize, name: &'static str| -> Result<f64, CsvError> {
+            let s = cell_at(k, name)?;
+            let v: f64 = s.parse().map_err(|_| bad(name, s, "not a number"))?;
             if !v.is_finite() {
-                return Err(bad(COLUMNS[k], s, "not a finite number"));
+                return Err(bad(name, s, "not a finite number"));
             }
             Ok(v)
         };
+        let cell = |k: usize| cell_at(col[k], columns.ohlcv[k]);
+        let number = |k: usize| number_at(col[k], columns.ohlcv[k]);
         let ts = cell(0)?;
-        let time = parse_time(ts).ok_or_else(|| bad("timestamp", ts, "not Unix seconds or an RFC 3339 time"))?;
-        let [open, high, low, close, volume] = [number(1)?, number(2)?, number(3)?, number(4)?, number(5)?];
+        let time =
+            parse_time(ts).ok_or_else(|| bad(columns.ohlcv[0], ts, "not Unix seconds, an RFC 3339 time or a date"))?;
+        let [mut open, mut high, mut low, mut close, mut volume] =
+            [number(1)?, number(2)?, number(3)?, number(4)?, number(5)?];
         for (k, v) in [(1, open), (2, high), (3, low), (4, close)] {
             if v <= 0.0 {
-                return Err(bad(COLUMNS[k], cell(k)?, "prices must be positive"));
+                return Err(bad(columns.ohlcv[k], cell(k)?, "prices must be positive"));
             }
         }
         if volume < 0.0 {
-            return Err(bad("volume", cell(5)?, "volume must not be negative"));
+            return Err(bad(columns.ohlcv[5], cell(5)?, "volume must not be negative"));
         }
         if high < open.max(close).max(low) {
-            return Err(bad("high", cell(2)?, "high is below the open, close or low"));
+            return Err(bad(columns.ohlcv[2], cell(2)?, "high is below the open, close or low"));
         }
         if low > open.min(close) {
-            return Err(bad("low", cell(3)?, "low is above the open or close"));
+            return Err(bad(columns.ohlcv[3], cell(3)?, "low is above the open or close"));
         }
-        if bars.last().is_some_and(|b| b.time >= time) {
-            return Err(bad("timestamp", ts, "timestamps must strictly increase"));
+        for (c, name, what) in [(factor_col, columns.price_factor, 0), (divisor_col, columns.volume_divisor, 1)] {
+            let (Some(c), Some(name)) = (c, name) else { continue };
+            let f = number_at(c, name)?;
+            if f <= 0.0 {
+                return Err(bad(name, cell_at(c, name)?, "an adjustment factor must be positive"));
+            }
+            if what == 0 {
+                [open, high, low, close] = [open, high, low, close].map(|p| p * f);
+            } else {
+                volume /= f;
+            }
         }
-        bars.push(Bar { time, open, high, low, close, volume });
+        let symbol = match symbol_col {
+            Some(c) => cell_at(c, columns.symbol.unwrap_or("symbol"))?,
+            None => "",
+        };
+        let s = match series.iter().position(|s| s.symbol == symbol) {
+            Some(k) => &mut series[k],
+            None => {
+                series.push(Series { symbol: symbol.to_string(), bars: Vec::new(), dropped: 0 });
+                series.last_mut().expect("just pushed")
+            }
+        };
+        if columns.drop_zero_volume && volume == 0.0 {
+            s.dropped += 1;
+            continue;
+        }
+        if s.bars.last().is_some_and(|b| b.time >= time) {
+            return Err(bad(columns.ohlcv[0], ts, "timestamps must strictly increase"));
+        }
+        s.bars.push(Bar { time, open, high, low, close, volume });
     }
-    if bars.len() < MIN_BARS {
-        return Err(CsvError::TooShort { file: file.to_string(), rows: bars.len(), need: MIN_BARS });
-    }
-    Ok(Market::from_bars(file.to_string(), bars))
+    Ok(series)
 }
 
 fn parse_time(s: &str) -> Option<i64> {
     if let Ok(secs) = s.parse::<i64>() {
         return Some(secs);
     }
-    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Some(t.as_second());
+    }
+    let date = s.parse::<jiff::civil::Date>().ok()?;
+    let midnight = date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_second();
+    Some(midnight + DAILY_CLOSE_UTC)
 }
 
 /// The market as CSV text, the format [`parse`] reads: for fixtures and for
@@ -159,5 +248,33 @@ mod tests {
         let m = parse(&text, "t.csv").unwrap();
         assert_eq!(m.bars[1].time - m.bars[0].time, 3_600);
         assert!((m.periods_per_year - 8_760.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn series_split_by_symbol_adjust_prices_and_drop_zero_volume_rows() {
+        let text = "date,sym,open,high,low,close,vol,f,split\n\
+                    2004-01-02,A,10,11,9,10,100,0.5,0.25\n\
+                    2004-01-02,B,20,21,19,20,100,1,1\n\
+                    2004-01-03,A,10,11,9,10,0,0.5,0.25\n\
+                    2004-01-05,A,10,12,9,11,100,0.5,0.25\n";
+        let cols = Columns {
+            ohlcv: ["date", "open", "high", "low", "close", "vol"],
+            symbol: Some("sym"),
+            price_factor: Some("f"),
+            volume_divisor: Some("split"),
+            drop_zero_volume: true,
+        };
+        let s = parse_series(text, "s.csv", &cols).unwrap();
+        assert_eq!(s.iter().map(|s| s.symbol.as_str()).collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!((s[0].bars.len(), s[0].dropped), (2, 1));
+        assert_eq!(s[0].bars[1].close, 5.5);
+        assert_eq!(s[0].bars[0].volume, 400.0);
+        assert_eq!(s[0].bars[0].time.rem_euclid(86_400), DAILY_CLOSE_UTC);
+        let bad = text.replace("2004-01-05,A,10,12", "2004-01-02,A,10,12");
+        let err = parse_series(&bad, "s.csv", &cols).unwrap_err().to_string();
+        assert!(err.starts_with("s.csv:5: date = \"2004-01-02\""), "{err}");
+        let bad = text.replace("0.5,0.25\n2004-01-02,B", "-1,0.25\n2004-01-02,B");
+        let err = parse_series(&bad, "s.csv", &cols).unwrap_err().to_string();
+        assert!(err.starts_with("s.csv:2: f = \"-1\""), "{err}");
     }
 }

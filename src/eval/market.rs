@@ -42,7 +42,7 @@ pub struct Market {
     pub signals: Vec<Signals>,
     /// Annualised implied volatility quoted at each bar's close.
     pub implied_vol: Vec<f64>,
-    /// Bars per year, from the median spacing of the timestamps.
+    /// Bars per year, from the span of the timestamps.
     pub periods_per_year: f64,
 }
 
@@ -198,13 +198,13 @@ fn first_vol(bars: &[Bar]) -> f64 {
     (rs.iter().map(|r| r * r).sum::<f64>() / rs.len() as f64).sqrt().max(1e-6)
 }
 
+/// Bars per year over the whole span: 8,760 for hourly bars round the clock,
+/// about 252 for a stock's trading days (weekends and holidays have no bar).
 fn periods_per_year(bars: &[Bar]) -> f64 {
-    let mut gaps: Vec<i64> = bars.windows(2).map(|w| w[1].time - w[0].time).filter(|&g| g > 0).collect();
-    if gaps.is_empty() {
-        return 8_760.0;
+    match (bars.first(), bars.last()) {
+        (Some(a), Some(b)) if b.time > a.time => (bars.len() - 1) as f64 * 365.0 * 86_400.0 / (b.time - a.time) as f64,
+        _ => 8_760.0,
     }
-    gaps.sort_unstable();
-    365.0 * 86_400.0 / gaps[gaps.len() / 2] as f64
 }
 
 /// Per-bar autocorrelation of the hidden order-flow factor (unit variance).

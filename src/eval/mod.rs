@@ -2,8 +2,10 @@
 //! compare the agent with fixed baselines on the same stream.
 //!
 //! `simulate` + `synthetic`: a toy reward environment (`paramopt simulate`).
-//! `market`, `csv`, `trading`, `baselines`, `backtest`: `paramopt backtest`,
-//! the modules' trading rules on a synthetic or CSV market against baselines.
+//! `market`, `csv`, `real`, `trading`, `stream`, `baselines`, `peers`,
+//! `metrics`, `backtest`: `paramopt backtest`, the modules' trading rules on
+//! the shipped real data, the synthetic market or a CSV, against baselines
+//! and the Python peers.
 //! `ope`: off-policy estimates of other policies from logged decisions.
 //! `effectiveness`: per-parameter-value performance rows.
 //! `ab`: the verdicts of A/B tests and of the automatic rollback watch.
@@ -14,7 +16,12 @@ pub mod baselines;
 pub mod csv;
 pub mod effectiveness;
 pub mod market;
+pub mod metrics;
 pub mod ope;
+pub mod peers;
+pub mod real;
+pub mod seeds;
 pub mod simulate;
+pub mod stream;
 pub mod synthetic;
 pub mod trading;

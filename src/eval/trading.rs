@@ -1,17 +1,45 @@
-//! The modules' trading rules: simple, but each really trades with the
-//! parameters it is served.
+//! The modules' trading rules: simple, but each trades as the plan's modules
+//! do, with the parameters it is served.
 //!
-//! Thresholds decide whether to trade, multipliers and allocations set the
-//! size, weights combine the scores, and the options module's stop-loss and
-//! profit target close its positions, priced with Black-Scholes along the
-//! market's path. A rule reads only the trailing indicators at the decision's
-//! bar; the trade's result comes from the bars after it, and is known (and
-//! reported) only when the trade closes.
+//! One decision is one trade of one strategy, and every rule has the same
+//! structure, which the agent's counterfactual credit relies on:
 //!
-//! For speed, everything about a bar that does not depend on the parameters
-//! (the scores, the forward returns, the option values along the path) is
-//! computed once into an [`Opportunity`]; [`Rule::trade`] then only applies
-//! the parameters. The oracle search re-runs `trade` many times per bar.
+//! - **Strategy first.** The module picks the strategy from the bar's
+//!   signals before it asks for parameters ([`Opportunity::strategy`]):
+//!   stocks one of `leveraged_etfs`, `momentum_amp`, `sector_rotation`,
+//!   `volatility_trading`, `core_equity`; options one of `long_calls`,
+//!   `bull_spreads`, `protective_puts`, `covered_calls`, `straddles`; for
+//!   crypto the "strategy" is the session (its thresholds and multipliers
+//!   are per session, and the strategy is `None`). The decision then uses
+//!   only that strategy's (or session's) threshold and multiplier.
+//! - **Score.** The confidence is the normalised weighted sum of features
+//!   the decision sends, `confidence = sum w_i f_i / sum w_i` over the
+//!   module's weights group (crypto `analysis_weights.*`, stocks
+//!   `intelligence_weights.*`), each `f_i` in [0, 1] exactly the value of a
+//!   feature sent with the decision (crypto: `momentum_score`,
+//!   `volatility_score`, `volume_score`; stocks: `technical_confidence`,
+//!   `regime_confidence`, `pattern_confidence`). The trade's direction is
+//!   decided separately and is no parameter. Options has no weights: its
+//!   confidence is the feature `signal_confidence`.
+//! - **Gate.** It trades iff `confidence >= threshold`; a skipped trade
+//!   earns exactly 0.
+//! - **Scale.** A trade's return is exactly proportional to its position
+//!   multiplier, `return(m) = m * u` with `u` fixed by the bar: costs are
+//!   linear in notional (a fee and a per-session or per-strategy spread),
+//!   with no market impact.
+//! - **Exit** (options). The position's return per unit of premium at each
+//!   check (every bar) is its path; it closes at the first check where that
+//!   is `<= -stop_loss_pct` or `>= +profit_target_pct`, else at the last
+//!   check; the trade returns `capital * (pnl - spread)` with
+//!   `capital = min(contracts_multiplier * 0.12, max_allocation)`.
+//!
+//! A rule reads only the trailing indicators at the decision's bar; the
+//! trade's result comes from the bars after it, and is known (and reported)
+//! only when the trade closes. For speed, everything about a bar that does
+//! not depend on the parameters (the strategy, the features, the per-unit
+//! return, the option's path) is computed once into an [`Opportunity`];
+//! [`Rule::trade`] then only applies the parameters. The oracle search
+//! re-runs `trade` many times per bar.
 
 use std::fmt;
 
@@ -33,26 +61,44 @@ pub enum RuleError {
 /// One bar's chance to trade, with what the rule precomputed about it.
 #[derive(Debug, Clone)]
 pub struct Opportunity {
+    /// The clock tick of the decision: a bar of the market, or (several
+    /// markets interleaved) the index of its time in their joint calendar.
     pub bar: usize,
     pub context: Context,
     /// In the order of [`Rule::feature_names`].
     pub features: Vec<f64>,
+    /// The strategy the module chose from the bar's signals, before asking
+    /// for parameters; `None` for crypto, whose parameters are per session.
+    pub strategy: Option<&'static str>,
+    /// The strategy's (crypto: the session's) slot in the rule's tables.
+    slot: usize,
     data: Vec<f64>,
 }
 
-/// What one decision did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What one decision did: what a module reports with its outcome.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Trade {
     pub traded: bool,
     /// Profit or loss as a fraction of equity, after costs; 0 when not traded.
     pub return_pct: f64,
-    /// The bar at which the trade closed and its outcome is known.
+    /// The clock tick at which the trade closed and its outcome is known.
     pub close_bar: usize,
+    /// The strategy traded (or that would have been), as in [`Opportunity::strategy`].
+    pub strategy: Option<&'static str>,
+    /// The score the gate compared with the threshold.
+    pub confidence: f64,
+    /// Options: the position's return per unit of premium at each check,
+    /// from the first up to and including the one it closed at (what the
+    /// module saw before reporting); empty when skipped and for the other
+    /// modules. When the trade ran to its last check, every stop and target
+    /// is decided by it; otherwise only those that would have closed it
+    /// within the path are.
+    pub path: Vec<f64>,
 }
 
 impl Trade {
-    fn skip(bar: usize) -> Trade {
-        Trade { traded: false, return_pct: 0.0, close_bar: bar }
+    fn skip(o: &Opportunity, confidence: f64) -> Trade {
+        Trade { traded: false, return_pct: 0.0, close_bar: o.bar, strategy: o.strategy, confidence, path: vec![] }
     }
 }
 
@@ -89,34 +135,43 @@ fn param(space: &ModuleSpace, name: &str) -> Result<usize, RuleError> {
         .ok_or_else(|| RuleError::MissingParameter { module: space.name.clone(), parameter: name.to_string() })
 }
 
-fn session_slot(s: Session) -> usize {
-    s as usize
-}
-
 /// Return from bar `t`'s close to bar `t + h`'s close.
 fn forward(market: &Market, t: usize, h: usize) -> f64 {
     market.bars[t + h].close / market.bars[t].close - 1.0
 }
 
-/// Round-trip fee per unit of notional.
-const FEE: f64 = 0.0004;
-
-/// Market impact per unit of notional, per unit of notional traded: thin in
-/// Asia, deep in the US. Total cost grows with the square of size, which is
-/// what gives every multiplier an interior optimum when the edge is modest.
-fn impact(s: Session) -> f64 {
-    match s {
-        Session::AsiaPrime => 0.006,
-        Session::EuropePrime => 0.004,
-        Session::UsPrime => 0.003,
+/// The normalised weighted sum of a score's components.
+fn score(weights: &[f64], components: &[f64]) -> f64 {
+    let total: f64 = weights.iter().sum();
+    let sum: f64 = weights.iter().zip(components).map(|(w, f)| w * f).sum();
+    if total > 0.0 {
+        sum / total
+    } else {
+        0.0
     }
 }
 
-/// Crypto: one trend-following trade per bar, held 8 bars.
+/// Round-trip fee per unit of notional.
+const FEE: f64 = 0.0004;
+
+/// Crypto's round-trip spread per unit of notional: wide in Asia, tight in the US.
+fn session_spread(s: Session) -> f64 {
+    match s {
+        Session::AsiaPrime => 0.0006,
+        Session::EuropePrime => 0.0004,
+        Session::UsPrime => 0.0003,
+    }
+}
+
+/// Crypto: one trend-following trade per bar, held 8 bars, in the direction
+/// of momentum.
 ///
-/// Direction from momentum. Confidence is the analysis weights' blend of the
-/// momentum's strength, the market's calm and whether volume agrees; it trades
-/// when confidence exceeds the session's threshold, with the session's
+/// Sends `momentum_score` = |2 Phi(momentum) - 1| (how strong the momentum
+/// is, either way), `volatility_score` = Phi(-2 log(short/long volatility))
+/// (how calm the market is) and `volume_score` = whether signed volume
+/// agrees with the direction (Phi(flow) for a long, 1 - Phi(flow) for a
+/// short); the confidence is their `analysis_weights` blend. It trades when
+/// the confidence reaches the session's threshold, with the session's
 /// position multiplier as notional (1.0 = all equity).
 #[derive(Debug)]
 pub struct CryptoRule {
@@ -162,42 +217,54 @@ impl Rule for CryptoRule {
     }
     fn opportunity(&self, market: &Market, t: usize) -> Opportunity {
         let s = &market.signals[t];
-        let momentum = normal_cdf(s.momentum);
+        let dir = if s.momentum >= 0.0 { 1.0 } else { -1.0 };
+        let strength = (2.0 * normal_cdf(s.momentum) - 1.0).abs();
         let calm = normal_cdf(-2.0 * s.vol_ratio());
-        let volume = normal_cdf(s.flow);
+        let flow = normal_cdf(s.flow);
+        let agree = if dir > 0.0 { flow } else { 1.0 - flow };
+        let session = market.contexts[t].session;
+        let unit = dir * forward(market, t, Self::HOLD) - FEE - session_spread(session);
         Opportunity {
             bar: t,
             context: market.contexts[t],
-            features: vec![momentum, calm, volume],
-            data: vec![forward(market, t, Self::HOLD)],
+            features: vec![strength, calm, agree],
+            strategy: None,
+            slot: session as usize,
+            data: vec![unit],
         }
     }
     fn trade(&self, o: &Opportunity, v: &[f64]) -> Trade {
-        let [momentum, calm, volume] = [o.features[0], o.features[1], o.features[2]];
-        let dir = if momentum >= 0.5 { 1.0 } else { -1.0 };
-        let agree = if dir > 0.0 { volume } else { 1.0 - volume };
-        let [wm, wc, wv] = self.weights.map(|i| v[i]);
-        let confidence = wm * (2.0 * momentum - 1.0).abs() + wc * calm + wv * agree;
-        let slot = session_slot(o.context.session);
-        if confidence <= v[self.threshold[slot]] {
-            return Trade::skip(o.bar);
+        let confidence = score(&self.weights.map(|i| v[i]), &o.features);
+        if confidence < v[self.threshold[o.slot]] {
+            return Trade::skip(o, confidence);
         }
-        let n = v[self.multiplier[slot]];
-        let r = n * (dir * o.data[0] - FEE) - impact(o.context.session) * n * n;
-        Trade { traded: true, return_pct: r, close_bar: o.bar + Self::HOLD }
+        let r = v[self.multiplier[o.slot]] * o.data[0];
+        Trade { traded: true, return_pct: r, close_bar: o.bar + Self::HOLD, strategy: None, confidence, path: vec![] }
     }
 }
 
-/// Stocks: five strategies on one blended signal, each its own instrument.
+/// The stocks module's strategies, in its parameters' order.
+pub const STOCK_STRATEGIES: [&str; 5] =
+    ["leveraged_etfs", "momentum_amp", "sector_rotation", "volatility_trading", "core_equity"];
+/// Per strategy: leverage, holding period in bars, round-trip spread per unit of notional.
+const STOCK_LEGS: [(f64, usize, f64); 5] =
+    [(3.0, 4, 0.0010), (1.5, 8, 0.0006), (1.0, 16, 0.0005), (1.0, 2, 0.0008), (1.0, 8, 0.0003)];
+
+/// Stocks: one trade per bar, of the strategy the bar's signals call for.
 ///
-/// The intelligence weights blend the technical (momentum), regime (trend) and
-/// pattern (short-term reversal) scores into a signed signal `c`; confidence
-/// is `0.5 + |c| / 2`. Each strategy trades when confidence exceeds its
-/// threshold, with notional `multiplier x 0.2 x leverage`:
-/// leveraged ETFs (3x, 4 bars), momentum amplification (1.5x, 8 bars), sector
-/// rotation (follows the slow trend, 16 bars, only when the signal agrees),
-/// volatility trading (2 bars, only when volatility is rising) and core equity
-/// (long only, 8 bars).
+/// The strategy and its direction come first, from the trailing signals:
+/// volatility waking up (log short/long volatility > 0.35) calls for
+/// `volatility_trading` with the momentum; a strong momentum (|m| >= 1.5)
+/// that the slow trend confirms for `leveraged_etfs` (3x); a clear momentum
+/// (|m| >= 0.75) for `momentum_amp` (1.5x); a slow trend alone (|trend| of
+/// at least 1) for `sector_rotation` with the trend; anything else for `core_equity`,
+/// long only. Holding periods are 2 to 16 bars (`STOCK_LEGS`). It sends, for
+/// that direction d, `technical_confidence` = Phi(d momentum),
+/// `regime_confidence` = Phi(d trend) and `pattern_confidence` = Phi(-d z)
+/// (a pull-back against the direction), whose `intelligence_weights` blend is
+/// the confidence, and `sector_momentum` = tanh(trend), which is not scored.
+/// It trades when the confidence reaches the strategy's threshold, with
+/// notional `multiplier x 0.2 x leverage`.
 #[derive(Debug)]
 pub struct StocksRule {
     threshold: [usize; 5],
@@ -205,15 +272,11 @@ pub struct StocksRule {
     weights: [usize; 3],
 }
 
-/// Per strategy: leverage and holding period.
-const STOCK_LEGS: [(f64, usize); 5] = [(3.0, 4), (1.5, 8), (1.0, 16), (1.0, 2), (1.0, 8)];
-
 impl StocksRule {
     pub fn new(space: &ModuleSpace) -> Result<StocksRule, RuleError> {
-        let names = ["leveraged_etfs", "momentum_amp", "sector_rotation", "volatility_trading", "core_equity"];
         let mut threshold = [0; 5];
         let mut multiplier = [0; 5];
-        for (i, n) in names.iter().enumerate() {
+        for (i, n) in STOCK_STRATEGIES.iter().enumerate() {
             threshold[i] = param(space, &format!("strategy_thresholds.{n}"))?;
             multiplier[i] = param(space, &format!("position_multipliers.{n}"))?;
         }
@@ -227,6 +290,22 @@ impl StocksRule {
                 p("intelligence_weights.pattern")?,
             ],
         })
+    }
+
+    /// The strategy (its slot) and direction the signals call for.
+    fn choose(s: &super::market::Signals) -> (usize, f64) {
+        let sign = |x: f64| if x >= 0.0 { 1.0 } else { -1.0 };
+        if s.vol_ratio() > 0.35 {
+            (3, sign(s.momentum))
+        } else if s.momentum.abs() >= 1.5 && sign(s.momentum) == sign(s.trend) {
+            (0, sign(s.momentum))
+        } else if s.momentum.abs() >= 0.75 {
+            (1, sign(s.momentum))
+        } else if s.trend.abs() >= 1.0 {
+            (2, sign(s.trend))
+        } else {
+            (4, 1.0)
+        }
     }
 }
 
@@ -242,58 +321,62 @@ impl Rule for StocksRule {
     }
     fn opportunity(&self, market: &Market, t: usize) -> Opportunity {
         let s = &market.signals[t];
-        let mut data: Vec<f64> = STOCK_LEGS.iter().map(|&(_, h)| forward(market, t, h)).collect();
-        data.push(s.vol_ratio());
+        let (slot, dir) = Self::choose(s);
+        let (_, hold, spread) = STOCK_LEGS[slot];
         Opportunity {
             bar: t,
             context: market.contexts[t],
-            features: vec![normal_cdf(s.momentum), normal_cdf(s.trend), normal_cdf(-s.z), s.trend.tanh()],
-            data,
+            features: vec![
+                normal_cdf(dir * s.momentum),
+                normal_cdf(dir * s.trend),
+                normal_cdf(-dir * s.z),
+                s.trend.tanh(),
+            ],
+            strategy: Some(STOCK_STRATEGIES[slot]),
+            slot,
+            data: vec![dir * forward(market, t, hold) - FEE - spread],
         }
     }
     fn trade(&self, o: &Opportunity, v: &[f64]) -> Trade {
-        let [tech, regime, pattern, sector] = [o.features[0], o.features[1], o.features[2], o.features[3]];
-        let [wt, wr, wp] = self.weights.map(|i| v[i]);
-        let c = wt * (2.0 * tech - 1.0) + wr * (2.0 * regime - 1.0) + wp * (2.0 * pattern - 1.0);
-        let confidence = 0.5 + 0.5 * c.abs();
-        let dir = c.signum();
-        let rising_vol = o.data[5] > 0.0;
-        let (mut r, mut traded, mut close) = (0.0, false, o.bar);
-        for (i, &(leverage, hold)) in STOCK_LEGS.iter().enumerate() {
-            let leg_dir = match i {
-                2 if sector.signum() == dir => dir,
-                3 if rising_vol => dir,
-                4 if dir > 0.0 => 1.0,
-                0 | 1 => dir,
-                _ => continue,
-            };
-            if confidence <= v[self.threshold[i]] {
-                continue;
-            }
-            let n = v[self.multiplier[i]] * 0.2 * leverage;
-            r += n * (leg_dir * o.data[i] - FEE) - impact(o.context.session) * n * n;
-            traded = true;
-            close = close.max(o.bar + hold);
+        let confidence = score(&self.weights.map(|i| v[i]), &o.features[..3]);
+        if confidence < v[self.threshold[o.slot]] {
+            return Trade::skip(o, confidence);
         }
-        Trade { traded, return_pct: r, close_bar: close }
+        let (leverage, hold, _) = STOCK_LEGS[o.slot];
+        Trade {
+            traded: true,
+            return_pct: v[self.multiplier[o.slot]] * 0.2 * leverage * o.data[0],
+            close_bar: o.bar + hold,
+            strategy: o.strategy,
+            confidence,
+            path: vec![],
+        }
     }
 }
 
-/// Options: at most one position per bar, chosen among five strategies.
+/// The options module's strategies, in its parameters' order.
+pub const OPTION_STRATEGIES: [&str; 5] =
+    ["long_calls", "bull_spreads", "protective_puts", "covered_calls", "straddles"];
+
+/// Options: one position per bar, of the strategy the bar calls for.
 ///
-/// Each strategy has a confidence: long calls and bull spreads the bullish
-/// signal, protective puts the bearish one, covered calls how neutral it is
-/// times how rich implied volatility is against realised (premium worth
-/// selling), straddles how cheap it is. The strategies are tried from the
-/// most aggressive down (long calls, bull spreads, straddles, covered calls,
-/// protective puts) and the first whose confidence
-/// exceeds its threshold opens; so the long-call threshold decides between a
-/// call and a spread on a strong signal, and when none qualifies nothing is
-/// traded. Its capital is
-/// `min(contracts x 12%, max_allocation)`. Every bar it is repriced with
-/// Black-Scholes at the market's implied volatility; it closes when its P&L,
-/// as a fraction of the premium, reaches `-stop_loss_pct` or
-/// `+profit_target_pct`, or after a day.
+/// With b = Phi(0.7 momentum + 0.5 flow) (bullishness), `iv` the quoted
+/// implied volatility and `rv` the short-run realised volatility: options
+/// cheaper than what the market just did (rv > iv) call for `straddles`
+/// (confidence Phi(3 log(rv/iv))); a neutral signal (0.35 < b < 0.65) for
+/// `covered_calls`, selling rich premium (confidence (1 - |2b - 1|) Phi(3
+/// log(iv/rv))); a bullish one (b >= 0.65) for `long_calls` when the slow
+/// trend agrees (confidence b) and for `bull_spreads` when it does not
+/// (confidence 2 b Phi(trend)); a bearish one (b <= 0.35) for
+/// `protective_puts` (confidence (1 - b) Phi(-trend)). That confidence is
+/// sent as `signal_confidence`, with `implied_volatility` and
+/// `expiration_days`; it opens when the confidence reaches the strategy's
+/// threshold. Capital is `min(contracts x 12%, max_allocation)`. Every bar it
+/// is repriced with Black-Scholes at the market's implied volatility (time
+/// to expiry from the timestamps); it closes when its P&L, as a fraction of
+/// the premium, reaches `-stop_loss_pct` or `+profit_target_pct`, at expiry,
+/// or after `OPTION_HOLD` checks. Expiries cycle through 3-14 days on hourly
+/// bars and 14-60 days on daily ones.
 #[derive(Debug)]
 pub struct OptionsRule {
     threshold: [usize; 5],
@@ -303,9 +386,7 @@ pub struct OptionsRule {
     allocation: usize,
 }
 
-/// Long calls, bull spreads, straddles, covered calls, protective puts.
-const OPTION_PRIORITY: [usize; 5] = [0, 1, 4, 3, 2];
-/// Bars a position is held at most.
+/// Checks (bars) a position is held at most.
 const OPTION_HOLD: usize = 24;
 /// Bid-ask paid per round trip, as a fraction of the premium.
 const OPTION_SPREAD: f64 = 0.03;
@@ -315,8 +396,7 @@ const CAPITAL_PER_CONTRACT: f64 = 0.12;
 impl OptionsRule {
     pub fn new(space: &ModuleSpace) -> Result<OptionsRule, RuleError> {
         let mut threshold = [0; 5];
-        for (i, n) in ["long_calls", "bull_spreads", "protective_puts", "covered_calls", "straddles"].iter().enumerate()
-        {
+        for (i, n) in OPTION_STRATEGIES.iter().enumerate() {
             threshold[i] = param(space, &format!("confidence_thresholds.{n}"))?;
         }
         Ok(OptionsRule {
@@ -336,6 +416,22 @@ impl OptionsRule {
             2 => bs_put(s, k_atm, iv, tau),
             3 => bs_call(s, k_otm, iv, tau),
             _ => bs_call(s, k_atm, iv, tau) + bs_put(s, k_atm, iv, tau),
+        }
+    }
+
+    /// The strategy (its slot) the bar calls for and its confidence.
+    fn choose(sig: &super::market::Signals, iv: f64, rv: f64) -> (usize, f64) {
+        let b = normal_cdf(0.7 * sig.momentum + 0.5 * sig.flow);
+        if rv > iv {
+            (4, normal_cdf(3.0 * (rv / iv).ln()))
+        } else if b > 0.35 && b < 0.65 {
+            (3, (1.0 - (2.0 * b - 1.0).abs()) * normal_cdf(3.0 * (iv / rv).ln()))
+        } else if b >= 0.65 && sig.trend > 0.0 {
+            (0, b)
+        } else if b >= 0.65 {
+            (1, 2.0 * b * normal_cdf(sig.trend))
+        } else {
+            (2, (1.0 - b) * normal_cdf(-sig.trend))
         }
     }
 }
@@ -367,56 +463,57 @@ impl Rule for OptionsRule {
     }
     fn opportunity(&self, market: &Market, t: usize) -> Opportunity {
         let sig = &market.signals[t];
-        let bullish = normal_cdf(0.7 * sig.momentum + 0.5 * sig.flow);
         let iv = market.implied_vol[t];
-        let realised = sig.vol_short * market.periods_per_year.sqrt();
-        let days: f64 = [3.0, 5.0, 7.0, 10.0, 14.0][t % 5];
+        let rv = sig.vol_short * market.periods_per_year.sqrt();
+        let (slot, confidence) = Self::choose(sig, iv, rv);
+        let cycle: [f64; 5] = if market.periods_per_year > 2_000.0 {
+            [3.0, 5.0, 7.0, 10.0, 14.0]
+        } else {
+            [14.0, 21.0, 30.0, 45.0, 60.0]
+        };
+        let days = cycle[t % 5];
         let tau = days / 365.0;
         let spot = market.bars[t].close;
         let (k_atm, k_otm) = (spot, spot * (iv * tau.sqrt()).exp());
-        // data: the five confidences, then per strategy its short flag and P&L
-        // (per unit of premium) at each of the next OPTION_HOLD bars.
-        let mut data = vec![
-            bullish,
-            bullish,
-            1.0 - bullish,
-            (1.0 - (2.0 * bullish - 1.0).abs()) * normal_cdf(3.0 * (iv / realised).ln()),
-            normal_cdf(3.0 * (realised / iv).ln()),
-        ];
-        let bar_years = 1.0 / market.periods_per_year;
-        for strategy in 0..5 {
-            let short = strategy == 3;
-            let v0 = Self::value(strategy, spot, k_atm, k_otm, iv, tau).max(1e-9 * spot);
-            for k in 1..=OPTION_HOLD {
-                let vk = Self::value(
-                    strategy,
-                    market.bars[t + k].close,
-                    k_atm,
-                    k_otm,
-                    market.implied_vol[t + k],
-                    tau - k as f64 * bar_years,
-                );
-                let pnl = if short { (v0 - vk) / v0 } else { (vk - v0) / v0 };
-                data.push(pnl);
-            }
-        }
-        Opportunity { bar: t, context: market.contexts[t], features: vec![iv, days, bullish], data }
-    }
-    fn trade(&self, o: &Opportunity, v: &[f64]) -> Trade {
-        let Some(strategy) = OPTION_PRIORITY.into_iter().find(|&i| o.data[i] > v[self.threshold[i]]) else {
-            return Trade::skip(o.bar);
-        };
-        let path = &o.data[5 + strategy * OPTION_HOLD..5 + (strategy + 1) * OPTION_HOLD];
-        let (stop, target) = (v[self.stop], v[self.target]);
-        let (mut held, mut pnl) = (OPTION_HOLD, path[OPTION_HOLD - 1]);
-        for (k, &p) in path.iter().enumerate() {
-            if p <= -stop || p >= target {
-                (held, pnl) = (k + 1, p);
+        // data: the P&L per unit of premium at each check, to expiry or OPTION_HOLD.
+        let short = slot == 3;
+        let v0 = Self::value(slot, spot, k_atm, k_otm, iv, tau).max(1e-9 * spot);
+        let mut data = Vec::with_capacity(OPTION_HOLD);
+        for k in 1..=OPTION_HOLD {
+            let elapsed = (market.bars[t + k].time - market.bars[t].time) as f64 / (365.0 * 86_400.0);
+            let left = (tau - elapsed).max(0.0);
+            let vk = Self::value(slot, market.bars[t + k].close, k_atm, k_otm, market.implied_vol[t + k], left);
+            data.push(if short { (v0 - vk) / v0 } else { (vk - v0) / v0 });
+            if left <= 0.0 {
                 break;
             }
         }
+        Opportunity {
+            bar: t,
+            context: market.contexts[t],
+            features: vec![iv, days, confidence],
+            strategy: Some(OPTION_STRATEGIES[slot]),
+            slot,
+            data,
+        }
+    }
+    fn trade(&self, o: &Opportunity, v: &[f64]) -> Trade {
+        let confidence = o.features[2];
+        if confidence < v[self.threshold[o.slot]] {
+            return Trade::skip(o, confidence);
+        }
+        let path = &o.data;
+        let (stop, target) = (v[self.stop], v[self.target]);
+        let held = path.iter().position(|&p| p <= -stop || p >= target).map_or(path.len(), |k| k + 1);
         let capital = (v[self.contracts] * CAPITAL_PER_CONTRACT).min(v[self.allocation]);
-        Trade { traded: true, return_pct: capital * (pnl - OPTION_SPREAD), close_bar: o.bar + held }
+        Trade {
+            traded: true,
+            return_pct: capital * (path[held - 1] - OPTION_SPREAD),
+            close_bar: o.bar + held,
+            strategy: o.strategy,
+            confidence,
+            path: path[..held].to_vec(),
+        }
     }
 }
 

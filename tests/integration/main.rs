@@ -10,6 +10,7 @@ mod invariants;
 mod learning;
 mod outage;
 mod policy;
+mod real_data;
 mod rollout;
 mod runtime;
 mod service;

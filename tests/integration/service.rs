@@ -1497,3 +1497,50 @@ async fn a_retried_rollback_with_the_same_key_makes_one_generation() {
     let bad = send(&app, rollback(&"k".repeat(300))).await;
     assert_contract_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key");
 }
+
+/// A stocks decision names its strategy; its outcome carries the trade's
+/// strategy, confidence and the module's own fields. The answer says what
+/// was explored; the stored trade lists what every arm of the strategy's
+/// threshold and multiplier would have done; another strategy's parameters
+/// are left out, and an unknown strategy is refused by name.
+#[tokio::test]
+async fn a_strategys_trade_reports_its_evidence_and_stores_its_alternatives() {
+    let sink = Arc::new(KeepingSink::default());
+    let hooks = Hooks { checkpoints: None, outcomes: sink.clone() };
+    let app = app(state_with(support::agent(22), ServiceOptions::default(), hooks));
+    let features = json!({"technical_confidence": 0.8, "regime_confidence": 0.7, "pattern_confidence": 0.6});
+    let body = json!({"module": "stocks", "context": {"session": "us_prime", "regime": "bullish"},
+                      "features": features, "strategy": "leveraged_etfs"});
+    let d = send(&app, post("/v1/decisions", body.to_string())).await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.text);
+    assert_eq!(d.json["strategy"], "leveraged_etfs");
+    assert!(d.json["exploration"]["epsilon"].is_f64(), "{}", d.text);
+    let p = &d.json["parameters"];
+    let w = |n: &str| p[format!("intelligence_weights.{n}")].as_f64().unwrap();
+    let confidence =
+        (0.8 * w("technical") + 0.7 * w("regime") + 0.6 * w("pattern")) / (w("technical") + w("regime") + w("pattern"));
+    let traded = confidence >= p["strategy_thresholds.leveraged_etfs"].as_f64().unwrap();
+    let ret = if traded { 0.004 * p["position_multipliers.leveraged_etfs"].as_f64().unwrap() } else { 0.0 };
+    let outcome = json!({"decision_id": d.json["decision_id"], "traded": traded,
+        "trade": {"symbol": "TQQQ", "strategy": "leveraged_etfs", "confidence": confidence, "return_pct": ret,
+                  "instrument": "TQQQ-ETF"}});
+    let r = send(&app, post("/v1/outcomes", outcome.to_string())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let records = sink.0.lock();
+    let trade = serde_json::to_value(records[0].trade.as_ref().unwrap().flat()).unwrap();
+    let alternatives = trade["parameter_performance"]["alternative_outcomes"].as_object().unwrap();
+    let thresholds = alternatives["strategy_thresholds.leveraged_etfs"].as_array().unwrap();
+    assert_eq!(thresholds.len(), 5, "{trade}");
+    for arm in thresholds {
+        let fires = confidence >= arm["value"].as_f64().unwrap();
+        let label = arm["outcome"].as_str().unwrap();
+        assert_eq!(label != "would_have_skipped", fires, "{arm}");
+    }
+    assert!(!alternatives.contains_key("strategy_thresholds.core_equity"), "another strategy's gate: {trade}");
+    assert_eq!(trade["instrument"], "TQQQ-ETF");
+    drop(records);
+
+    let body = json!({"module": "stocks", "context": {"session": "us_prime", "regime": "bullish"}, "strategy": "yolo"});
+    let r = send(&app, post("/v1/decisions", body.to_string())).await;
+    assert_contract_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "yolo");
+}
