@@ -693,9 +693,9 @@ pub fn table(report: &BacktestReport) -> String {
         let block = m.policies.first().map_or(BLOCK, |p| p.vs_defaults.block_size);
         let _ = writeln!(
             out,
-            "\n{} on {}: {} decisions; second half from decision {} (returns per decision, fraction of equity; \
+            "\n{}: {} decisions on {}; second half from decision {} (returns per decision, fraction of equity; \
              t: block t-statistic of the difference from the defaults, blocks of {block} decisions)",
-            m.module, m.market, m.decisions, m.second_half_from
+            m.module, m.decisions, m.market, m.second_half_from
         );
         let mut rows = vec![[
             "policy",
