@@ -26,7 +26,7 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
-use crate::agent::{Agent, AgentError, AgentOptions, ModuleView, Outcome};
+use crate::agent::{Agent, AgentError, AgentOptions, Evidence, ModuleView, Outcome};
 use crate::eval::simulate::align;
 use crate::inspect::{escape, padded, scale, svg_frame, H, PAD, W};
 use crate::space::{Context, ModuleSpace, Spaces};
@@ -321,7 +321,8 @@ impl Driver for AgentDriver<'_> {
     fn decide(&mut self, opp: &Opportunity) -> Result<(Vec<f64>, Self::Ticket), BacktestError> {
         let features: Vec<(&str, f64)> =
             self.stream.rule.feature_names().iter().copied().zip(opp.features.iter().copied()).collect();
-        let d = self.agent.decide(&self.stream.space.name, opp.context, &features, true)?;
+        // The strategy is chosen before the parameters are asked for, as a module does.
+        let d = self.agent.decide_for(&self.stream.space.name, opp.context, &features, opp.strategy, true)?;
         self.log.push(LoggedDecision {
             context: d.context,
             arms: d.arms.clone(),
@@ -341,12 +342,7 @@ impl Driver for AgentDriver<'_> {
         traded: bool,
         _: f64,
     ) -> Result<(), BacktestError> {
-        let entry = &mut self.log[ticket.1];
-        entry.traded = traded;
-        entry.reward = ret;
-        self.agent
-            .report(&ticket.0, Outcome { reward: None, traded, return_pct: Some(ret), evidence: Default::default() })?;
-        Ok(())
+        self.learn(ticket, ret, traded, Evidence::default())
     }
     fn report_trade(
         &mut self,
@@ -355,14 +351,41 @@ impl Driver for AgentDriver<'_> {
         trade: &Trade,
         reward: f64,
     ) -> Result<(), BacktestError> {
-        // The agent's `Outcome` carries the return alone today. What a module
-        // reports besides (`trade.strategy`, `trade.confidence`, `trade.path`,
-        // and `opp.strategy` when deciding) plugs in here.
-        self.report(opp, ticket, trade.return_pct, trade.traded, reward)
+        let _ = (opp, reward);
+        // What a module reports besides the return: the trade's strategy and
+        // the confidence its gate compared, the position's path, the capital
+        // it really used (docs/counterfactuals.md).
+        let capital = self.stream.space.param_index("position_sizing.max_allocation");
+        let evidence = Evidence {
+            strategy: trade.strategy.map(str::to_string),
+            confidence: Some(trade.confidence),
+            path: trade.path.clone(),
+            applied: match (capital, trade.capital) {
+                (Some(p), Some(c)) => [(self.stream.space.params[p].full_name.clone(), c)].into(),
+                _ => Default::default(),
+            },
+        };
+        self.learn(ticket, trade.return_pct, trade.traded, evidence)
     }
     fn sync(&mut self) {
         // Deterministic runs: every closed trade is learned before the next decision.
         self.agent.flush();
+    }
+}
+
+impl AgentDriver<'_> {
+    fn learn(
+        &mut self,
+        ticket: (String, usize),
+        ret: f64,
+        traded: bool,
+        evidence: Evidence,
+    ) -> Result<(), BacktestError> {
+        let entry = &mut self.log[ticket.1];
+        entry.traded = traded;
+        entry.reward = ret;
+        self.agent.report(&ticket.0, Outcome { reward: None, traded, return_pct: Some(ret), evidence })?;
+        Ok(())
     }
 }
 

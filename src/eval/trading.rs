@@ -87,18 +87,29 @@ pub struct Trade {
     pub strategy: Option<&'static str>,
     /// The score the gate compared with the threshold.
     pub confidence: f64,
-    /// Options: the position's return per unit of premium at each check,
-    /// from the first up to and including the one it closed at (what the
-    /// module saw before reporting); empty when skipped and for the other
-    /// modules. When the trade ran to its last check, every stop and target
-    /// is decided by it; otherwise only those that would have closed it
-    /// within the path are.
+    /// Options: the position's return per unit of premium at every check up
+    /// to its horizon; empty when skipped and for the other modules. The
+    /// module keeps pricing the contract after its exit and reports at the
+    /// horizon (`close_bar`), so the whole path is known without looking
+    /// ahead, and with it where every other stop and target would have
+    /// closed the position.
     pub path: Vec<f64>,
+    /// Options: the capital the position used (what `max_allocation` capped),
+    /// which the module reports as applied.
+    pub capital: Option<f64>,
 }
 
 impl Trade {
     fn skip(o: &Opportunity, confidence: f64) -> Trade {
-        Trade { traded: false, return_pct: 0.0, close_bar: o.bar, strategy: o.strategy, confidence, path: vec![] }
+        Trade {
+            traded: false,
+            return_pct: 0.0,
+            close_bar: o.bar,
+            strategy: o.strategy,
+            confidence,
+            path: vec![],
+            capital: None,
+        }
     }
 }
 
@@ -239,7 +250,15 @@ impl Rule for CryptoRule {
             return Trade::skip(o, confidence);
         }
         let r = v[self.multiplier[o.slot]] * o.data[0];
-        Trade { traded: true, return_pct: r, close_bar: o.bar + Self::HOLD, strategy: None, confidence, path: vec![] }
+        Trade {
+            traded: true,
+            return_pct: r,
+            close_bar: o.bar + Self::HOLD,
+            strategy: None,
+            confidence,
+            path: vec![],
+            capital: None,
+        }
     }
 }
 
@@ -350,6 +369,7 @@ impl Rule for StocksRule {
             strategy: o.strategy,
             confidence,
             path: vec![],
+            capital: None,
         }
     }
 }
@@ -509,10 +529,12 @@ impl Rule for OptionsRule {
         Trade {
             traded: true,
             return_pct: capital * (path[held - 1] - OPTION_SPREAD),
-            close_bar: o.bar + held,
+            // Reported at the horizon, with the whole path (see `Trade::path`).
+            close_bar: o.bar + path.len(),
             strategy: o.strategy,
             confidence,
-            path: path[..held].to_vec(),
+            path: path.to_vec(),
+            capital: Some(capital),
         }
     }
 }
