@@ -82,6 +82,24 @@ pub struct Applied {
 }
 
 impl ModuleLearner {
+    /// Projects a simplex group's new incumbents onto {sum = 1} within each
+    /// member's trust box around its old value: a Euclidean projection, so
+    /// no member leaves its box by renormalising.
+    fn project_in_trust(&self, members: &[usize], old: &[f64], new: &mut [f64], evidence: f64) {
+        let (mut y, mut lo, mut hi) = (vec![], vec![], vec![]);
+        for &p in members {
+            let param = &self.space.params[p];
+            let (l, h) = trust_box(param, old[p], trust_width(param, &self.space.safety, evidence));
+            y.push(new[p]);
+            lo.push(l);
+            hi.push(h);
+        }
+        project_simplex(&mut y, &lo, &hi);
+        for (&p, v) in members.iter().zip(y) {
+            new[p] = v;
+        }
+    }
+
     /// A cold learner. `seed` initialises the policy network.
     pub fn new(space: Arc<ModuleSpace>, seed: u64) -> Result<ModuleLearner, PolicyError> {
         let policy = if space.policy.enabled { Some(PolicyTrainer::new(&space, seed)?) } else { None };
@@ -217,18 +235,7 @@ impl ModuleLearner {
         }
         if let Some(group) = &cf.weights {
             if group.members.iter().any(|&p| new[p] != old[p]) {
-                let (mut y, mut lo, mut hi) = (vec![], vec![], vec![]);
-                for &p in &group.members {
-                    let param = &self.space.params[p];
-                    let (l, h) = trust_box(param, old[p], trust_width(param, &self.space.safety, evidence));
-                    y.push(new[p]);
-                    lo.push(l);
-                    hi.push(h);
-                }
-                project_simplex(&mut y, &lo, &hi);
-                for (&p, v) in group.members.iter().zip(y) {
-                    new[p] = v;
-                }
+                self.project_in_trust(&group.members, &old, &mut new, evidence);
             }
         }
         self.incumbents[context] = new;
@@ -372,18 +379,7 @@ impl ModuleLearner {
             if group.members.iter().all(|&p| new[p] == old[p]) {
                 continue;
             }
-            let (mut y, mut lo, mut hi) = (vec![], vec![], vec![]);
-            for &p in &group.members {
-                let param = &self.space.params[p];
-                let (l, h) = trust_box(param, old[p], trust_width(param, &self.space.safety, evidence));
-                y.push(new[p]);
-                lo.push(l);
-                hi.push(h);
-            }
-            project_simplex(&mut y, &lo, &hi);
-            for (&p, v) in group.members.iter().zip(y) {
-                new[p] = v;
-            }
+            self.project_in_trust(&group.members, &old, &mut new, evidence);
         }
         self.incumbents[context] = new;
     }

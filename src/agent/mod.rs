@@ -444,9 +444,12 @@ impl Agent {
     ) -> Result<Arc<Decision>, AgentError> {
         let (module_index, handle) = self.handle(module)?;
         let space = &handle.space;
+        // A module whose file lists strategies must name one of them; one
+        // whose file lists none may name its own, kept as a label.
         let strategy_index = match (strategy, &space.counterfactual) {
             (None, _) => None,
             (Some(s), Some(cf)) if cf.strategy_index(s).is_some() => cf.strategy_index(s),
+            (Some(_), cf) if cf.as_ref().is_none_or(|cf| cf.strategies.is_empty()) => None,
             (Some(s), _) => {
                 return Err(AgentError::UnknownStrategy { module: module.to_string(), strategy: s.to_string() })
             }
@@ -805,7 +808,10 @@ fn check_evidence(space: &ModuleSpace, decision: &Decision, evidence: &Evidence)
     if let Some((field, value)) = evidence.non_finite() {
         return Err(AgentError::NonFiniteEvidence { field, value });
     }
-    if let Some(reported) = &evidence.strategy {
+    // A module whose file lists no strategies names its own in
+    // `trade.strategy`: a label to keep with the trade, not one to check.
+    let declares = space.counterfactual.as_ref().is_some_and(|cf| !cf.strategies.is_empty());
+    if let Some(reported) = evidence.strategy.as_ref().filter(|_| declares) {
         let known = space.counterfactual.as_ref().is_some_and(|cf| cf.strategy_index(reported).is_some());
         if !known {
             return Err(AgentError::UnknownStrategy { module: space.name.clone(), strategy: reported.clone() });

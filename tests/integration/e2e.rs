@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::support::{self, http_json, sigterm, Process, BIN, MODELS};
+use crate::support::{self, http_json, sigterm, Process, BIN};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
 /// The package's source: it is stdlib-only, so the drivers import it from
@@ -55,7 +55,7 @@ with ParamoptClient({url:?}) as c:
 
 fn inspect(dir: &Path, args: &[&str]) -> Value {
     let out = Command::new(BIN)
-        .args(["--models", MODELS, "inspect", "--store"])
+        .args(["--models", support::opaque_models(), "inspect", "--store"])
         .arg(dir.join("store"))
         .args(args)
         .output()
@@ -177,7 +177,7 @@ fn a_thousand_outcomes_survive_a_restart_and_inspect_shows_them() {
     assert!(!diff.as_array().unwrap().is_empty(), "1,000 outcomes moved some incumbent");
     let csv = dir.path().join("arms.csv");
     let out = Command::new(BIN)
-        .args(["--models", MODELS, "inspect", "--store"])
+        .args(["--models", support::opaque_models(), "inspect", "--store"])
         .arg(dir.path().join("store"))
         .args(["export", "crypto", "--format", "csv", "--out"])
         .arg(&csv)
@@ -189,7 +189,7 @@ fn a_thousand_outcomes_survive_a_restart_and_inspect_shows_them() {
     assert!(text.lines().next().unwrap().contains("samples"));
     let plots = dir.path().join("plots");
     let out = Command::new(BIN)
-        .args(["--models", MODELS, "inspect", "--store"])
+        .args(["--models", support::opaque_models(), "inspect", "--store"])
         .arg(dir.path().join("store"))
         .args(["plot", "crypto", "analysis_weights.momentum", "--context", "us_prime/volatile", "--out"])
         .arg(&plots)
@@ -284,7 +284,7 @@ fn python_package_tests_pass_in_a_fresh_venv() {
         .env("PARAMOPT_TEST_TOKEN", TOKEN)
         .env("PARAMOPT_TEST_STORE", store)
         .env("PARAMOPT_BIN", BIN)
-        .env("PARAMOPT_MODELS", MODELS)
+        .env("PARAMOPT_MODELS", support::opaque_models())
         .output()
         .unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::store::emulator;
-use crate::support::{self, http, http_json, sigterm, BIN, MODELS};
+use crate::support::{self, http, http_json, sigterm, BIN};
 
 const PROJECT: &str = "paramopt-outage";
 const SESSIONS: [&str; 3] = ["asia_prime", "europe_prime", "us_prime"];
@@ -164,7 +164,7 @@ fn decisions_go_on_through_a_firestore_outage_and_checkpoints_resume_with_nothin
 
     // `paramopt inspect`, a separate process on the same store, agrees.
     let out = Command::new(BIN)
-        .args(["--models", MODELS, "inspect", "--store", &format!("firestore://{PROJECT}")])
+        .args(["--models", support::opaque_models(), "inspect", "--store", &format!("firestore://{PROJECT}")])
         .args(["list", "crypto", "--json"])
         .env("FIRESTORE_EMULATOR_HOST", &host)
         .output()

@@ -253,7 +253,8 @@ async fn parameters_are_the_seed_defaults_until_learned_and_name_module_context_
 
 #[tokio::test]
 async fn parameters_follow_what_the_agent_learned() {
-    let state = plain_state(4);
+    // Rewards without a trade's evidence: the bandit's feedback, every parameter opaque.
+    let state = state_with(support::bandit_agent(4), ServiceOptions::default(), Hooks::default());
     let app = app(state.clone());
     for _ in 0..300 {
         let d = decide(&app, "stocks").await;
@@ -279,6 +280,8 @@ async fn parameters_follow_what_the_agent_learned() {
         close(r.json["parameters"][&p.full_name].as_f64().unwrap(), *v);
     }
     assert!(values[0] > defaults[0], "the rewarded direction moved the incumbent: {values:?}");
+    // (A module with declared roles learns its determined parameters from the
+    // trades' evidence instead: tests/integration/counterfactual.rs.)
 }
 
 #[tokio::test]

@@ -106,6 +106,26 @@ pub fn rng(seed: u64) -> Pcg64Mcg {
 pub const BIN: &str = env!("CARGO_BIN_EXE_paramopt");
 pub const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
 
+/// The shipped models without their `[counterfactual]` declarations, as a
+/// directory for `--models`: for the tests of a served binary that report
+/// rewards alone (bandit feedback), as the tests before declared roles did.
+pub fn opaque_models() -> &'static str {
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("opaque-models");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (origin, text) in Spaces::builtin_files() {
+            let cut = text.find("\n[counterfactual]").map_or(text.len(), |i| i + 1);
+            let name = std::path::Path::new(origin).file_name().unwrap();
+            // Written beside and renamed, so parallel tests never read half a file.
+            let tmp = dir.join(format!("{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+            std::fs::write(&tmp, &text[..cut]).unwrap();
+            std::fs::rename(&tmp, dir.join(name)).unwrap();
+        }
+        dir.to_string_lossy().into_owned()
+    })
+}
+
 /// A child process that is killed when the test ends, however it ends. A
 /// test that fails must not leave a server running: it would hold the test
 /// run's output open, and whatever reads that output would wait forever.
@@ -153,7 +173,7 @@ where
 {
     let mut child = Process(
         Command::new(BIN)
-            .args(["--models", MODELS, "serve", "--addr", "127.0.0.1:0"])
+            .args(["--models", opaque_models(), "serve", "--addr", "127.0.0.1:0"])
             .args(args)
             .env_remove("PARAMOPT_TOKEN")
             .env("RUST_LOG", "warn")
