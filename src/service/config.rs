@@ -104,6 +104,22 @@ pub struct ServeSettings {
 pub const DEFAULT_STORE: &str = "data/";
 pub const DEFAULT_DATA_DIR: &str = "data";
 
+/// A duration setting given in seconds: within (0, `max`], else an error
+/// naming the field and the value (`range` says the bound); `default` when
+/// not given.
+fn seconds(
+    field: &'static str,
+    value: Option<f64>,
+    (max, range): (f64, &'static str),
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 && s <= max => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(ConfigError::Invalid { field, value: s.to_string(), reason: range }),
+    }
+}
+
 impl ServeSettings {
     pub fn resolve(args: ServeArgs, file: ServeFile) -> Result<ServeSettings, ConfigError> {
         let defaults = ServiceOptions::default();
@@ -138,29 +154,18 @@ impl ServeSettings {
                 reason: "is empty; unset it to run without auth",
             });
         }
-        let timeout = args.request_timeout_secs.or(file.request_timeout_secs);
-        let request_timeout = match timeout {
-            None => defaults.request_timeout,
-            Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
-            Some(s) => {
-                return Err(ConfigError::Invalid {
-                    field: "request_timeout_secs",
-                    value: s.to_string(),
-                    reason: "must be in (0, 3600]",
-                })
-            }
-        };
-        let header_read_timeout = match args.header_read_timeout_secs.or(file.header_read_timeout_secs) {
-            None => defaults.header_read_timeout,
-            Some(s) if s.is_finite() && s > 0.0 && s <= 600.0 => Duration::from_secs_f64(s),
-            Some(s) => {
-                return Err(ConfigError::Invalid {
-                    field: "header_read_timeout_secs",
-                    value: s.to_string(),
-                    reason: "must be in (0, 600]",
-                })
-            }
-        };
+        let request_timeout = seconds(
+            "request_timeout_secs",
+            args.request_timeout_secs.or(file.request_timeout_secs),
+            (3600.0, "must be in (0, 3600]"),
+            defaults.request_timeout,
+        )?;
+        let header_read_timeout = seconds(
+            "header_read_timeout_secs",
+            args.header_read_timeout_secs.or(file.header_read_timeout_secs),
+            (600.0, "must be in (0, 600]"),
+            defaults.header_read_timeout,
+        )?;
         let max_connections = match args.max_connections.or(file.max_connections) {
             None => defaults.max_connections,
             Some(n) if (1..=1_000_000).contains(&n) => n,
