@@ -157,18 +157,6 @@ fn plain_types(msg: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rust_type_names_become_json_words() {
-        assert_eq!(
-            super::plain_types("invalid type: string \"x\", expected struct ContextBody"),
-            "invalid type: string \"x\", expected a JSON object"
-        );
-        assert_eq!(super::plain_types("expected f64"), "expected f64");
-    }
-}
-
 /// The byte offset of serde_json's 1-based line and column.
 fn byte_offset(bytes: &[u8], line: usize, column: usize) -> usize {
     let mut offset = 0;
@@ -252,5 +240,17 @@ impl QueryPairs {
             out[i] = Some(value.clone());
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rust_type_names_become_json_words() {
+        assert_eq!(
+            super::plain_types("invalid type: string \"x\", expected struct ContextBody"),
+            "invalid type: string \"x\", expected a JSON object"
+        );
+        assert_eq!(super::plain_types("expected f64"), "expected f64");
     }
 }

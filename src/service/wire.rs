@@ -65,12 +65,15 @@ pub struct DecisionRequest {
     pub strategy: Option<String>,
 }
 
+/// A request's features: the declared ones (name, value), then the undeclared.
+pub type SplitFeatures<'a> = (Vec<(&'a str, f64)>, Vec<(String, f64)>);
+
 impl DecisionRequest {
     /// Splits the features into those the module declares and those it does
     /// not (kept in the decision log, never learned from). A non-finite value
     /// is an error either way, and so is an undeclared one where the module's
     /// file says to refuse them.
-    pub fn split_features(&self, space: &ModuleSpace) -> Result<(Vec<(&str, f64)>, Vec<(String, f64)>), ApiError> {
+    pub fn split_features(&self, space: &ModuleSpace) -> Result<SplitFeatures<'_>, ApiError> {
         let mut declared = Vec::new();
         let mut undeclared = Vec::new();
         for (name, &value) in self.features.iter().flatten() {

@@ -1529,8 +1529,7 @@ async fn a_strategys_trade_reports_its_evidence_and_stores_its_alternatives() {
                   "instrument": "TQQQ-ETF"}});
     let r = send(&app, post("/v1/outcomes", outcome.to_string())).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let records = sink.0.lock();
-    let trade = serde_json::to_value(records[0].trade.as_ref().unwrap().flat()).unwrap();
+    let trade = serde_json::to_value(sink.0.lock()[0].trade.as_ref().unwrap().flat()).unwrap();
     let alternatives = trade["parameter_performance"]["alternative_outcomes"].as_object().unwrap();
     let thresholds = alternatives["strategy_thresholds.leveraged_etfs"].as_array().unwrap();
     assert_eq!(thresholds.len(), 5, "{trade}");
@@ -1541,7 +1540,6 @@ async fn a_strategys_trade_reports_its_evidence_and_stores_its_alternatives() {
     }
     assert!(!alternatives.contains_key("strategy_thresholds.core_equity"), "another strategy's gate: {trade}");
     assert_eq!(trade["instrument"], "TQQQ-ETF");
-    drop(records);
 
     let body = json!({"module": "stocks", "context": {"session": "us_prime", "regime": "bullish"}, "strategy": "yolo"});
     let r = send(&app, post("/v1/decisions", body.to_string())).await;
