@@ -174,6 +174,8 @@ pub struct RuntimeStatus {
     auto_rollbacks: Mutex<HashMap<String, (u64, String)>>,
     /// Per module: A/B promotions.
     promotions: Mutex<HashMap<String, u64>>,
+    /// Per module: the counterfactual moves already recorded as learning events.
+    moves_recorded: Mutex<HashMap<String, u64>>,
     /// The background tasks (checkpointer, syncer, decision log) and how any died.
     pub tasks: std::sync::Arc<crate::supervisor::Supervisor>,
 }
@@ -973,6 +975,64 @@ impl Runtime {
         }
     }
 
+    /// Records the counterfactual estimator's moves since the last call
+    /// (promotions, demotions, detected changes) as `ml_learning_events`,
+    /// each with its evidence. Cheap when nothing moved: it reads the view.
+    pub async fn record_moves(&self, module: &str) -> Result<usize, RuntimeError> {
+        let made = self.agent.view(module)?.moves_made;
+        if self.status.moves_recorded.lock().get(module).copied().unwrap_or(0) == made {
+            return Ok(0);
+        }
+        let index = self.agent.module_index(module)?;
+        let events = self
+            .on_writer(move |learners| {
+                learners[index].joint.as_mut().map(|j| std::mem::take(&mut j.events)).unwrap_or_default()
+            })
+            .await?;
+        self.status.moves_recorded.lock().insert(module.to_string(), made);
+        let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
+        for e in &events {
+            let named = |values: &[f64]| -> serde_json::Value {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    space.params.iter().zip(values).map(|(p, v)| (p.full_name.clone(), serde_json::json!(v))).collect();
+                serde_json::json!({ "context": e.context.to_string(), "values": map })
+            };
+            let cf = space.counterfactual.as_ref();
+            let reason = format!(
+                "{}: context {}, paired {} per opportunity, estimate {:.6}, confidence-sequence lower bound {:.6}, n {}; \
+                 normal-mixture confidence sequence at alpha {}, margin {}",
+                e.kind.event_name(),
+                e.context,
+                if e.kind == crate::agent::MoveKind::ChangeDetected { "defaults - served" } else { "table - defaults" },
+                e.verdict.estimate,
+                e.verdict.lower,
+                e.verdict.n,
+                cf.map_or(0.0, |c| c.alpha),
+                cf.map_or(0.0, |c| c.margin),
+            );
+            tracing::info!(module, context = %e.context, kind = e.kind.event_name(), estimate = e.verdict.estimate,
+                lower = e.verdict.lower, n = e.verdict.n, "counterfactual move");
+            let now = now_secs();
+            let event = LearningEvent {
+                model_name: format!("{module}.counterfactual"),
+                module_name: module.to_string(),
+                learning_event: LearningEventKind::Other(e.kind.event_name().to_string()),
+                parameters_before: named(&e.before),
+                parameters_after: named(&e.values),
+                performance_impact: e.verdict.estimate,
+                confidence_change: e.verdict.lower,
+                timestamp: rfc3339(now),
+                created_at: now,
+                generation: None,
+                reason: Some(reason),
+            };
+            if let Err(err) = self.store.put_learning_event(&event).await {
+                tracing::warn!(module, error = %err, "could not record the counterfactual move");
+            }
+        }
+        Ok(events.len())
+    }
+
     /// Checkpoints every module that is due, forever; start it with `tokio::spawn`.
     pub async fn run_checkpointer(self: Arc<Self>) {
         let mut backoff_until: HashMap<String, f64> = HashMap::new();
@@ -985,6 +1045,9 @@ impl Runtime {
                 let now = now_secs();
                 if let Err(e) = self.review(&module).await {
                     tracing::warn!(module, error = %e, "A/B look or rollback watch failed; retried at the next tick");
+                }
+                if let Err(e) = self.record_moves(&module).await {
+                    tracing::warn!(module, error = %e, "could not collect the counterfactual moves; retried at the next tick");
                 }
                 if backoff_until.get(&module).is_some_and(|&t| now < t) {
                     continue;

@@ -39,6 +39,9 @@ pub struct CfServing {
     /// What was explored and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub explored: Vec<Explored>,
+    /// It asked to explore but the loss budget had no room: nothing was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_by_budget: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

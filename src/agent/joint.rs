@@ -103,12 +103,26 @@ pub fn weight_candidates(members: &[&Parameter]) -> Vec<Vec<f64>> {
     }
 }
 
-/// The three running sums of one (shared candidate, slot, threshold arm).
+/// The running sums of one (shared candidate, slot, threshold arm).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sums {
     pub x: f64,
     pub xx: f64,
     pub xy: f64,
+    /// Opportunities where this candidate's gate fires on a trade that no
+    /// branch of the serving policy could have taken (observation
+    /// probability 0): their return is unknown, not 0, and the refit
+    /// charges each at a worst case rather than trusting the 0 (SPIBB's
+    /// rule: no move where the data have no support).
+    #[serde(default)]
+    pub unseen: f64,
+}
+
+/// What the refit charges a candidate per unseen trade, per unit of its
+/// scale relative to the default's: the worst case the loss budget uses
+/// (`budget::PRIOR_WORST_SDS` x `prior_noise_sd`).
+fn unseen_charge(space: &ModuleSpace) -> f64 {
+    super::budget::PRIOR_WORST_SDS * space.learning.prior_noise_sd
 }
 
 /// A cell's evidence and the table it serves.
@@ -127,6 +141,10 @@ pub struct CellJoint {
     /// Per parameter: what the cell serves (its target), when it has moved off the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Vec<f64>>,
+    /// The change detector: the target's paired utility against the
+    /// defaults on the opportunities since it was served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<PairedSums>,
 }
 
 /// Why outcomes did not reach the estimator, counted.
@@ -138,7 +156,56 @@ pub struct JointCounts {
     pub capped: u64,
     pub refits: u64,
     pub promotions: u64,
+    /// Targets dropped because a refit no longer supported them.
+    #[serde(default)]
+    pub demotions: u64,
+    /// Targets dropped because the change detector found the defaults better since.
+    #[serde(default)]
+    pub detections: u64,
 }
+
+/// A move of a cell's served table, with its evidence: the learner hands
+/// these to the runtime, which records them as `ml_learning_events`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MoveEvent {
+    pub context: Context,
+    pub kind: MoveKind,
+    /// The test's look that decided it (for a detection: the defaults
+    /// against the target since it was served).
+    pub verdict: Verdict,
+    /// The table served before, and from now on.
+    pub before: Vec<f64>,
+    pub values: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveKind {
+    /// The anytime-valid test favoured a table over the defaults.
+    Promoted,
+    /// The best table changed and the test still favours it.
+    Replaced,
+    /// A refit's test no longer favours any table: back to the defaults.
+    Demoted,
+    /// The change detector: since it was served, the defaults did better.
+    ChangeDetected,
+}
+
+impl MoveKind {
+    /// The `learning_event` name of its `ml_learning_events` row.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            MoveKind::Promoted => "counterfactual_promotion",
+            MoveKind::Replaced => "counterfactual_replacement",
+            MoveKind::Demoted => "counterfactual_demotion",
+            MoveKind::ChangeDetected => "change_detected",
+        }
+    }
+}
+
+/// Undrained move events kept at most; older ones are dropped (and counted
+/// in the log), so a runtime that never drains cannot grow memory.
+pub const MAX_PENDING_EVENTS: usize = 1024;
 
 /// The estimator's state for one module: what checkpoints keep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,29 +226,31 @@ pub struct JointState {
 pub struct Joint {
     pub state: JointState,
     pub candidates: Candidates,
+    /// Moves since the runtime last drained them (not checkpointed: the
+    /// events already recorded are in the store).
+    pub events: Vec<MoveEvent>,
+    /// Moves made since this process started (drained or not).
+    pub moves_made: u64,
     thresholds: usize,
     test: MixtureTest,
+    detector: MixtureTest,
 }
 
 impl Joint {
     pub fn new(space: &ModuleSpace, cf: &Counterfactual) -> Joint {
         let candidates = Candidates::new(space, cf);
         let thresholds = cf.gates.iter().map(|&g| space.params[g].arms.len()).max().unwrap_or(1);
-        let cells = (0..Context::COUNT)
-            .map(|_| CellJoint {
-                sums: vec![Sums::default(); candidates.shared() * candidates.slots * thresholds],
-                default_y: vec![0.0; candidates.slots],
-                default_yy: vec![0.0; candidates.slots],
-                opportunities: vec![0.0; candidates.slots],
-                ..CellJoint::default()
-            })
-            .collect();
+        let cells = (0..Context::COUNT).map(|_| Joint::new_cell(&candidates, thresholds)).collect();
         let shape = (candidates.weights.len(), candidates.exits.len(), candidates.slots, thresholds);
+        let test = test_for(space, cf, &candidates, thresholds);
         Joint {
             state: JointState { cells, counts: JointCounts::default(), shape, weights_opaque: false },
             candidates,
+            events: Vec::new(),
+            moves_made: 0,
             thresholds,
-            test: test_for(space, cf),
+            test,
+            detector: detector_for(space, cf),
         }
     }
 
@@ -202,7 +271,8 @@ impl Joint {
         (s * self.candidates.slots + slot) * self.thresholds + k
     }
 
-    /// Adds one opportunity of `context`. Returns whether the cell's table was refitted.
+    /// Adds one opportunity of `context`. Returns whether the cell's table
+    /// may have changed (a refit, or a detected change).
     pub fn observe(&mut self, space: &ModuleSpace, cf: &Counterfactual, context: Context, obs: &Observation) -> bool {
         let c = context.index();
         let defaults = space.defaults();
@@ -237,6 +307,29 @@ impl Joint {
         let theta0 = obs.gate.map(|g| defaults[g]);
         let fires0 = theta0.is_none_or(|t| scores[0] >= t);
         let y = if fires0 { units[0] * inv_p } else { 0.0 };
+        let curvature = space.reward.objective.curvature();
+        let mut detected = false;
+        if let Some(target) = self.state.cells[c].target.clone() {
+            // Whole values (scale included), which `y` is not.
+            let value = |values: &[f64]| if obs.traded { obs.value(cf, values).unwrap_or(0.0) * inv_p } else { 0.0 };
+            let (v, y) = (value(&target), value(&defaults));
+            let watch = self.state.cells[c].watch.get_or_insert_with(PairedSums::default);
+            watch.push((v - y) - curvature * (v * v - y * y));
+            // Page's CUSUM restart: while the target is not behind the
+            // defaults since the watch began, the watch begins again, so a
+            // turn is judged on the outcomes since it, not diluted by the
+            // advantage before it.
+            let behind = PairedSums { n: watch.n, sum: -watch.sum, sum_sq: watch.sum_sq };
+            if watch.sum >= 0.0 {
+                *watch = PairedSums::default();
+            } else {
+                let verdict = self.detector.judge(&behind, cf.margin);
+                if verdict.favours {
+                    self.detect_change(space, context, verdict);
+                    detected = true;
+                }
+            }
+        }
         let cell = &mut self.state.cells[c];
         cell.default_y[slot] += y;
         cell.default_yy[slot] += y * y;
@@ -257,6 +350,9 @@ impl Joint {
                     e.x += x_all;
                     e.xx += x_all * x_all;
                     e.xy += x_all * y;
+                    if !obs.traded && obs.p_obs <= 0.0 {
+                        e.unseen += 1.0;
+                    }
                 }
             }
         }
@@ -267,7 +363,7 @@ impl Joint {
             self.refit(space, cf, context);
             return true;
         }
-        false
+        detected
     }
 
     /// Chooses the cell's best table and tests it against the defaults.
@@ -283,6 +379,8 @@ impl Joint {
             })
             .collect();
         let cell = &self.state.cells[c];
+        let objective = space.reward.objective;
+        let charge = unseen_charge(space);
         // Per slot: the default (theta, m) arm indices and m0.
         let default_k = |g: usize| slot_params[g].0.map_or(0, |p| space.params[p].default_arm);
         let m_arms = |g: usize| -> Vec<f64> { slot_params[g].1.map_or(vec![1.0], |p| space.params[p].arms.clone()) };
@@ -299,9 +397,9 @@ impl Joint {
                 // The defaults' own (theta, m) first, so ties keep them.
                 let order = std::iter::once(default_k(g)).chain((0..k_n).filter(|&k| k != default_k(g)));
                 for k in order {
-                    let x = cell.sums[self.index(s, g, k)].x;
+                    let e = cell.sums[self.index(s, g, k)];
                     for m in std::iter::once(m0(g)).chain(m_arms(g)) {
-                        let v = m * x;
+                        let v = objective.total(m * e.x, m * m * e.xx) - m / m0(g).max(f64::MIN_POSITIVE) * e.unseen * charge;
                         if v > bv + 1e-12 * v.abs().max(1e-12) {
                             (bv, bk, bm) = (v, k, m);
                         }
@@ -321,7 +419,10 @@ impl Joint {
             let e = cell.sums[self.index(s, g, k)];
             let mm0 = m0(g);
             paired.n += cell.opportunities[g];
-            paired.sum += m * e.x - mm0 * cell.default_y[g];
+            paired.sum += objective.total(m * e.x, m * m * e.xx)
+                - m / mm0.max(f64::MIN_POSITIVE) * e.unseen * charge
+                - objective.total(mm0 * cell.default_y[g], mm0 * mm0 * cell.default_yy[g]);
+            // The mean difference's squares: the utility's, to first order.
             paired.sum_sq += m * m * e.xx - 2.0 * m * mm0 * e.xy + mm0 * mm0 * cell.default_yy[g];
         }
         let verdict = self.test.judge(&paired, cf.margin);
@@ -350,15 +451,66 @@ impl Joint {
             }
         }
         self.state.counts.refits += 1;
-        let was = self.state.cells[c].target.is_some();
+        let was = self.state.cells[c].target.clone();
         let cell = &mut self.state.cells[c];
         cell.verdict = Some(verdict);
-        cell.target = verdict.favours.then_some(table);
-        if verdict.favours && !was {
-            self.state.counts.promotions += 1;
+        cell.target = verdict.favours.then_some(table.clone());
+        let kind = match (&was, verdict.favours) {
+            (None, true) => Some(MoveKind::Promoted),
+            (Some(old), true) if *old != table => Some(MoveKind::Replaced),
+            (Some(_), false) => Some(MoveKind::Demoted),
+            _ => None,
+        };
+        if kind.is_some() {
+            // A new table (or none) is served: the detector watches it afresh.
+            cell.watch = None;
+        }
+        match kind {
+            Some(MoveKind::Promoted) => self.state.counts.promotions += 1,
+            Some(MoveKind::Demoted) => self.state.counts.demotions += 1,
+            _ => {}
+        }
+        if let Some(kind) = kind {
+            let before = was.unwrap_or_else(|| defaults.clone());
+            let values = if verdict.favours { table } else { defaults };
+            self.push_event(MoveEvent { context, kind, verdict, before, values });
         }
         tracing::debug!(module = %space.name, context = %context, favours = verdict.favours,
             estimate = verdict.estimate, lower = verdict.lower, n = verdict.n, "counterfactual refit");
+    }
+
+    /// The change detector fired: the cell serves the defaults again and its
+    /// evidence starts afresh, so the next promotion rests only on outcomes
+    /// after the change; nothing else (exploration, the bandit) restarts.
+    fn detect_change(&mut self, space: &ModuleSpace, context: Context, verdict: Verdict) {
+        let c = context.index();
+        let fresh = Joint::new_cell(&self.candidates, self.thresholds);
+        let before = self.state.cells[c].target.clone().unwrap_or_else(|| space.defaults());
+        let cell = &mut self.state.cells[c];
+        *cell = CellJoint { since_refit: cell.since_refit, ..fresh };
+        self.state.counts.detections += 1;
+        tracing::info!(module = %space.name, context = %context, estimate = verdict.estimate, lower = verdict.lower,
+            n = verdict.n, "change detected: the defaults beat the served table since it was served; back to the defaults");
+        self.push_event(MoveEvent { context, kind: MoveKind::ChangeDetected, verdict, before, values: space.defaults() });
+    }
+
+    fn push_event(&mut self, event: MoveEvent) {
+        self.moves_made += 1;
+        if self.events.len() >= MAX_PENDING_EVENTS {
+            self.events.remove(0);
+            tracing::warn!(kind = ?event.kind, "counterfactual move events not drained: dropped the oldest");
+        }
+        self.events.push(event);
+    }
+
+    fn new_cell(candidates: &Candidates, thresholds: usize) -> CellJoint {
+        CellJoint {
+            sums: vec![Sums::default(); candidates.shared() * candidates.slots * thresholds],
+            default_y: vec![0.0; candidates.slots],
+            default_yy: vec![0.0; candidates.slots],
+            opportunities: vec![0.0; candidates.slots],
+            ..CellJoint::default()
+        }
     }
 
     /// What the cell's determined parameters should serve: its target, else the defaults.
@@ -367,11 +519,30 @@ impl Joint {
     }
 }
 
-/// The test's mixture scale: tightest around a hundred outcomes of the
-/// module's prior noise, fixed before any data.
-fn test_for(space: &ModuleSpace, cf: &Counterfactual) -> MixtureTest {
+/// The promotion test. A refit tests the best of many tables, not one fixed
+/// in advance, and every context refits; so the level is split by a union
+/// bound over every table a cell can choose and every cell: the chance that
+/// any incumbent of the module moves when no table beats the defaults stays
+/// at most `alpha` (issue 15's grouped test; `tests/integration/conservative.rs`
+/// measures it). The mixture's scale is tightest around a hundred outcomes of
+/// the module's prior noise, fixed before any data.
+fn test_for(space: &ModuleSpace, cf: &Counterfactual, candidates: &Candidates, thresholds: usize) -> MixtureTest {
     let sd = space.learning.prior_noise_sd;
-    MixtureTest::new(cf.alpha, 100.0 * sd * sd)
+    // Per slot: its threshold arms times its scale arms (plus the default scale).
+    let scales = cf.scales.iter().map(|&p| space.params[p].arms.len() + 1).max().unwrap_or(1);
+    let per_slot = (thresholds * scales) as f64;
+    let tables = candidates.shared() as f64 * per_slot.powi(candidates.slots as i32);
+    MixtureTest::new(cf.alpha / (tables * Context::COUNT as f64), 100.0 * sd * sd)
+}
+
+/// The change detector: one fixed hypothesis per cell (the served table
+/// against the defaults since the watch began), so only the cells share
+/// `alpha`. The watch restarts whenever the table is not behind (Page's
+/// CUSUM), so a false alarm is bounded per stretch of outcomes rather than
+/// over all time; one costs a fresh test at the defaults, not a loss.
+fn detector_for(space: &ModuleSpace, cf: &Counterfactual) -> MixtureTest {
+    let sd = space.learning.prior_noise_sd;
+    MixtureTest::new(cf.alpha / Context::COUNT as f64, 100.0 * sd * sd)
 }
 
 /// The declarations with the weights group made opaque: gates score with
@@ -507,5 +678,216 @@ mod tests {
                 assert!(c.iter().zip(&members).all(|(x, p)| *x >= p.lo - 1e-12 && *x <= p.hi + 1e-12));
             }
         }
+    }
+
+    /// A module with one scale parameter (0.5 to 2.0, default 0.5) and
+    /// nothing else: every trade is taken and earns `m * u`.
+    fn sizing_text(objective: &str) -> String {
+        format!(
+            r#"
+module = "sizing"
+[reward]
+source = "return_pct"
+scale = 1.0
+clip = 0.5
+{objective}
+[learning]
+prior_mean = 0.0
+prior_strength = 1.0
+prior_shape = 2.0
+prior_noise_sd = 0.2
+pooling_strength = 4.0
+discount = 1.0
+baseline_window = 100.0
+pool_refresh_outcomes = 64
+[safety]
+max_change_rate = 1.0
+trust_initial = 1.0
+trust_growth_outcomes = 1.0
+[pending]
+capacity = 10
+ttl_secs = 60.0
+[[groups]]
+name = "size"
+[[groups.parameters]]
+name = "m"
+default = 0.5
+lo = 0.5
+hi = 2.0
+[counterfactual]
+[[counterfactual.roles]]
+parameter = "size.m"
+role = "scale"
+"#
+        )
+    }
+
+    fn sizing_space(objective: &str) -> ModuleSpace {
+        ModuleSpace::from_toml_str(&sizing_text(objective), "models/sizing.toml").unwrap()
+    }
+
+    /// The scale a cell serves after `n` trades of return `u ~ N(mu, sd)` per unit.
+    fn chosen_scale(space: &ModuleSpace, mu: f64, sd: f64, n: usize, seed: u64) -> f64 {
+        use rand_distr::StandardNormal;
+        let cf = space.counterfactual.clone().unwrap();
+        let mut joint = Joint::new(space, &cf);
+        let ctx = Context::new(Session::UsPrime, Regime::Bullish);
+        let mut rng = Pcg64Mcg::seed_from_u64(seed);
+        for _ in 0..n {
+            let u = mu + sd * rng.sample::<f64, _>(StandardNormal);
+            let obs = Observation {
+                slot: 0,
+                gate: None,
+                scale: Some(0),
+                traded: true,
+                features: vec![],
+                confidence: None,
+                u,
+                cap: None,
+                exit: None,
+                p_obs: 1.0,
+            };
+            joint.observe(space, &cf, ctx, &obs);
+        }
+        joint.target(space, ctx)[0]
+    }
+
+    /// Issue 15's risk objectives on a noisy stream with a positive edge
+    /// (mean 0.05, standard deviation 0.2 per unit of scale): the mean goes
+    /// to the largest scale; fractional Kelly and mean-variance go strictly
+    /// inside the range, to the arm nearest their analytic optimum
+    /// `f mu / E[u^2]` (= `mu / (2 lambda E[u^2])`): 1.18, arm 1.25; with a
+    /// half Kelly 0.59, arm 0.5 would be the floor, so a quarter-risk case
+    /// checks the other side: lambda 0.35 gives 1.68, arm 1.625.
+    #[test]
+    fn risk_objectives_choose_the_scale_nearest_their_optimum_and_the_mean_the_largest() {
+        let (mu, sd) = (0.05, 0.2);
+        let second = sd * sd + mu * mu;
+        let mean = sizing_space("");
+        assert_eq!(chosen_scale(&mean, mu, sd, 6_000, 1), 2.0);
+        let kelly = sizing_space("objective = \"kelly\"\nkelly_fraction = 1.0");
+        let optimum = mu / second;
+        assert!((optimum - 1.176).abs() < 1e-3);
+        assert_eq!(chosen_scale(&kelly, mu, sd, 6_000, 2), 1.25);
+        let mv = sizing_space("objective = \"mean_variance\"\nrisk_aversion = 0.35");
+        let optimum = mu / (2.0 * 0.35 * second);
+        assert!((optimum - 1.681).abs() < 1e-3);
+        assert_eq!(chosen_scale(&mv, mu, sd, 6_000, 3), 1.625);
+    }
+
+    #[test]
+    fn a_setting_of_another_objective_or_an_unknown_objective_is_refused_by_name() {
+        let text = sizing_text;
+        let err = ModuleSpace::from_toml_str(&text("risk_aversion = 1.0"), "models/sizing.toml").unwrap_err();
+        assert!(err.to_string().contains("reward.risk_aversion"), "{err}");
+        let err = ModuleSpace::from_toml_str(&text("objective = \"sharpe\""), "models/sizing.toml").unwrap_err();
+        assert!(err.to_string().contains("reward.objective") && err.to_string().contains("sharpe"), "{err}");
+        let err = ModuleSpace::from_toml_str(&text("objective = \"kelly\"\nkelly_fraction = 1.5"), "m.toml").unwrap_err();
+        assert!(err.to_string().contains("reward.kelly_fraction") && err.to_string().contains("1.5"), "{err}");
+    }
+
+    /// Change detection: a cell promoted on a positive edge keeps its table
+    /// (and its evidence) while the edge lasts; once trades lose, the
+    /// detector finds the defaults better since the promotion, serves them
+    /// again and starts the evidence afresh, recording each move.
+    #[test]
+    fn a_turned_edge_is_detected_and_demoted_while_a_stationary_one_keeps_its_evidence() {
+        use rand_distr::StandardNormal;
+        let space = sizing_space("");
+        let cf = space.counterfactual.clone().unwrap();
+        let ctx = Context::new(Session::UsPrime, Regime::Bullish);
+        let run = |flip_at: Option<usize>| {
+            let mut joint = Joint::new(&space, &cf);
+            let mut rng = Pcg64Mcg::seed_from_u64(9);
+            let mut promoted_at = None;
+            for t in 0..12_000 {
+                let mu = if flip_at.is_some_and(|f| t >= f) { -0.05 } else { 0.05 };
+                let u = mu + 0.2 * rng.sample::<f64, _>(StandardNormal);
+                let obs = Observation {
+                    slot: 0,
+                    gate: None,
+                    scale: Some(0),
+                    traded: true,
+                    features: vec![],
+                    confidence: None,
+                    u,
+                    cap: None,
+                    exit: None,
+                    p_obs: 1.0,
+                };
+                joint.observe(&space, &cf, ctx, &obs);
+                if promoted_at.is_none() && joint.state.cells[ctx.index()].target.is_some() {
+                    promoted_at = Some(t);
+                }
+            }
+            (joint, promoted_at)
+        };
+        let (steady, promoted) = run(None);
+        let promoted = promoted.expect("a strong edge is promoted");
+        assert!(promoted < 3_000, "promoted after {promoted} trades");
+        assert_eq!(steady.state.counts.detections, 0);
+        let cell = &steady.state.cells[ctx.index()];
+        assert_eq!(cell.target.as_ref().unwrap()[0], 2.0);
+        assert_eq!(cell.opportunities[0], 12_000.0, "a stationary cell keeps every outcome");
+        let (flipped, _) = run(Some(6_000));
+        assert!(flipped.state.counts.detections >= 1, "{:?}", flipped.state.counts);
+        let kinds: Vec<MoveKind> = flipped.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds[0], MoveKind::Promoted);
+        assert_eq!(kinds[1], MoveKind::ChangeDetected, "the detector, not the refit's cumulative test, drops it first");
+        let detected = flipped.events.iter().find(|e| e.kind == MoveKind::ChangeDetected).unwrap();
+        assert!(detected.verdict.lower > 0.0 && detected.before[0] == 2.0 && detected.values[0] == 0.5);
+        // After the change only post-change outcomes count, and the defaults are served.
+        let cell = &flipped.state.cells[ctx.index()];
+        assert!(cell.opportunities[0] < 6_000.0, "{}", cell.opportunities[0]);
+        assert_eq!(flipped.target(&space, ctx)[0], 0.5);
+    }
+
+    /// Without exploration (observation probability 0 below the incumbent
+    /// gate), a lower threshold's extra trades were never seen: they are
+    /// counted as unseen, not as trades that earned 0, and no lower gate is
+    /// promoted on them; a higher gate, whose every trade was seen, is when
+    /// the data favour it.
+    #[test]
+    fn trades_no_branch_could_take_are_charged_not_counted_as_zero() {
+        let text = sizing_text("").replace(
+            "[counterfactual]\n[[counterfactual.roles]]\nparameter = \"size.m\"\nrole = \"scale\"",
+            "[[groups]]\nname = \"gate\"\n[[groups.parameters]]\nname = \"threshold\"\ndefault = 0.6\nlo = 0.4\nhi = 0.8\n\
+             [counterfactual]\n[[counterfactual.roles]]\nparameter = \"gate.threshold\"\nrole = \"gate\"\nscore = \"confidence\"",
+        );
+        let space = ModuleSpace::from_toml_str(&text, "models/gated.toml").unwrap();
+        let cf = space.counterfactual.clone().unwrap();
+        let ctx = Context::new(Session::UsPrime, Regime::Bullish);
+        let run = |u_of: &dyn Fn(f64) -> f64| {
+            let mut joint = Joint::new(&space, &cf);
+            let mut rng = Pcg64Mcg::seed_from_u64(5);
+            for _ in 0..20_000 {
+                let c: f64 = rng.random();
+                let traded = c >= 0.6;
+                let obs = Observation {
+                    slot: 0,
+                    gate: Some(1),
+                    scale: None,
+                    traded,
+                    features: vec![],
+                    confidence: Some(c),
+                    u: if traded { u_of(c) } else { 0.0 },
+                    cap: None,
+                    exit: None,
+                    p_obs: if traded { 1.0 } else { 0.0 },
+                };
+                joint.observe(&space, &cf, ctx, &obs);
+            }
+            let unseen: Vec<f64> = (0..5).map(|k| joint.state.cells[ctx.index()].sums[joint.index(0, 0, k)].unseen).collect();
+            (joint.target(&space, ctx)[1], unseen)
+        };
+        // Every seen trade earns: the lower gates' unseen trades might lose.
+        let (gate, unseen) = run(&|_| 0.01);
+        assert_eq!(gate, 0.6, "no lower gate on zeros it never saw");
+        // Arms 0.4 and 0.5 fire on a fifth and a tenth of the opportunities that were never seen.
+        assert!((unseen[0] / 20_000.0 - 0.2).abs() < 0.02 && (unseen[1] / 20_000.0 - 0.1).abs() < 0.02, "{unseen:?}");
+        assert_eq!(&unseen[2..], &[0.0, 0.0, 0.0]);
+        // Seen trades below 0.7 lose: the higher gate is promoted.
+        let (gate, _) = run(&|c| if c < 0.7 { -0.02 } else { 0.01 });
+        assert!((gate - 0.7).abs() < 1e-9, "{gate}");
     }
 }

@@ -10,7 +10,8 @@ use crate::bandit::{thompson_propensities, BanditSettings, ModuleStats, Nig};
 use crate::policy::{PolicyError, PolicySnapshot, PolicyTrainer, Sample};
 use crate::space::{Context, ModuleSpace, Parameter};
 
-use super::counterfactual::{observe, strategy_of, Unusable};
+use super::budget::{BudgetView, LossLedger};
+use super::counterfactual::{observe, raw_reward, strategy_of, Unusable};
 use super::joint::{without_weights, Joint, JointState};
 use super::rollout::{AbArm, AbTest, RewardWindow};
 use super::safety::{project_simplex, trust_box, trust_width};
@@ -47,6 +48,8 @@ pub struct ModuleLearner {
     /// The declarations in force: the space's, or with the weights made
     /// opaque once the module's confidence disagreed with them.
     pub cf: Option<Arc<Counterfactual>>,
+    /// The loss budget's ledger: realised against the defaults.
+    pub ledger: LossLedger,
     policy_snapshot: Option<Arc<PolicySnapshot>>,
     outcomes_since_refresh: u64,
 }
@@ -122,6 +125,7 @@ impl ModuleLearner {
         Ok(ModuleLearner {
             joint,
             cf,
+            ledger: LossLedger::default(),
             stats: ModuleStats::new(Context::COUNT, &arms),
             incumbents: vec![space.defaults(); Context::COUNT],
             settings,
@@ -157,7 +161,19 @@ impl ModuleLearner {
         let learned = self.learn_masked(context, &d.arms, settled.reward, Some(&credit));
         let space = self.space.clone();
         let mut refit = false;
-        match observe(&space, &cf, d, outcome) {
+        let observed = observe(&space, &cf, d, outcome);
+        let defaults = space.defaults();
+        // The defaults' value on this decision, when the outcome says it:
+        // every in-scope opaque parameter was served at its default.
+        let opaque_at_defaults = (0..space.params.len()).all(|p| {
+            cf.roles[p].determined() || !cf.in_scope(p, d.context.session, strategy) || d.values[p] == defaults[p]
+        });
+        let defaults_value = match &observed {
+            Ok(obs) if opaque_at_defaults => obs.value(&cf, &defaults),
+            _ => self.served_defaults(d).then(|| raw_reward(&space, outcome)),
+        };
+        self.ledger.record(raw_reward(&space, outcome), defaults_value, d.explored());
+        match observed {
             Ok(obs) => {
                 let joint = self.joint.as_mut().expect("declared roles have an estimator");
                 if obs.cap.is_some() {
@@ -245,6 +261,10 @@ impl ModuleLearner {
     /// network from its offsets. Every parameter is credited as opaque: this
     /// is learning without the outcome's evidence (see [`ModuleLearner::apply_settled`]).
     pub fn apply(&mut self, decision: &Decision, reward: f64) -> Result<Applied, PolicyError> {
+        // Without the outcome's evidence the defaults' value is known only
+        // when the decision served them.
+        let exact = self.served_defaults(decision).then_some(reward);
+        self.ledger.record(reward, exact, decision.explored());
         let learned = self.learn(decision.context.index(), &decision.arms, reward);
         self.after_learning(decision, reward, learned)
     }
@@ -430,7 +450,40 @@ impl ModuleLearner {
             rolling: self.rolling.stats(),
             rolling_by_context: self.rolling.by_context(),
             rolling_since: self.rolling_since,
+            budget: self.budget_view(),
+            moves_made: self.joint.as_ref().map_or(0, |j| j.moves_made),
         }
+    }
+
+    /// Whether every parameter was served at its seed default.
+    fn served_defaults(&self, d: &Decision) -> bool {
+        self.space.params.iter().zip(&d.values).all(|(p, &v)| v == p.default)
+    }
+
+    /// The loss budget as decisions see it. A module without declared roles
+    /// has no measure of what the defaults would have earned on decisions
+    /// that explored (only an off-policy estimate, not kept here): its
+    /// budget is not enforced, and its status says so (`budget: null`).
+    pub fn budget_view(&self) -> BudgetView {
+        let space = &self.space;
+        if self.cf.is_none() {
+            return BudgetView::unlimited();
+        }
+        self.ledger.view(space.safety.loss_budget, self.declared_worst_trade(), space.learning.prior_noise_sd)
+    }
+
+    /// What one exploring trade loses when its stop-loss is hit, when the
+    /// declarations say: the largest stop times the largest capital at risk
+    /// (a parameter named by the exit's `capital`) and scale. A price that
+    /// gaps through the stop loses more; the ledger then counts the real loss.
+    fn declared_worst_trade(&self) -> Option<f64> {
+        let cf = self.cf.as_ref()?;
+        let exit = cf.exit.as_ref()?;
+        let stop = exit.stop_loss?;
+        let capital = self.space.params.iter().position(|p| p.full_name == exit.capital)?;
+        let largest = |p: usize| self.space.params[p].arms.iter().copied().fold(f64::MIN, f64::max);
+        let scale = cf.scales.iter().map(|&p| largest(p)).fold(1.0, f64::max);
+        Some(largest(stop) * largest(capital) * scale)
     }
 
     /// The next view after an outcome: only the touched cell is rebuilt unless
@@ -451,6 +504,8 @@ impl ModuleLearner {
             rolling: self.rolling.stats(),
             rolling_by_context: self.rolling.by_context(),
             rolling_since: self.rolling_since,
+            budget: self.budget_view(),
+            moves_made: self.joint.as_ref().map_or(0, |j| j.moves_made),
         }
     }
 

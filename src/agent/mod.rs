@@ -7,6 +7,7 @@
 //! only code that changes learned state. Decisions therefore never wait on
 //! learning; [`Agent::flush`] waits for the writer when a caller needs to.
 
+pub mod budget;
 pub mod counterfactual;
 mod evidence;
 pub mod joint;
@@ -40,7 +41,8 @@ pub use counterfactual::{
     alternatives, observe, ArmOutcome, CfServing, ExploreReason, Explored, ParamAlternatives, Unusable,
 };
 pub use evidence::{exit_on_path, Evidence};
-pub use joint::{Joint, JointCounts, JointState};
+pub use budget::{BudgetView, LossLedger};
+pub use joint::{Joint, JointCounts, JointState, MoveEvent, MoveKind};
 pub use learner::{eligible_arms, Applied, ModuleLearner, ReplicaState};
 pub use pending::{Evictions, Tombstone};
 pub use rollout::{AbArm, AbAssignment, AbServing, AbTest, RewardWindow};
@@ -184,6 +186,17 @@ pub struct Decision {
     pub counterfactual: Option<CfServing>,
 }
 
+impl Decision {
+    /// Whether it served anything to learn rather than to earn: what the
+    /// loss budget reserves room for while it is open.
+    pub fn explored(&self) -> bool {
+        match &self.counterfactual {
+            Some(serving) => !serving.explored.is_empty(),
+            None => self.explore && self.propensity < 1.0,
+        }
+    }
+}
+
 /// What a module reports when its trade closes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -316,6 +329,10 @@ pub struct ModuleCounters {
     pub expired: AtomicU64,
     pub overflowed: AtomicU64,
     pub rejected_outcomes: AtomicU64,
+    /// Open decisions that explored: what the loss budget reserves room for.
+    pub open_exploring: AtomicU64,
+    /// Exploring decisions served at the incumbents because the loss budget had no room.
+    pub held_by_budget: AtomicU64,
 }
 
 struct ModuleHandle {
@@ -444,15 +461,9 @@ impl Agent {
     ) -> Result<Arc<Decision>, AgentError> {
         let (module_index, handle) = self.handle(module)?;
         let space = &handle.space;
-        // A module whose file lists strategies must name one of them; one
-        // whose file lists none may name its own, kept as a label.
-        let strategy_index = match (strategy, &space.counterfactual) {
-            (None, _) => None,
-            (Some(s), Some(cf)) if cf.strategy_index(s).is_some() => cf.strategy_index(s),
-            (Some(_), cf) if cf.as_ref().is_none_or(|cf| cf.strategies.is_empty()) => None,
-            (Some(s), _) => {
-                return Err(AgentError::UnknownStrategy { module: module.to_string(), strategy: s.to_string() })
-            }
+        let strategy_index = match strategy {
+            Some(s) => declared_strategy(space, s)?,
+            None => None,
         };
         let mut feature_values = vec![None; space.features.len()];
         for &(name, value) in features {
@@ -469,12 +480,20 @@ impl Agent {
         let seed = splitmix64(self.inner.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut rng = Pcg64Mcg::seed_from_u64(seed);
         let view = handle.view.load();
+        // The loss budget: with no room for one more exploring trade beside
+        // the open ones, the decision serves the incumbents (and, with roles
+        // declared, still teaches everything the incumbents' trade reveals).
+        let mode = match explore {
+            false => Exploring::No,
+            true if view.budget.allows(handle.counters.open_exploring.load(Ordering::Relaxed)) => Exploring::Yes,
+            true => Exploring::HeldByBudget,
+        };
         let mut choice = view.cells[context.index()].choose(
             space,
             view.policy.as_deref(),
             context,
             &feature_values,
-            explore,
+            mode == Exploring::Yes,
             &mut rng,
         );
         let mut propensity = choice.propensities.iter().product();
@@ -487,7 +506,7 @@ impl Agent {
                 context.session,
                 &feature_values,
                 strategy_index,
-                explore,
+                mode,
                 &mut rng,
                 &mut choice,
             );
@@ -526,8 +545,17 @@ impl Agent {
             strategy: strategy.map(str::to_string),
             counterfactual: cf_serving,
         });
+        if decision.explored() {
+            handle.counters.open_exploring.fetch_add(1, Ordering::Relaxed);
+        }
+        if mode == Exploring::HeldByBudget {
+            handle.counters.held_by_budget.fetch_add(1, Ordering::Relaxed);
+        }
         let ev = handle.pending.insert(decision.clone(), now);
         handle.counters.decisions.fetch_add(1, Ordering::Relaxed);
+        if ev.explored > 0 {
+            release_exploring(&handle.counters, ev.explored);
+        }
         if ev.expired > 0 {
             handle.counters.expired.fetch_add(ev.expired, Ordering::Relaxed);
         }
@@ -654,6 +682,22 @@ impl Agent {
         Ok((view.cells[context.index()].params.iter().map(|p| p.incumbent).collect(), view.generation))
     }
 
+    /// The module's loss budget and whether it lets a decision explore now.
+    pub fn budget(&self, module: &str) -> Result<BudgetStatus, AgentError> {
+        let (_, handle) = self.handle(module)?;
+        let view = handle.view.load().budget;
+        let open_exploring = handle.counters.open_exploring.load(Ordering::Relaxed);
+        Ok(BudgetStatus {
+            budget: view.budget,
+            shortfall_lower: view.shortfall_lower,
+            remaining: view.remaining,
+            reserve_per_open_trade: view.reserve,
+            open_exploring,
+            exploring: view.allows(open_exploring),
+            held_by_budget: handle.counters.held_by_budget.load(Ordering::Relaxed),
+        })
+    }
+
     pub fn pending_count(&self, module: &str) -> Result<usize, AgentError> {
         Ok(self.handle(module)?.1.pending.len())
     }
@@ -704,6 +748,7 @@ fn writer_loop(
 ) -> Vec<ModuleLearner> {
     let mut touched: Vec<Vec<bool>> = learners.iter().map(|_| vec![false; Context::COUNT]).collect();
     let mut refresh_all = vec![false; learners.len()];
+    let mut released = vec![0u64; learners.len()];
     let mut flushes = Vec::new();
     let mut last_publish = Instant::now() - PUBLISH_INTERVAL;
     let mut open = true;
@@ -715,6 +760,9 @@ fn writer_loop(
             match msg {
                 WriterMsg::Outcome { module, settled, seq } => {
                     let d = &settled.decision;
+                    // The budget stops reserving for this trade only once a
+                    // view whose ledger holds its outcome is published.
+                    released[module] += u64::from(d.explored());
                     // An outcome that never reached the disk was refused to its
                     // reporter; learning it would let a retry count twice.
                     let durable = match (seq, &journal) {
@@ -775,6 +823,12 @@ fn writer_loop(
                 touched[m].iter_mut().for_each(|t| *t = false);
                 refresh_all[m] = false;
             }
+            for (m, n) in released.iter_mut().enumerate() {
+                if *n > 0 {
+                    release_exploring(&inner.handles[m].counters, *n);
+                    *n = 0;
+                }
+            }
         }
         last_publish = Instant::now();
         for done in flushes.drain(..) {
@@ -782,6 +836,39 @@ fn writer_loop(
         }
     }
     learners
+}
+
+/// Open exploring decisions that closed (settled or evicted); never below 0.
+fn release_exploring(counters: &ModuleCounters, closed: u64) {
+    let _ = counters.open_exploring.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(closed)));
+}
+
+/// A module's safety state: its loss budget, as `/metrics`, `/healthz` and
+/// the dashboard show it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BudgetStatus {
+    /// `safety.loss_budget` (reward units).
+    pub budget: f64,
+    /// Lower confidence bound on the realised reward minus the defaults' over closed decisions.
+    pub shortfall_lower: f64,
+    /// `budget + shortfall_lower`.
+    pub remaining: f64,
+    pub reserve_per_open_trade: f64,
+    pub open_exploring: u64,
+    /// Whether the next exploring decision may explore; false: incumbents only.
+    pub exploring: bool,
+    /// Exploring decisions held at the incumbents since start.
+    pub held_by_budget: u64,
+}
+
+/// How a decision may explore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exploring {
+    /// A greedy decision (`explore = false`).
+    No,
+    Yes,
+    /// It asked to explore, but the loss budget had no room: incumbents.
+    HeldByBudget,
 }
 
 /// The reward to learn from: given, or 0 for a skipped trade, or derived from
@@ -808,19 +895,27 @@ fn check_evidence(space: &ModuleSpace, decision: &Decision, evidence: &Evidence)
     if let Some((field, value)) = evidence.non_finite() {
         return Err(AgentError::NonFiniteEvidence { field, value });
     }
-    // A module whose file lists no strategies names its own in
-    // `trade.strategy`: a label to keep with the trade, not one to check.
-    let declares = space.counterfactual.as_ref().is_some_and(|cf| !cf.strategies.is_empty());
-    if let Some(reported) = evidence.strategy.as_ref().filter(|_| declares) {
-        let known = space.counterfactual.as_ref().is_some_and(|cf| cf.strategy_index(reported).is_some());
-        if !known {
-            return Err(AgentError::UnknownStrategy { module: space.name.clone(), strategy: reported.clone() });
-        }
-        if let Some(decided) = decision.strategy.as_ref().filter(|d| *d != reported) {
-            return Err(AgentError::StrategyMismatch { decided: decided.clone(), reported: reported.clone() });
+    if let Some(reported) = &evidence.strategy {
+        if declared_strategy(space, reported)?.is_some() {
+            if let Some(decided) = decision.strategy.as_ref().filter(|d| *d != reported) {
+                return Err(AgentError::StrategyMismatch { decided: decided.clone(), reported: reported.clone() });
+            }
         }
     }
     Ok(())
+}
+
+/// `strategy` as an index of the module's declared strategies; `None` for a
+/// module whose file lists none (its own name is a label, kept with the
+/// trade); an error naming it when the file lists others.
+fn declared_strategy(space: &ModuleSpace, strategy: &str) -> Result<Option<usize>, AgentError> {
+    match &space.counterfactual {
+        Some(cf) if cf.declares_strategies() => match cf.strategy_index(strategy) {
+            Some(i) => Ok(Some(i)),
+            None => Err(AgentError::UnknownStrategy { module: space.name.clone(), strategy: strategy.to_string() }),
+        },
+        _ => Ok(None),
+    }
 }
 
 /// A module's own seed, derived from the agent's seed and the module's name

@@ -48,6 +48,8 @@ pub struct Evictions {
     pub expired: u64,
     /// Dropped because the table was full before their TTL.
     pub overflowed: u64,
+    /// Of those expired or dropped, the ones that explored.
+    pub explored: u64,
 }
 
 impl PendingTable {
@@ -82,7 +84,8 @@ impl PendingTable {
                 break;
             }
             shard.order.pop_front();
-            if shard.open.remove(&old).is_some() {
+            if let Some(gone) = shard.open.remove(&old) {
+                ev.explored += u64::from(gone.explored());
                 if expired {
                     ev.expired += 1;
                 } else {

@@ -23,6 +23,7 @@ use crate::space::{Counterfactual, ModuleSpace, Role, Scope, ScoreSource, Sessio
 
 use super::counterfactual::{blend, CfServing, ExploreReason, Explored};
 use super::view::{CellView, Choice};
+use super::Exploring;
 
 /// Adjusts `choice` (already sampled) to the declarations; returns how an
 /// exploring decision was served (`None` for a greedy one) and the
@@ -38,10 +39,11 @@ pub fn serve<R: Rng + ?Sized>(
     session: Session,
     features: &[Option<f64>],
     strategy: Option<usize>,
-    explore: bool,
+    mode: Exploring,
     rng: &mut R,
     choice: &mut Choice,
 ) -> (Option<CfServing>, f64) {
+    let explore = mode != Exploring::No;
     let incumbent: Vec<f64> = cell.params.iter().map(|p| p.incumbent).collect();
     let mut explored = Vec::new();
     for (p, pv) in cell.params.iter().enumerate() {
@@ -51,7 +53,7 @@ pub fn serve<R: Rng + ?Sized>(
             choice.arms[p] = pv.greedy_arm;
             choice.propensities[p] = 1.0;
             choice.offsets[p] = None;
-        } else if explore {
+        } else if mode == Exploring::Yes {
             explored
                 .push(Explored { parameter: space.params[p].full_name.clone(), reason: ExploreReason::OpaqueThompson });
         }
@@ -85,7 +87,10 @@ pub fn serve<R: Rng + ?Sized>(
             permissive[p] = v;
         }
     }
-    let epsilon = cf.explore_rate;
+    // Held by the loss budget: the same record with the permissive branch's
+    // probability at 0, so the incumbents' trade still teaches every
+    // determined parameter what it reveals.
+    let epsilon = if mode == Exploring::Yes { cf.explore_rate } else { 0.0 };
     let take = rng.random::<f64>() < epsilon;
     let mut coin = false;
     for (p, param) in space.params.iter().enumerate() {
@@ -149,7 +154,15 @@ pub fn serve<R: Rng + ?Sized>(
         _ => None,
     };
     (
-        Some(CfServing { permissive: take, epsilon, incumbent, permissive_values: permissive, p_obs, explored }),
+        Some(CfServing {
+            permissive: take,
+            epsilon,
+            incumbent,
+            permissive_values: permissive,
+            p_obs,
+            explored,
+            held_by_budget: mode == Exploring::HeldByBudget,
+        }),
         propensity,
     )
 }

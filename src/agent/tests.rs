@@ -60,10 +60,34 @@ fn same_seed_same_calls_same_decisions() {
     assert_eq!(run(), run());
 }
 
+/// The shipped spaces with room in their loss budget from the start: with
+/// the shipped 0.02, a crypto trade's worst case (2 x prior_noise_sd = 0.04)
+/// does not fit, so a cold crypto module explores nothing until it has
+/// earned that much over the defaults.
+fn spaces_with_room() -> Spaces {
+    let mut spaces = Spaces::default();
+    for space in Spaces::builtin().iter() {
+        let mut s = (**space).clone();
+        s.safety.loss_budget = 10.0;
+        spaces.insert(s).unwrap();
+    }
+    spaces
+}
+
+#[test]
+fn a_cold_module_whose_budget_cannot_hold_one_trade_does_not_explore() {
+    let (agent, _) = agent_with_clock(1);
+    let d = agent.decide("crypto", ctx(), &[], true).unwrap();
+    assert_eq!(d.values, Spaces::builtin().get("crypto").unwrap().defaults());
+    assert!(!d.explored() && d.counterfactual.as_ref().unwrap().held_by_budget);
+    assert!(!agent.budget("crypto").unwrap().exploring);
+}
+
 #[test]
 fn different_seeds_explore_differently() {
-    let (a, _) = agent_with_clock(1);
-    let (b, _) = agent_with_clock(2);
+    let spaces = spaces_with_room();
+    let a = Agent::new(&spaces, AgentOptions { seed: Some(1), ..Default::default() });
+    let b = Agent::new(&spaces, AgentOptions { seed: Some(2), ..Default::default() });
     let da: Vec<Vec<f64>> = (0..20).map(|_| a.decide("crypto", ctx(), &[], true).unwrap().values.clone()).collect();
     let db: Vec<Vec<f64>> = (0..20).map(|_| b.decide("crypto", ctx(), &[], true).unwrap().values.clone()).collect();
     assert_ne!(da, db);

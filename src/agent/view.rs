@@ -52,6 +52,11 @@ pub struct ModuleView {
     /// The same per context, so the rollback watch can compare like with like.
     pub rolling_by_context: Vec<Stats>,
     pub rolling_since: u64,
+    /// The loss budget, as of this view.
+    pub budget: super::budget::BudgetView,
+    /// Counterfactual moves made since start: the runtime drains their
+    /// events when this changes.
+    pub moves_made: u64,
 }
 
 /// Values chosen for one decision.

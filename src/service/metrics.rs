@@ -189,6 +189,44 @@ impl Metrics {
                 _ => "NaN".into(),
             },
         );
+        let budget = |m: &str, pick: fn(&crate::agent::BudgetStatus) -> String| {
+            agent.budget(m).map(|b| pick(&b)).unwrap_or_else(|_| "NaN".into())
+        };
+        per_module(
+            &mut out,
+            "paramopt_exploring",
+            "gauge",
+            "1 while the loss budget lets the module explore; 0 while it serves its incumbents only.",
+            &|m| budget(m, |b| u8::from(b.exploring).to_string()),
+        );
+        per_module(
+            &mut out,
+            "paramopt_loss_budget_remaining",
+            "gauge",
+            "The loss budget left (reward units): the budget plus the lower bound of realised minus the defaults' reward.",
+            &|m| budget(m, |b| format!("{}", b.remaining)),
+        );
+        per_module(
+            &mut out,
+            "paramopt_shortfall_lower_bound",
+            "gauge",
+            "Lower confidence bound on the realised reward minus what the defaults would have earned, summed over closed decisions.",
+            &|m| budget(m, |b| format!("{}", b.shortfall_lower)),
+        );
+        per_module(
+            &mut out,
+            "paramopt_open_exploring_decisions",
+            "gauge",
+            "Open decisions that explored, each reserved in the budget at its worst case.",
+            &|m| budget(m, |b| b.open_exploring.to_string()),
+        );
+        per_module(
+            &mut out,
+            "paramopt_held_by_budget_total",
+            "counter",
+            "Exploring decisions served at the incumbents because the loss budget had no room.",
+            &|m| budget(m, |b| b.held_by_budget.to_string()),
+        );
         per_module(
             &mut out,
             "paramopt_checkpoint_age_seconds",

@@ -292,7 +292,14 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError
     if !failures.is_empty() {
         return Err(ApiError::Unavailable(format!("unhealthy: {}", failures.join("; "))));
     }
-    json(&serde_json::json!({ "status": "ok", "store": kind, "store_healthy": healthy }))
+    // The safety state is a detail, not a failure: a module whose loss
+    // budget is spent still serves (its incumbents) and learns.
+    let mut safety = serde_json::Map::new();
+    for space in state.agent().modules() {
+        let b = state.agent().budget(&space.name)?;
+        safety.insert(space.name.clone(), serde_json::to_value(b).unwrap_or_default());
+    }
+    json(&serde_json::json!({ "status": "ok", "store": kind, "store_healthy": healthy, "safety": safety }))
 }
 
 /// `GET /metrics`.

@@ -380,6 +380,8 @@ pub struct ModuleOps {
     pub rejected_outcomes: u64,
     /// Seconds since the newest stored checkpoint; null without a store.
     pub checkpoint_age_secs: Option<f64>,
+    /// The loss budget (see `agent::budget`).
+    pub safety: crate::agent::BudgetStatus,
 }
 
 /// `GET /v1/dashboard/modules/{module}/grid`: every incumbent in every context.

@@ -141,6 +141,43 @@ pub struct RewardConfig {
     pub source: RewardSource,
     pub scale: f64,
     pub clip: f64,
+    pub objective: Objective,
+}
+
+/// What the counterfactual estimator maximises per opportunity, for a
+/// table whose return on it is `v`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "objective", rename_all = "snake_case")]
+pub enum Objective {
+    /// `E[v]`: a scale parameter then goes to its largest value whenever the
+    /// mean return is positive, however noisy.
+    Mean,
+    /// `E[v] - risk_aversion * Var[v]`.
+    MeanVariance { risk_aversion: f64 },
+    /// Log growth, `E[ln(1 + v)]`, to second order `E[v] - E[v^2] / 2`, with
+    /// the risk taken at `fraction` of Kelly: `E[v] - E[v^2] / (2 fraction)`,
+    /// whose best scale is `fraction` times the Kelly scale `E[u] / E[u^2]`.
+    Kelly { fraction: f64 },
+}
+
+impl Objective {
+    /// `c` of the per-opportunity utility `v - c v^2`: the objective to
+    /// second order. Mean-variance uses the second moment for the variance;
+    /// they differ by the squared mean, which for a trade's return is about a
+    /// hundredth of its second moment (its standard deviation is about ten
+    /// times its mean).
+    pub fn curvature(&self) -> f64 {
+        match *self {
+            Objective::Mean => 0.0,
+            Objective::MeanVariance { risk_aversion } => risk_aversion,
+            Objective::Kelly { fraction } => 1.0 / (2.0 * fraction),
+        }
+    }
+
+    /// The utility's total over opportunities whose returns have sum `s` and sum of squares `ss`.
+    pub fn total(&self, s: f64, ss: f64) -> f64 {
+        s - self.curvature() * ss
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,6 +197,9 @@ pub struct SafetyConfig {
     pub max_change_rate: f64,
     pub trust_initial: f64,
     pub trust_growth_outcomes: f64,
+    /// Reward units: the realised shortfall against the defaults that stops
+    /// exploration (see `agent::budget`).
+    pub loss_budget: f64,
 }
 
 /// The automatic rollback watch: the live policy's rolling reward over the

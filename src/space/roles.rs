@@ -196,6 +196,13 @@ impl Counterfactual {
 
     /// Whether any strategy-scoped parameter exists: then a decision's slot
     /// (what its gate and scale are) depends on its strategy.
+    /// Whether the file lists strategies: then a decision's and a trade's
+    /// strategy must be one of them; a module that lists none may name its
+    /// own, kept as a label.
+    pub fn declares_strategies(&self) -> bool {
+        !self.strategies.is_empty()
+    }
+
     pub fn strategy_scoped(&self) -> bool {
         self.scopes.iter().any(|s| matches!(s, Scope::Strategy(_)))
     }

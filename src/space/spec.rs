@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use serde::Deserialize;
 
 use super::{
-    Feature, LearningConfig, ModuleSpace, ParamKind, Parameter, PendingConfig, PolicyConfig, RewardConfig,
+    Feature, LearningConfig, ModuleSpace, Objective, ParamKind, Parameter, PendingConfig, PolicyConfig, RewardConfig,
     RewardSource, RollbackConfig, SafetyConfig, SimplexGroup, SpaceError, UndeclaredFeatures,
 };
 
@@ -42,6 +42,14 @@ pub struct RewardSpec {
     pub source: String,
     pub scale: f64,
     pub clip: f64,
+    /// What the counterfactual estimator maximises: `"mean"` (the default),
+    /// `"mean_variance"` (with `risk_aversion`) or `"kelly"` (with `kelly_fraction`).
+    #[serde(default)]
+    pub objective: Option<String>,
+    #[serde(default)]
+    pub risk_aversion: Option<f64>,
+    #[serde(default)]
+    pub kelly_fraction: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +71,14 @@ pub struct SafetySpec {
     pub max_change_rate: f64,
     pub trust_initial: f64,
     pub trust_growth_outcomes: f64,
+    /// How far (reward units, summed over decisions) the module's realised
+    /// return may fall below the defaults' before exploration stops.
+    #[serde(default = "default_loss_budget")]
+    pub loss_budget: f64,
+}
+
+fn default_loss_budget() -> f64 {
+    0.02
 }
 
 /// The automatic rollback watch (see `eval::ab`).
@@ -217,6 +233,7 @@ impl ModuleSpec {
             },
             scale: c.positive("reward.scale", self.reward.scale)?,
             clip: c.positive("reward.clip", self.reward.clip)?,
+            objective: objective(&c, &self.reward)?,
         };
 
         let l = &self.learning;
@@ -256,6 +273,11 @@ impl ModuleSpec {
             max_change_rate: c.fraction("safety.max_change_rate", s.max_change_rate)?,
             trust_initial: c.fraction("safety.trust_initial", s.trust_initial)?,
             trust_growth_outcomes: c.positive("safety.trust_growth_outcomes", s.trust_growth_outcomes)?,
+            loss_budget: if s.loss_budget.is_finite() && s.loss_budget >= 0.0 {
+                s.loss_budget
+            } else {
+                return Err(c.fail("safety.loss_budget", s.loss_budget, "must be a finite number >= 0"));
+            },
         };
 
         let r = self.rollback.clone().unwrap_or_default();
@@ -399,6 +421,39 @@ impl ModuleSpec {
             simplex_groups,
         })
     }
+}
+
+/// `[reward] objective` and the one setting it takes; a setting of
+/// another objective is refused rather than silently ignored.
+fn objective(c: &Checker<'_>, r: &RewardSpec) -> Result<Objective, SpaceError> {
+    let name = r.objective.as_deref().unwrap_or("mean");
+    let stray = |field: &str, wanted: &str| {
+        c.fail(format!("reward.{field}"), "set", format!("only applies with objective = \"{wanted}\" (objective is {name:?})"))
+    };
+    match name {
+        "mean" | "mean_variance" | "kelly" => {}
+        other => {
+            return Err(c.fail(
+                "reward.objective",
+                format!("{other:?}"),
+                "must be \"mean\", \"mean_variance\" or \"kelly\"",
+            ))
+        }
+    }
+    if r.risk_aversion.is_some() && name != "mean_variance" {
+        return Err(stray("risk_aversion", "mean_variance"));
+    }
+    if r.kelly_fraction.is_some() && name != "kelly" {
+        return Err(stray("kelly_fraction", "kelly"));
+    }
+    Ok(match name {
+        "mean_variance" => {
+            let l = r.risk_aversion.ok_or_else(|| c.fail("reward.risk_aversion", "missing", "mean_variance needs it"))?;
+            Objective::MeanVariance { risk_aversion: c.positive("reward.risk_aversion", l)? }
+        }
+        "kelly" => Objective::Kelly { fraction: c.fraction("reward.kelly_fraction", r.kelly_fraction.unwrap_or(1.0))? },
+        _ => Objective::Mean,
+    })
 }
 
 fn validate_param(

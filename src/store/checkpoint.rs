@@ -122,6 +122,10 @@ pub struct Checkpoint {
     /// The counterfactual estimator's sums and tables (modules with declared roles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counterfactual: Option<crate::agent::JointState>,
+    /// The loss budget's ledger (absent in checkpoints before it existed:
+    /// they start a fresh ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_ledger: Option<crate::agent::LossLedger>,
 }
 
 impl Checkpoint {
@@ -159,6 +163,7 @@ impl Checkpoint {
             rolling_reward: Some(learner.rolling.stats()).filter(|s| s.n > 0.0),
             rolling_by_context: Some(learner.rolling.by_context()).filter(|c| c.iter().any(|s| s.n > 0.0)),
             counterfactual: learner.joint.as_ref().map(|j| j.state.clone()),
+            loss_ledger: Some(learner.ledger.clone()).filter(|l| *l != crate::agent::LossLedger::default()),
         }
     }
 
@@ -217,6 +222,9 @@ impl Checkpoint {
         learner.ab = self.ab_test.clone();
         if let Some(state) = &self.counterfactual {
             learner.restore_joint(state.clone());
+        }
+        if let Some(ledger) = &self.loss_ledger {
+            learner.ledger = ledger.clone();
         }
         Ok(learner)
     }

@@ -477,13 +477,18 @@ fn second_half(module: &str, seed: u64, n: usize, edge: impl Fn(&Opp) -> f64) ->
 }
 
 /// Where trades below today's thresholds also earn and larger sizes pay, the
-/// agent earns more than the defaults on the second half of the stream.
+/// agent earns more than the defaults on the second half of the stream. With
+/// the shipped loss budget a cold module cannot hold one exploring trade's
+/// worst case, so it first moves on what the incumbents' own trades reveal
+/// (larger sizes, other weights) and explores lower thresholds only out of
+/// what that earned: the gain comes later than without a budget (crypto
+/// 1.10 x the defaults here, 1.2 x without one).
 #[test]
 fn with_an_edge_the_agent_beats_the_defaults() {
     for module in ["crypto", "stocks"] {
         let (agent, defaults) = second_half(module, 31, 24_000, |o| 0.004 + 0.01 * o.f[0]);
         eprintln!("{module}: agent {agent:.5} defaults {defaults:.5} per opportunity");
-        assert!(agent > defaults * 1.15, "{module}: agent {agent} vs defaults {defaults}");
+        assert!(agent > defaults * 1.05, "{module}: agent {agent} vs defaults {defaults}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one integration-test binary: public API only.
 
 mod cli;
+mod conservative;
 mod counterfactual;
 mod dashboard;
 mod demo;

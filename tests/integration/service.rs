@@ -567,7 +567,9 @@ async fn checkpoint_routes_validate_then_answer_503_without_a_store() {
     let r = send(&app, get("/v1/checkpoints?module=forex")).await;
     assert_contract_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "forex");
     let h = send(&app, get("/healthz")).await;
-    assert_eq!(h.json, json!({"status": "ok", "store": "none", "store_healthy": false}));
+    let mut safety = h.json.clone();
+    assert_eq!(h.json, json!({"status": "ok", "store": "none", "store_healthy": false, "safety": safety["safety"].take()}));
+    assert_healthz_safety(&h.json);
     // "No store" is not a store failure.
     assert_eq!(state.metrics().store_errors(), 0);
 }
@@ -607,7 +609,9 @@ async fn checkpoint_routes_reach_a_configured_store() {
     let rb = send(&app, post("/v1/rollback", r#"{"module": "crypto", "to": 42}"#)).await;
     assert_contract_error(&rb, StatusCode::NOT_FOUND, "42");
     let h = send(&app, get("/healthz")).await;
-    assert_eq!(h.json, json!({"status": "ok", "store": "local", "store_healthy": true}));
+    let mut safety = h.json.clone();
+    assert_eq!(h.json, json!({"status": "ok", "store": "local", "store_healthy": true, "safety": safety["safety"].take()}));
+    assert_healthz_safety(&h.json);
     let m = send(&app, get("/metrics")).await;
     assert!(m.text.contains("paramopt_checkpoint_age_seconds{module=\"crypto\"} 12.5"), "{}", m.text);
     assert!(m.text.contains("paramopt_checkpoint_age_seconds{module=\"stocks\"} NaN"));
@@ -1544,4 +1548,17 @@ async fn a_strategys_trade_reports_its_evidence_and_stores_its_alternatives() {
     let body = json!({"module": "stocks", "context": {"session": "us_prime", "regime": "bullish"}, "strategy": "yolo"});
     let r = send(&app, post("/v1/decisions", body.to_string())).await;
     assert_contract_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "yolo");
+}
+
+/// `/healthz` carries every module's loss budget: the shipped 0.02, and a
+/// cold module with nothing spent whose worst trade does not fit in it.
+fn assert_healthz_safety(h: &Value) {
+    for module in ["crypto", "options", "stocks"] {
+        let b = &h["safety"][module];
+        assert_eq!(b["budget"], 0.02, "{h}");
+        assert_eq!(b["shortfall_lower"], 0.0, "{h}");
+        assert_eq!(b["open_exploring"], 0, "{h}");
+        assert!(b["reserve_per_open_trade"].as_f64().unwrap() > 0.02, "{h}");
+        assert_eq!(b["exploring"], false, "{h}");
+    }
 }

@@ -410,6 +410,14 @@ fn big_checkpoint() -> Checkpoint {
         rolling_reward: Some(random(&mut rng)),
         rolling_by_context: Some((0..contexts).map(|_| random(&mut rng)).collect()),
         counterfactual: None,
+        loss_ledger: Some(paramopt::agent::LossLedger {
+            exact: -0.1 + 0.2 * rng.random::<f64>(),
+            estimated_n: 3.0,
+            estimated_realised: 0.01,
+            worst_explored: -0.04,
+            held: 12,
+            ..Default::default()
+        }),
     }
 }
 

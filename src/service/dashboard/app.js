@@ -186,13 +186,16 @@ function renderOps(overview) {
       h("td", { class: "num" }, int(m.expired)),
       h("td", { class: "num" }, int(m.overflowed)),
       h("td", { class: "num" }, int(m.rejected_outcomes)),
-      h("td", { class: "num checkpoint-age" }, age(m.checkpoint_age_secs))
+      h("td", { class: "num checkpoint-age" }, age(m.checkpoint_age_secs)),
+      h("td", { class: "safety", "data-exploring": String(m.safety.exploring) },
+        m.safety.exploring ? "exploring" : h("span", { class: "fail" }, "incumbents only"),
+        h("div", { class: "muted" }, "budget left ", fmt(m.safety.remaining), " of ", fmt(m.safety.budget)))
     )
   );
   document.getElementById("ops-modules").replaceChildren(
     h("table", {},
       h("thead", {}, h("tr", {}, ["module", "generation", "outcomes learned", "decisions", "pending decisions",
-        "expired", "overflowed", "rejected outcomes", "checkpoint age"].map((t) => h("th", {}, t)))),
+        "expired", "overflowed", "rejected outcomes", "checkpoint age", "loss budget"].map((t) => h("th", {}, t)))),
       h("tbody", {}, rows))
   );
 }

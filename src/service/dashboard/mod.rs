@@ -186,6 +186,7 @@ async fn overview(State(d): State<Dashboard>, query: QueryPairs) -> Result<Respo
             overflowed: load(&counters.overflowed),
             rejected_outcomes: load(&counters.rejected_outcomes),
             checkpoint_age_secs: store.and_then(|s| s.checkpoint_age_secs(&space.name)),
+            safety: agent.budget(&space.name)?,
         });
     }
     json(&DashboardOverview {

@@ -1,0 +1,219 @@
+//! Issue 15 on streams whose truth is known: the loss budget bounds the
+//! shortfall against the defaults, the grouped promotion test keeps false
+//! promotions below `alpha`, and both show in the agent's safety state.
+
+use std::collections::VecDeque;
+
+use paramopt::agent::{Evidence, Outcome};
+use paramopt::space::{Context, ModuleSpace, Regime, Session, Spaces};
+use paramopt::Agent;
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+use super::support::{agent_for, rng};
+
+/// One gate on the module's reported confidence (arms 0.4 to 0.8, default
+/// 0.6): the module trades iff its confidence reaches the threshold.
+fn gate_module(prior_noise_sd: f64) -> ModuleSpace {
+    let text = format!(
+        r#"
+module = "gated"
+[reward]
+source = "return_pct"
+scale = 1.0
+clip = 0.5
+[learning]
+prior_mean = 0.0
+prior_strength = 1.0
+prior_shape = 2.0
+prior_noise_sd = {prior_noise_sd}
+pooling_strength = 4.0
+discount = 1.0
+baseline_window = 100.0
+pool_refresh_outcomes = 64
+[safety]
+max_change_rate = 0.5
+trust_initial = 0.4
+trust_growth_outcomes = 25.0
+[pending]
+capacity = 100000
+ttl_secs = 1e9
+[[groups]]
+name = "gate"
+[[groups.parameters]]
+name = "threshold"
+default = 0.6
+lo = 0.4
+hi = 0.8
+[counterfactual]
+[[counterfactual.roles]]
+parameter = "gate.threshold"
+role = "gate"
+score = "confidence"
+"#
+    );
+    ModuleSpace::from_toml_str(&text, "models/gated.toml").unwrap()
+}
+
+#[derive(Debug, Default)]
+struct Run {
+    /// The largest shortfall of the agent's realised reward against the
+    /// defaults' on the same opportunities, at any point of the stream.
+    worst_shortfall: f64,
+    explored: u64,
+    held: u64,
+    moved: bool,
+}
+
+/// `n` opportunities of the gated module, outcomes reported 8 decisions
+/// late; a taken trade with confidence `c` earns `u(c, rng)`.
+fn run_gate(space: &ModuleSpace, seed: u64, n: usize, u: impl Fn(f64, &mut rand_pcg::Pcg64Mcg) -> f64) -> Run {
+    let agent = agent_for(space.clone(), seed);
+    let mut rng = rng(seed ^ 0xfeed);
+    let ctx = Context::new(Session::UsPrime, Regime::Bullish);
+    let default = space.params[0].default;
+    let (mut agent_sum, mut default_sum) = (0.0, 0.0);
+    let mut run = Run::default();
+    let mut open = VecDeque::new();
+    for _ in 0..n {
+        let c: f64 = rng.random();
+        let d = agent.decide(&space.name, ctx, &[], true).unwrap();
+        run.explored += u64::from(d.explored());
+        let ret = u(c, &mut rng);
+        let traded = c >= d.values[0];
+        let reward = if traded { ret } else { 0.0 };
+        agent_sum += reward;
+        default_sum += if c >= default { ret } else { 0.0 };
+        run.worst_shortfall = run.worst_shortfall.max(default_sum - agent_sum);
+        let evidence = Evidence { confidence: Some(c), ..Evidence::default() };
+        open.push_back((d.id.to_string(), Outcome { reward: Some(reward), traded, return_pct: None, evidence }));
+        if open.len() > 8 {
+            let (id, out) = open.pop_front().unwrap();
+            agent.report(&id, out).unwrap();
+            // Trades close hours apart: the writer has learned each one
+            // before the next decision.
+            agent.flush();
+        }
+        if agent.greedy(&space.name, ctx).unwrap().0[0] != default {
+            run.moved = true;
+        }
+    }
+    agent.flush();
+    run.held = agent.budget(&space.name).unwrap().held_by_budget;
+    run
+}
+
+/// Every threshold but the default is worse (trades below 0.6 lose, those
+/// above earn) and one trade loses at most 0.004, within the worst case the
+/// module's prior declares (2 x prior_noise_sd). In 20 seeds the agent
+/// explores, the budget then holds it at its incumbents, and its realised
+/// shortfall against the defaults never exceeds the shipped budget (0.02).
+#[test]
+fn the_loss_budget_bounds_the_shortfall_where_every_other_value_is_worse() {
+    let space = gate_module(0.002);
+    assert_eq!(space.safety.loss_budget, 0.02, "the shipped default");
+    let mut worst: f64 = 0.0;
+    let (mut explored, mut held) = (0, 0);
+    for seed in 0..20 {
+        let run = run_gate(&space, seed, 6_000, |c, rng| 0.01 * (c - 0.6) + rng.random_range(-0.002..0.002));
+        assert!(run.worst_shortfall <= 0.02 + 1e-12, "seed {seed}: {run:?}");
+        worst = worst.max(run.worst_shortfall);
+        explored += run.explored;
+        held += run.held;
+    }
+    eprintln!("worst shortfall over 20 seeds {worst:.4} (budget 0.02); {explored} exploring decisions, {held} held");
+    assert!(explored >= 20 && held > 0, "the budget was exercised: {explored} explored, {held} held");
+    assert!(worst > 0.005, "exploring cost something, so the bound was tested: {worst}");
+}
+
+/// With no edge anywhere (every table earns 0 in expectation), the share of
+/// runs in which any incumbent moves stays below the module's `alpha`, though
+/// every refit tests the best of hundreds of tables in 12 contexts.
+fn false_promotion_share(runs: u64, n: usize) -> f64 {
+    let spaces = Spaces::builtin();
+    let space = spaces.get("crypto").unwrap().clone();
+    let mut moved = 0;
+    for seed in 0..runs {
+        let agent = Agent::new(&spaces, paramopt::agent::AgentOptions { seed: Some(seed), ..Default::default() });
+        let mut rng = rng(seed ^ 0xa1fa);
+        let mut open = VecDeque::new();
+        for _ in 0..n {
+            let ctx = Context::from_index(rng.random_range(0..Context::COUNT)).unwrap();
+            let f: [f64; 3] = [rng.random(), rng.random(), rng.random()];
+            let features = [("momentum_score", f[0]), ("volatility_score", f[1]), ("volume_score", f[2])];
+            let d = agent.decide("crypto", ctx, &features, true).unwrap();
+            let w = |n: &str| d.values[space.param_index(n).unwrap()];
+            let (a, b, c) = (w("analysis_weights.momentum"), w("analysis_weights.volatility"), w("analysis_weights.volume"));
+            let score = (a * f[0] + b * f[1] + c * f[2]) / (a + b + c);
+            let session = ctx.session.as_str();
+            let theta = w(&format!("session_confidence.{session}"));
+            let m = w(&format!("position_multipliers.{}_session", session.trim_end_matches("_prime")));
+            let traded = score >= theta;
+            let u = 0.03 * rng.sample::<f64, _>(StandardNormal);
+            let evidence = Evidence { confidence: Some(score), ..Evidence::default() };
+            let reward = if traded { m * u } else { 0.0 };
+            open.push_back((d.id.to_string(), Outcome { reward: Some(reward), traded, return_pct: None, evidence }));
+            if open.len() > 8 {
+                let (id, out) = open.pop_front().unwrap();
+                agent.report(&id, out).unwrap();
+            }
+        }
+        agent.flush();
+        let i = agent.module_index("crypto").unwrap();
+        let promotions = agent.with_writer(move |l| l[i].joint.as_ref().unwrap().state.counts.promotions).unwrap();
+        moved += u64::from(promotions > 0);
+    }
+    moved as f64 / runs as f64
+}
+
+#[test]
+fn without_an_edge_false_promotions_stay_below_alpha() {
+    let alpha = Spaces::builtin().get("crypto").unwrap().counterfactual.as_ref().unwrap().alpha;
+    let share = false_promotion_share(30, 3_000);
+    eprintln!("false promotions: {share:.3} of 30 runs (alpha {alpha})");
+    assert!(share <= alpha, "{share}");
+}
+
+/// The figure BENCHMARKS.md records: 200 runs of 5,000 decisions.
+/// `cargo test --release --test integration conservative -- --ignored --nocapture`
+#[test]
+#[ignore = "200 runs, about a minute in release: the recorded false-promotion figure"]
+fn false_promotions_over_200_runs() {
+    let alpha = Spaces::builtin().get("crypto").unwrap().counterfactual.as_ref().unwrap().alpha;
+    let share = false_promotion_share(200, 5_000);
+    eprintln!("false promotions: {share:.3} of 200 runs (alpha {alpha})");
+    assert!(share <= alpha, "{share}");
+}
+
+/// The safety state is visible: a module whose budget is spent says so, and
+/// its decisions record that they were held rather than explored.
+#[test]
+fn a_spent_budget_shows_in_the_safety_state_and_the_decision_record() {
+    let space = gate_module(0.002);
+    let agent = agent_for(space.clone(), 3);
+    let ctx = Context::new(Session::UsPrime, Regime::Bullish);
+    assert!(agent.budget("gated").unwrap().exploring);
+    // Exploring trades that lose 0.004 each, reported at once.
+    let mut held_record = None;
+    for _ in 0..2_000 {
+        let d = agent.decide("gated", ctx, &[], true).unwrap();
+        let c = 0.55;
+        let traded = c >= d.values[0];
+        let reward = if traded { -0.004 } else { 0.0 };
+        let evidence = Evidence { confidence: Some(c), ..Evidence::default() };
+        if d.counterfactual.as_ref().is_some_and(|s| s.held_by_budget) {
+            held_record = Some(d.clone());
+        }
+        agent.report(&d.id.to_string(), Outcome { reward: Some(reward), traded, return_pct: None, evidence }).unwrap();
+        agent.flush();
+    }
+    let status = agent.budget("gated").unwrap();
+    assert!(!status.exploring, "{status:?}");
+    assert!(status.remaining < status.reserve_per_open_trade, "{status:?}");
+    assert!(status.shortfall_lower >= -0.02 - 0.004 - 1e-12, "{status:?}");
+    assert!(status.held_by_budget > 0);
+    let held = held_record.expect("a held decision");
+    let serving = held.counterfactual.as_ref().unwrap();
+    assert!(serving.explored.is_empty() && serving.epsilon == 0.0 && !serving.permissive);
+    assert!(!held.explored());
+}
