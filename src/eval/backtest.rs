@@ -34,7 +34,7 @@ use crate::space::{Context, ModuleSpace, Spaces};
 use super::baselines::{self, arm_values, Baseline, EpsilonGreedy, Fixed, Thompson, Ucb1, UniformRandom};
 use super::csv::{self, CsvError};
 use super::market::{Market, SyntheticMarket};
-pub use super::metrics::{Metrics, Paired, BLOCK};
+pub use super::metrics::{growth_cell, Metrics, Paired, BLOCK};
 use super::ope::LoggedDecision;
 use super::peers::{PeerDriver, PeerError, PEERS};
 use super::real;
@@ -724,6 +724,7 @@ pub fn table(report: &BacktestReport) -> String {
             "policy",
             "mean 2nd",
             "total 2nd",
+            "growth 2nd",
             "sharpe 2nd",
             "max dd 2nd",
             "win 2nd",
@@ -741,6 +742,7 @@ pub fn table(report: &BacktestReport) -> String {
                 p.policy.clone(),
                 format!("{:+.6}", s.mean_return),
                 format!("{:+.3}", s.total_return),
+                growth_cell(s.log_growth),
                 format!("{:.2}", s.sharpe),
                 format!("{:.3}", s.max_drawdown),
                 format!("{:.1}%", 100.0 * s.win_rate),
