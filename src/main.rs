@@ -503,8 +503,20 @@ fn serve(models: Option<&std::path::Path>, cli: &ServeCli) -> Result<()> {
     Ok(())
 }
 
+/// The real markets `paramopt backtest` can replay.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum RealMarket {
+    /// Crypto on BTC/USD hours (2017-2019), stocks and options on nine daily stocks (2004-2014).
+    Default,
+    /// Held out: stocks and options on 20 S&P 500 stocks' daily closes (2005-2022); crypto is skipped.
+    Sp500,
+}
+
 #[derive(clap::Args, Debug)]
 struct BacktestCli {
+    /// Which real market: `default` or `sp500` (the held-out one; stocks and options only).
+    #[arg(long, value_enum, conflicts_with_all = ["synthetic", "csv"])]
+    market: Option<RealMarket>,
     /// The synthetic market (`--bars` hourly bars, seeded) instead of the real data.
     #[arg(long, conflicts_with = "csv")]
     synthetic: bool,
@@ -545,10 +557,11 @@ struct BacktestCli {
 
 fn backtest(spaces: &Spaces, args: &BacktestCli) -> Result<()> {
     use paramopt::eval::{peers, seeds};
-    let market = match (&args.csv, args.synthetic) {
-        (Some(path), _) => MarketSource::Csv(path.clone()),
-        (None, true) => MarketSource::Synthetic { bars: args.bars },
-        (None, false) => MarketSource::Real,
+    let market = match (&args.csv, args.synthetic, args.market) {
+        (Some(path), _, _) => MarketSource::Csv(path.clone()),
+        (None, true, _) => MarketSource::Synthetic { bars: args.bars },
+        (None, false, Some(RealMarket::Sp500)) => MarketSource::Sp500,
+        (None, false, None | Some(RealMarket::Default)) => MarketSource::Real,
     };
     let peers =
         (!args.no_peers).then(|| peers::find_python(&args.peers_venv.clone().unwrap_or_else(peers::default_venv)));

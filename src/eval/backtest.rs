@@ -5,7 +5,8 @@
 //!
 //! Markets: the real data the project ships (`super::real`: crypto on BTC
 //! hours, stocks and options on nine daily stocks interleaved by date), the
-//! synthetic market, or a CSV. Policies: the agent, the defaults, uniform
+//! held-out real market (stocks and options on twenty S&P 500 stocks' daily
+//! closes, 2005-2022; no crypto), the synthetic market, or a CSV. Policies: the agent, the defaults, uniform
 //! random, epsilon-greedy, UCB1, plain Thompson sampling, the Python peers
 //! (Vowpal Wabbit and MABWiser, `super::peers`) when their venv exists, the
 //! out-of-sample oracle (searched on the first half, scored on the second)
@@ -34,7 +35,7 @@ use crate::space::{Context, ModuleSpace, Spaces};
 use super::baselines::{self, arm_values, Baseline, EpsilonGreedy, Fixed, Thompson, Ucb1, UniformRandom};
 use super::csv::{self, CsvError};
 use super::market::{Market, SyntheticMarket};
-pub use super::metrics::{Metrics, Paired, BLOCK};
+pub use super::metrics::{growth_cell, Metrics, Paired, BLOCK};
 use super::ope::LoggedDecision;
 use super::peers::{PeerDriver, PeerError, PEERS};
 use super::real;
@@ -69,6 +70,10 @@ pub enum MarketSource {
     /// The shipped real data (`super::real`): crypto on BTC/USD hours,
     /// stocks and options on the nine daily stocks.
     Real,
+    /// The held-out real market (`super::real::sp500_daily`): stocks and
+    /// options on twenty S&P 500 stocks' daily closes, 2005-2022. There is no
+    /// second hourly crypto series, so crypto is skipped, with a note.
+    Sp500,
     /// The built-in synthetic market with this many hourly bars, seeded by the run's seed.
     Synthetic {
         bars: usize,
@@ -425,34 +430,55 @@ pub fn run(spaces: &Spaces, opts: &BacktestOptions) -> Result<BacktestReport, Ba
     }
     let selected: Vec<Arc<ModuleSpace>> =
         spaces.iter().filter(|s| opts.modules.is_empty() || opts.modules.contains(&s.name)).cloned().collect();
-    let (label, bars, streams) = streams(&selected, opts)?;
+    let (label, bars, streams, mut notes) = streams(&selected, opts)?;
     let results: Vec<Result<ModuleBacktest, BacktestError>> = std::thread::scope(|scope| {
         let handles: Vec<_> =
             streams.into_iter().map(|stream| scope.spawn(move || run_stream(Arc::new(stream), opts))).collect();
         handles.into_iter().map(|h| h.join().expect("backtest thread panicked")).collect()
     });
     let modules = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let mut notes = Vec::new();
     if let Some(Err(why)) = &opts.peers {
         notes.push(format!("Vowpal Wabbit and MABWiser did not run: {why}"));
     }
     Ok(BacktestReport { market: label, bars, seed: opts.seed, modules, notes })
 }
 
-/// Each module's stream on the chosen market, the market's name and its bars.
+/// Each module's stream on the chosen market, the market's name, its bars
+/// and what was skipped (a note per module that has no market there).
 fn streams(
     selected: &[Arc<ModuleSpace>],
     opts: &BacktestOptions,
-) -> Result<(String, usize, Vec<Stream>), BacktestError> {
+) -> Result<(String, usize, Vec<Stream>, Vec<String>), BacktestError> {
     let one = match &opts.market {
         MarketSource::Real => None,
+        MarketSource::Sp500 => {
+            let stocks = real::sp500_daily()?;
+            let (mut streams, mut notes) = (Vec::new(), Vec::new());
+            for s in selected {
+                if s.name == "crypto" {
+                    notes.push(format!(
+                        "crypto did not run: the held-out market has no hourly crypto series (only {} daily stocks)",
+                        stocks.len()
+                    ));
+                } else {
+                    streams.push(Stream::interleaved(s.clone(), &stocks)?);
+                }
+            }
+            let bars = stocks.iter().map(Market::len).sum::<usize>();
+            let label = format!(
+                "held-out real data: stocks and options on {} S&P 500 stocks' daily closes ({})",
+                stocks.len(),
+                real::SP500_FILE
+            );
+            return Ok((label, bars, streams, notes));
+        }
         MarketSource::Synthetic { bars } => Some(SyntheticMarket::new(opts.seed, *bars).generate()),
         MarketSource::Csv(path) => Some(csv::load(path)?),
         MarketSource::Given(m) => Some((**m).clone()),
     };
     if let Some(market) = one {
         let streams = selected.iter().map(|s| Stream::new(s.clone(), &market)).collect::<Result<_, _>>()?;
-        return Ok((market.source.clone(), market.len(), streams));
+        return Ok((market.source.clone(), market.len(), streams, Vec::new()));
     }
     let (btc, stocks) = (real::btc_hourly()?, real::us_stocks_daily()?);
     let streams = selected
@@ -463,7 +489,7 @@ fn streams(
         .collect::<Result<_, _>>()?;
     let bars = btc.len() + stocks.iter().map(Market::len).sum::<usize>();
     let label = format!("real data: crypto on {}; stocks and options on {} daily stocks", btc.source, stocks.len());
-    Ok((label, bars, streams))
+    Ok((label, bars, streams, Vec::new()))
 }
 
 /// One module: the agent, every baseline and the oracle on the same stream.
@@ -724,6 +750,7 @@ pub fn table(report: &BacktestReport) -> String {
             "policy",
             "mean 2nd",
             "total 2nd",
+            "growth 2nd",
             "sharpe 2nd",
             "max dd 2nd",
             "win 2nd",
@@ -741,6 +768,7 @@ pub fn table(report: &BacktestReport) -> String {
                 p.policy.clone(),
                 format!("{:+.6}", s.mean_return),
                 format!("{:+.3}", s.total_return),
+                growth_cell(s.log_growth),
                 format!("{:.2}", s.sharpe),
                 format!("{:.3}", s.max_drawdown),
                 format!("{:.1}%", 100.0 * s.win_rate),

@@ -31,7 +31,7 @@ pub enum CsvError {
     #[error("{file}: the header has no {column:?} column (header: {header:?})")]
     MissingColumn { file: String, column: &'static str, header: String },
     #[error("{file}:{line}: {field} = {value:?}: {reason}")]
-    BadRow { file: String, line: usize, field: &'static str, value: String, reason: &'static str },
+    BadRow { file: String, line: usize, field: String, value: String, reason: &'static str },
     #[error("{file}: {rows} bars; a backtest needs at least {need}")]
     TooShort { file: String, rows: usize, need: usize },
 }
@@ -112,7 +112,7 @@ pub fn parse_series(text: &str, file: &str, columns: &Columns) -> Result<Vec<Ser
         let bad = |field: &'static str, value: &str, reason: &'static str| CsvError::BadRow {
             file: file.to_string(),
             line: line_no,
-            field,
+            field: field.to_string(),
             value: value.to_string(),
             reason,
         };
@@ -183,6 +183,69 @@ pub fn parse_series(text: &str, file: &str, columns: &Columns) -> Result<Vec<Ser
     Ok(series)
 }
 
+/// Parses a wide file of close prices, one column per symbol after the
+/// date column (`Date,AAPL,AMD,...`; the date column's name is matched
+/// without regard to case, a symbol is named as its header cell says), into
+/// one series per symbol, in the header's order. A close-only file has no
+/// range and no volume: each bar's open, high and low are its close, and its
+/// volume is `volume`, the same for every bar (so a volume-based indicator is
+/// constant, not undefined). Every row must give every symbol a positive
+/// price (an empty cell is refused, not skipped), so the series share one
+/// calendar; dates must strictly increase.
+pub fn parse_wide_closes(
+    text: &str,
+    file: &str,
+    date_column: &'static str,
+    volume: f64,
+) -> Result<Vec<Series>, CsvError> {
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let header = lines.next().map(|(_, l)| l).unwrap_or("");
+    let names: Vec<&str> = header.split(',').map(str::trim).collect();
+    let date_col = names.iter().position(|n| n.eq_ignore_ascii_case(date_column)).ok_or_else(|| {
+        CsvError::MissingColumn { file: file.to_string(), column: date_column, header: header.to_string() }
+    })?;
+    let symbols: Vec<(usize, &str)> =
+        names.iter().copied().enumerate().filter(|&(k, n)| k != date_col && !n.is_empty()).collect();
+    let mut series: Vec<Series> =
+        symbols.iter().map(|(_, s)| Series { symbol: s.to_string(), bars: Vec::new(), dropped: 0 }).collect();
+    let mut last: Option<i64> = None;
+    for (i, line) in lines {
+        let bad = |field: &str, value: &str, reason: &'static str| CsvError::BadRow {
+            file: file.to_string(),
+            line: i + 1,
+            field: field.to_string(),
+            value: value.to_string(),
+            reason,
+        };
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cells.len() != names.len() {
+            return Err(bad("row", line, "the row does not have the header's number of columns"));
+        }
+        let ts = cells[date_col];
+        let time =
+            parse_time(ts).ok_or_else(|| bad(date_column, ts, "not Unix seconds, an RFC 3339 time or a date"))?;
+        if last.is_some_and(|t| t >= time) {
+            return Err(bad(date_column, ts, "timestamps must strictly increase"));
+        }
+        last = Some(time);
+        for ((k, symbol), s) in symbols.iter().zip(&mut series) {
+            let cell = cells[*k];
+            if cell.is_empty() {
+                return Err(bad(symbol, cell, "empty: every symbol needs a price on every date"));
+            }
+            let close: f64 = cell.parse().map_err(|_| bad(symbol, cell, "not a number"))?;
+            if !close.is_finite() {
+                return Err(bad(symbol, cell, "not a finite number"));
+            }
+            if close <= 0.0 {
+                return Err(bad(symbol, cell, "prices must be positive"));
+            }
+            s.bars.push(Bar { time, open: close, high: close, low: close, close, volume });
+        }
+    }
+    Ok(series)
+}
+
 fn parse_time(s: &str) -> Option<i64> {
     if let Ok(secs) = s.parse::<i64>() {
         return Some(secs);
@@ -248,6 +311,32 @@ mod tests {
         let m = parse(&text, "t.csv").unwrap();
         assert_eq!(m.bars[1].time - m.bars[0].time, 3_600);
         assert!((m.periods_per_year - 8_760.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn wide_closes_make_flat_bars_per_symbol_and_bad_cells_name_line_and_symbol() {
+        let text = "Date,AAA,BBB\n2005-01-03,1.5,20\n\n2005-01-04,1.25,21\n";
+        let s = parse_wide_closes(text, "w.csv", "date", 1.0).unwrap();
+        assert_eq!(s.iter().map(|s| s.symbol.as_str()).collect::<Vec<_>>(), ["AAA", "BBB"]);
+        let b = s[0].bars[1];
+        assert_eq!((b.open, b.high, b.low, b.close, b.volume), (1.25, 1.25, 1.25, 1.25, 1.0));
+        assert_eq!(s[1].bars[0].time, s[0].bars[0].time);
+        assert_eq!(s[1].bars[0].time.rem_euclid(86_400), DAILY_CLOSE_UTC);
+        for (bad, want) in [
+            ("2005-01-04,,21", "w.csv:4: AAA = \"\": empty"),
+            ("2005-01-04,1.25,x", "w.csv:4: BBB = \"x\": not a number"),
+            ("2005-01-04,0,21", "w.csv:4: AAA = \"0\": prices must be positive"),
+            ("2005-01-04,1.25,inf", "w.csv:4: BBB = \"inf\": not a finite"),
+            ("2005-01-03,1.25,21", "w.csv:4: date = \"2005-01-03\": timestamps must strictly increase"),
+            ("2005-01-04,1.25", "w.csv:4: row = "),
+        ] {
+            let err = parse_wide_closes(&text.replace("2005-01-04,1.25,21", bad), "w.csv", "date", 1.0)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(want), "{err}");
+        }
+        let err = parse_wide_closes("day,AAA\n", "w.csv", "date", 1.0).unwrap_err().to_string();
+        assert!(err.starts_with("w.csv: the header has no \"date\" column"), "{err}");
     }
 
     #[test]

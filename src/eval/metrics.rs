@@ -18,6 +18,13 @@ pub struct Metrics {
     pub decisions: usize,
     pub total_return: f64,
     pub mean_return: f64,
+    /// Log growth: the sum of ln(1 + r) over the per-decision returns r, as
+    /// if each decision's return compounded the equity in turn; minus
+    /// infinity (a ruin) when some r <= -1, shown as `ruin` in the tables
+    /// and `null` in JSON, which has no infinities.
+    pub log_growth: f64,
+    /// Decisions whose return was -1 or worse (each a ruin of the log growth).
+    pub ruins: usize,
     /// Mean over standard deviation of per-decision returns, annualised by
     /// the market's bars per year.
     pub sharpe: f64,
@@ -40,6 +47,7 @@ impl Metrics {
         let var = returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
         let trades = traded.iter().filter(|&&t| t).count();
         let wins = returns.iter().zip(traded).filter(|(r, &t)| t && **r > 0.0).count();
+        let log_growth = returns.iter().map(|&r| if r <= -1.0 { f64::NEG_INFINITY } else { r.ln_1p() }).sum();
         let (mut cum, mut peak, mut dd) = (0.0f64, 0.0f64, 0.0f64);
         for r in returns {
             cum += r;
@@ -50,11 +58,23 @@ impl Metrics {
             decisions: n,
             total_return: total,
             mean_return: mean,
+            log_growth,
+            ruins: returns.iter().filter(|&&r| r <= -1.0).count(),
             sharpe: if var > 0.0 { mean / var.sqrt() * periods_per_year.sqrt() } else { 0.0 },
             win_rate: if trades > 0 { wins as f64 / trades as f64 } else { 0.0 },
             max_drawdown: dd,
             traded_share: trades as f64 / n as f64,
         }
+    }
+}
+
+/// A log growth for a table: signed, three decimals, or `ruin` for minus
+/// infinity (some decision lost all the equity).
+pub fn growth_cell(log_growth: f64) -> String {
+    if log_growth == f64::NEG_INFINITY {
+        "ruin".to_string()
+    } else {
+        format!("{log_growth:+.3}")
     }
 }
 
@@ -130,5 +150,23 @@ mod tests {
         assert!((m.max_drawdown - 0.2).abs() < 1e-12);
         let sd = ((0.0025 + 0.0625 + 0.0025 + 0.0625) / 3.0f64).sqrt();
         assert!((m.sharpe - 0.05 / sd).abs() < 1e-12);
+        // ln(1.1 * 0.8 * 1.0 * 1.3) = ln(1.144).
+        assert!((m.log_growth - 1.144f64.ln()).abs() < 1e-12, "{}", m.log_growth);
+        assert_eq!(growth_cell(m.log_growth), "+0.135");
+    }
+
+    #[test]
+    fn log_growth_is_minus_infinity_after_a_ruin_and_the_table_says_so() {
+        // Doubling then halving is no growth, though the mean return is +0.25.
+        let m = Metrics::of(&[1.0, -0.5], &[true, true], 1.0);
+        assert!(m.log_growth.abs() < 1e-12 && (m.mean_return - 0.25).abs() < 1e-12);
+        assert_eq!(growth_cell(m.log_growth), "+0.000");
+        for ruin in [-1.0, -1.5] {
+            let m = Metrics::of(&[0.5, ruin, 0.2], &[true; 3], 1.0);
+            assert_eq!((m.log_growth, m.ruins), (f64::NEG_INFINITY, 1));
+            assert_eq!(growth_cell(m.log_growth), "ruin");
+            assert_eq!(serde_json::to_value(m).unwrap()["log_growth"], serde_json::Value::Null);
+        }
+        assert_eq!(Metrics::of(&[], &[], 1.0).log_growth, 0.0);
     }
 }

@@ -14,8 +14,18 @@
 //!   every stock decision in the `us_prime` session: see
 //!   [`super::stream::Stream::interleaved`] for why.
 //!
-//! Both go through the one validating parser ([`super::csv::parse_series`]),
-//! so a damaged copy fails with its line and value.
+//! - Twenty S&P 500 stocks' daily adjusted closes (2005-01-03 to
+//!   2022-12-28, 4,529 dates, every ticker on every date): the held-out
+//!   market of the stocks and options modules (`paramopt backtest --market
+//!   sp500`), one [`Market`] per ticker. The file has closes only, so each
+//!   bar's open, high and low are its close and its volume is the constant
+//!   [`SP500_VOLUME`]: the indicators read closes (returns, volatilities,
+//!   momentum, trend) and volume only for `flow`, which is 0 throughout.
+//!
+//! The first two go through the one validating parser
+//! ([`super::csv::parse_series`]), the third through its wide-format twin
+//! ([`super::csv::parse_wide_closes`]), so a damaged copy fails with its line
+//! and value.
 
 use super::csv::{self, Columns, CsvError};
 use super::market::Market;
@@ -25,6 +35,12 @@ pub const STOCKS_FILE: &str = "benches/data/us_stocks_9tickers_daily_ohlcv_2004-
 
 const BTC: &str = include_str!("../../benches/data/btcusd_1h_coinbase_2017-07-01_2019-10-17.csv");
 const STOCKS: &str = include_str!("../../benches/data/us_stocks_9tickers_daily_ohlcv_2004-2014_zipline.csv");
+pub const SP500_FILE: &str = "benches/data/us_stocks_20tickers_daily_adjclose_2005-2022_skfolio.csv";
+const SP500: &str = include_str!("../../benches/data/us_stocks_20tickers_daily_adjclose_2005-2022_skfolio.csv");
+
+/// The volume of every bar of the S&P 500 file, which has none: a constant,
+/// so the signed-volume indicator (`flow`) is 0 rather than undefined.
+pub const SP500_VOLUME: f64 = 1.0;
 
 const BTC_COLUMNS: Columns = Columns {
     ohlcv: ["timestamp_utc", "open", "high", "low", "close", "volume_btc"],
@@ -58,8 +74,18 @@ pub fn us_stocks_daily() -> Result<Vec<Market>, CsvError> {
     parse_stocks(STOCKS, STOCKS_FILE)
 }
 
+/// The twenty S&P 500 stocks (the held-out market), one market per ticker in
+/// the file's order, each named `TICKER daily (file)`.
+pub fn sp500_daily() -> Result<Vec<Market>, CsvError> {
+    markets(csv::parse_wide_closes(SP500, SP500_FILE, "date", SP500_VOLUME)?, SP500_FILE)
+}
+
 fn parse_stocks(text: &str, file: &str) -> Result<Vec<Market>, CsvError> {
-    csv::parse_series(text, file, &STOCK_COLUMNS)?
+    markets(csv::parse_series(text, file, &STOCK_COLUMNS)?, file)
+}
+
+fn markets(series: Vec<csv::Series>, file: &str) -> Result<Vec<Market>, CsvError> {
+    series
         .into_iter()
         .map(|s| {
             if s.bars.len() < csv::MIN_BARS {
@@ -95,6 +121,66 @@ mod tests {
             let worst = m.bars.windows(2).map(|w| (w[1].close / w[0].close).ln().abs()).fold(0.0, f64::max);
             assert!(worst < 0.7, "{}: a daily move of {worst}", m.source);
         }
+    }
+
+    #[test]
+    fn the_held_out_file_loads_with_the_documented_size_on_one_calendar() {
+        let stocks = sp500_daily().unwrap();
+        let names: Vec<&str> = stocks.iter().map(|m| m.source.split(' ').next().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO", "LLY", "MRK", "MSFT", "PEP", "PFE",
+                "PG", "RRC", "UNH", "WMT", "XOM"
+            ]
+        );
+        let date = |t: i64| jiff::Timestamp::from_second(t).unwrap().to_string();
+        for m in &stocks {
+            assert_eq!(m.len(), 4_529, "{}", m.source);
+            assert_eq!(
+                m.bars.iter().map(|b| b.time).collect::<Vec<_>>(),
+                stocks[0].bars.iter().map(|b| b.time).collect::<Vec<_>>()
+            );
+            assert!((240.0..260.0).contains(&m.periods_per_year), "{}: {}", m.source, m.periods_per_year);
+            assert!(m.contexts.iter().all(|c| c.session == Session::UsPrime), "{}", m.source);
+            assert!(m.bars.iter().all(|b| b.open == b.close && b.high == b.close && b.low == b.close));
+            // Close-only bars: every indicator is finite and signed volume is flat.
+            for s in &m.signals {
+                assert!(
+                    [s.z, s.momentum, s.trend, s.vol_short, s.vol_long].iter().all(|v| v.is_finite()),
+                    "{}",
+                    m.source
+                );
+                assert_eq!(s.flow, 0.0, "{}", m.source);
+            }
+            assert!(m.implied_vol.iter().all(|v| v.is_finite() && *v > 0.0), "{}", m.source);
+            let worst = m.bars.windows(2).map(|w| (w[1].close / w[0].close).ln().abs()).fold(0.0, f64::max);
+            assert!(worst < 0.7, "{}: a daily move of {worst}", m.source);
+        }
+        assert!(date(stocks[0].bars[0].time).starts_with("2005-01-03"));
+        assert!(date(stocks[0].bars[4_528].time).starts_with("2022-12-28"));
+        // The modules' features and outcomes on it are finite too.
+        let spaces = crate::space::Spaces::builtin();
+        for module in ["stocks", "options"] {
+            let stream =
+                crate::eval::stream::Stream::interleaved(spaces.get(module).unwrap().clone(), &stocks).unwrap();
+            assert!(stream.opportunities.len() > 20 * 4_000, "{module}");
+            let defaults = stream.space.defaults();
+            for o in &stream.opportunities {
+                assert!(o.features.iter().all(|v| v.is_finite()), "{module}: {o:?}");
+                assert!(stream.rule.trade(o, &defaults).return_pct.is_finite(), "{module}: {o:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_held_out_cell_names_its_line_and_ticker() {
+        let mut lines: Vec<String> = SP500.lines().take(400).map(String::from).collect();
+        let mut cells: Vec<String> = lines[10].split(',').map(String::from).collect();
+        cells[2].insert(0, 'x');
+        lines[10] = cells.join(",");
+        let err = csv::parse_wide_closes(&lines.join("\n"), "h.csv", "date", 1.0).unwrap_err().to_string();
+        assert!(err.starts_with("h.csv:11: AMD = \"x"), "{err}");
     }
 
     #[test]

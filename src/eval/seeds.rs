@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::eval::simulate::align;
 
 use super::backtest::BacktestReport;
+use super::metrics::growth_cell;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -31,6 +32,9 @@ pub struct PolicySummary {
     pub runs: usize,
     pub mean_return: f64,
     pub total_return: f64,
+    /// Log growth (`super::metrics::Metrics::log_growth`); minus infinity
+    /// (`ruin`, `null` in JSON) when any seed was ruined.
+    pub log_growth: f64,
     pub sharpe: f64,
     pub max_drawdown: f64,
     /// Mean return per decision minus the defaults'.
@@ -73,6 +77,7 @@ pub fn summarise(reports: &[BacktestReport]) -> Summary {
                 s.runs += 1;
                 s.mean_return += h.mean_return;
                 s.total_return += h.total_return;
+                s.log_growth += h.log_growth;
                 s.sharpe += h.sharpe;
                 s.max_drawdown += h.max_drawdown;
                 s.vs_defaults += p.vs_defaults.mean_diff;
@@ -88,6 +93,7 @@ pub fn summarise(reports: &[BacktestReport]) -> Summary {
             for v in [
                 &mut s.mean_return,
                 &mut s.total_return,
+                &mut s.log_growth,
                 &mut s.sharpe,
                 &mut s.max_drawdown,
                 &mut s.vs_defaults,
@@ -106,14 +112,16 @@ pub fn table(summary: &Summary) -> String {
     let mut out = format!("Means over seeds {} (second half of each stream):\n", seeds.join(", "));
     for m in &summary.modules {
         let _ = writeln!(out, "\n{}: {} decisions in the second half", m.module, m.second_half_decisions);
-        let mut rows = vec![["policy", "mean", "total", "sharpe", "max dd", "vs defaults", "block t", ">= defaults"]
-            .map(String::from)
-            .to_vec()];
+        let mut rows =
+            vec![["policy", "mean", "total", "growth", "sharpe", "max dd", "vs defaults", "block t", ">= defaults"]
+                .map(String::from)
+                .to_vec()];
         for p in &m.policies {
             rows.push(vec![
                 p.policy.clone(),
                 format!("{:+.6}", p.mean_return),
                 format!("{:+.3}", p.total_return),
+                growth_cell(p.log_growth),
                 format!("{:.2}", p.sharpe),
                 format!("{:.3}", p.max_drawdown),
                 format!("{:+.6}", p.vs_defaults),

@@ -446,3 +446,83 @@ fn csv_good_file_backtests_with_progress_and_plots() {
     let svg = std::fs::read_to_string(dir.path().join("backtest-options.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 8, "{svg}");
 }
+
+/// The held-out market (`--market sp500`: twenty S&P 500 stocks' daily
+/// closes, 2005-01-03 to 2022-12-28, 4,529 dates each), stocks module, agent
+/// and baselines, no peers, two seeds. Every ticker-day after the warm-up and
+/// before the last holding period is a decision; the policies that draw
+/// nothing (the defaults, UCB1, both oracles) give the same finite figures in
+/// both seeds, and the agent does not; log growth never exceeds the sum of
+/// returns (ln(1 + r) <= r). A few seconds per seed in release mode.
+#[test]
+fn held_out_sp500_market_backtests_stocks_on_twenty_tickers() {
+    let run = |seed: u64| {
+        let opts =
+            BacktestOptions { market: MarketSource::Sp500, seed, modules: vec!["stocks".into()], ..Default::default() };
+        backtest::run(&Spaces::builtin(), &opts).unwrap()
+    };
+    let (a, b) = (run(1), run(2));
+    assert!(a.notes.is_empty(), "{:?}", a.notes);
+    assert_eq!(a.bars, 20 * 4_529);
+    let (ma, mb) = (&a.modules[0], &b.modules[0]);
+    assert_eq!((a.modules.len(), ma.module.as_str()), (1, "stocks"));
+    assert!(ma.market.starts_with("20 markets interleaved by time (AAPL, AMD, BAC,"), "{}", ma.market);
+    assert!(ma.market.ends_with("UNH, WMT, XOM)"), "{}", ma.market);
+    let horizon = ma.stream.rule.horizon();
+    assert_eq!(ma.decisions, 20 * (4_529 - backtest::WARMUP - horizon - 1));
+    assert_eq!((ma.decisions, ma.second_half_from), (mb.decisions, mb.second_half_from));
+    assert_eq!(ma.second_half_from, ma.decisions / 2);
+    // 20 decisions per trading day, about 252 trading days a year.
+    assert!((4_500.0..5_500.0).contains(&ma.stream.periods_per_year), "{}", ma.stream.periods_per_year);
+    let names: Vec<&str> = ma.policies.iter().map(|p| p.policy.as_str()).collect();
+    assert_eq!(names, ["agent", "defaults", "random", "epsilon-greedy", "ucb1", "thompson", "oracle-oos", "oracle"]);
+    for (ra, rb) in ma.policies.iter().zip(&mb.policies) {
+        let (s, tag) = (&ra.second_half, &ra.policy);
+        assert_eq!(s.decisions, ma.decisions - ma.second_half_from, "{tag}");
+        assert!(s.traded_share > 0.0, "{tag} never traded");
+        for v in [s.mean_return, s.total_return, s.sharpe, s.max_drawdown, ra.vs_defaults.block_t] {
+            assert!(v.is_finite(), "{tag}: {s:?}");
+        }
+        // Stocks' trades risk at most a fraction of equity: no ruin, a finite growth below the sum.
+        assert_eq!(s.ruins, 0, "{tag}");
+        assert!(s.log_growth.is_finite() && s.log_growth <= s.total_return, "{tag}: {s:?}");
+        if ["defaults", "ucb1", "oracle-oos", "oracle"].contains(&tag.as_str()) {
+            assert_eq!((ra.full, ra.second_half), (rb.full, rb.second_half), "{tag} drew something");
+        }
+    }
+    let defaults = ma.policy("defaults").unwrap();
+    assert_eq!((defaults.vs_defaults.mean_diff, defaults.vs_defaults.block_t), (0.0, 0.0));
+    assert_ne!(ma.policy("agent").unwrap().second_half, mb.policy("agent").unwrap().second_half);
+    let mean = |n: &str| ma.policy(n).unwrap().second_half.mean_return;
+    assert!(mean("oracle") >= mean("defaults") && mean("oracle") >= mean("oracle-oos"));
+    let table = backtest::table(&a);
+    let header = table.lines().find(|l| l.starts_with("policy")).unwrap();
+    assert!(header.contains("total 2nd  growth 2nd  sharpe 2nd"), "{header}");
+}
+
+/// On the command line: `--market sp500` skips crypto with a note (there is
+/// no second hourly crypto series) and cannot be combined with another market.
+#[test]
+fn held_out_market_on_the_command_line_skips_crypto_with_a_note() {
+    let backtest = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_paramopt"))
+            .args(["backtest", "--no-peers", "--models", concat!(env!("CARGO_MANIFEST_DIR"), "/models")])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = backtest(&["--market", "sp500", "--module", "crypto"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Note: crypto did not run: the held-out market has no hourly crypto series"), "{stdout}");
+    assert!(!stdout.contains("decisions on"), "{stdout}");
+    for other in [["--synthetic", ""], ["--csv", "x.csv"]] {
+        let args: Vec<&str> = ["--market", "sp500"].into_iter().chain(other).filter(|a| !a.is_empty()).collect();
+        let out = backtest(&args);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{other:?}");
+    }
+    let out = backtest(&["--market", "nasdaq"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: default, sp500]"));
+}
