@@ -26,13 +26,7 @@ use rand_pcg::Pcg64Mcg;
 
 /// The built-in spaces with every module's policy network switched on.
 fn policy_spaces() -> Spaces {
-    let mut spaces = Spaces::default();
-    for space in Spaces::builtin().iter() {
-        let mut space = (**space).clone();
-        space.policy.enabled = true;
-        spaces.insert(space).unwrap();
-    }
-    spaces
+    Spaces::builtin_with(|space| space.policy.enabled = true)
 }
 
 /// Like `warm_agent`, with the network on: it has trained on the same 6,000

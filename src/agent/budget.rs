@@ -13,7 +13,10 @@
 //!   defaults would have earned (counterfactuals; or the decision served the
 //!   defaults themselves, a difference of 0);
 //! - elsewhere `realised - (mean + 2 se)` of the defaults' value, estimated
-//!   from the decisions where it was exact: a lower confidence bound.
+//!   from the decisions where it was exact: the defaults' expected value at
+//!   the upper confidence bound of its mean (the conservative bandit's
+//!   baseline is an expectation; the realised noise of a value never seen
+//!   is not a loss).
 //!
 //! An open exploring trade counts at its worst case where the module declares
 //! one (a stop-loss times the capital at risk). Elsewhere it counts at the
@@ -23,6 +26,16 @@
 //! [`PRIOR_WORST_SDS`] x `prior_noise_sd` before any was seen. A module whose
 //! budget cannot hold one trade's worst case explores only out of what it has
 //! earned over the defaults, which is the conservative bandit's rule.
+//!
+//! The ledger covers promotions too: a table that moved on evidence and
+//! then loses shows in it. A promoted table's realised difference is noisy
+//! (a trade's return has ten times the spread of the differences between
+//! values), so the circuit breaks not on the realised sum but on the same
+//! anytime-valid test as every promotion, turned round: once it shows, at the
+//! module's `alpha`, that the module earns less in expectation than the
+//! defaults by more than the budget ([`LossLedger::breaks`]), every incumbent
+//! goes back to its default and nothing moves until a rollback
+//! (`LossLedger::spent`).
 //!
 //! The writer keeps the ledger ([`LossLedger`]); decisions read its
 //! published [`BudgetView`] from their snapshot and the count of open
@@ -56,8 +69,17 @@ pub struct LossLedger {
     /// The most negative of those, `<= 0`.
     #[serde(default)]
     pub worst_explored: f64,
+    /// `realised - defaults` of every decision (exact or estimated): what
+    /// the breaker tests.
+    #[serde(default)]
+    pub differences: PairedSums,
     /// Decisions held at the incumbents because the budget had no room.
     pub held: u64,
+    /// Set once the shortfall's lower bound passed the budget: the module
+    /// serves the defaults and moves nothing until a rollback restores
+    /// another generation's ledger (the defaults' is empty).
+    #[serde(default)]
+    pub spent: bool,
 }
 
 impl LossLedger {
@@ -76,10 +98,18 @@ impl LossLedger {
                 realised - self.defaults.mean()
             }
         };
+        self.differences.push(difference);
         if explored {
             self.explored.push(difference);
             self.worst_explored = self.worst_explored.min(difference);
         }
+    }
+
+    /// Whether the anytime-valid test finds the module behind the defaults,
+    /// in expectation, by more than `budget` (summed over its decisions).
+    pub fn breaks(&self, test: &crate::bandit::MixtureTest, budget: f64) -> bool {
+        let s = &self.differences;
+        s.n > 0.0 && -s.sum - budget >= test.radius(s.sum_sq)
     }
 
     /// A lower confidence bound on the sum of `realised - defaults` so far.
@@ -89,8 +119,9 @@ impl LossLedger {
         }
         let (mean, sd) = mean_sd(&self.defaults, 0.0, 0.0, 0.0);
         let n = self.defaults.n.max(1.0);
-        // The estimated decisions' defaults: their mean's error and their own spread.
-        let upper_defaults = self.estimated_n * (mean + Z * sd / n.sqrt()) + Z * sd * self.estimated_n.sqrt();
+        // What the defaults would have earned there in expectation (the
+        // conservative bandit's baseline), at the upper bound of its mean.
+        let upper_defaults = self.estimated_n * (mean + Z * sd / n.sqrt());
         self.exact + self.estimated_realised - upper_defaults
     }
 

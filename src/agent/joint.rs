@@ -189,6 +189,8 @@ pub enum MoveKind {
     Demoted,
     /// The change detector: since it was served, the defaults did better.
     ChangeDetected,
+    /// The loss budget was spent: every cell serves the defaults.
+    BudgetSpent,
 }
 
 impl MoveKind {
@@ -199,6 +201,7 @@ impl MoveKind {
             MoveKind::Replaced => "counterfactual_replacement",
             MoveKind::Demoted => "counterfactual_demotion",
             MoveKind::ChangeDetected => "change_detected",
+            MoveKind::BudgetSpent => "loss_budget_spent",
         }
     }
 }
@@ -399,7 +402,8 @@ impl Joint {
                 for k in order {
                     let e = cell.sums[self.index(s, g, k)];
                     for m in std::iter::once(m0(g)).chain(m_arms(g)) {
-                        let v = objective.total(m * e.x, m * m * e.xx) - m / m0(g).max(f64::MIN_POSITIVE) * e.unseen * charge;
+                        let v = objective.total(m * e.x, m * m * e.xx)
+                            - m / m0(g).max(f64::MIN_POSITIVE) * e.unseen * charge;
                         if v > bv + 1e-12 * v.abs().max(1e-12) {
                             (bv, bk, bm) = (v, k, m);
                         }
@@ -491,7 +495,34 @@ impl Joint {
         self.state.counts.detections += 1;
         tracing::info!(module = %space.name, context = %context, estimate = verdict.estimate, lower = verdict.lower,
             n = verdict.n, "change detected: the defaults beat the served table since it was served; back to the defaults");
-        self.push_event(MoveEvent { context, kind: MoveKind::ChangeDetected, verdict, before, values: space.defaults() });
+        self.push_event(MoveEvent {
+            context,
+            kind: MoveKind::ChangeDetected,
+            verdict,
+            before,
+            values: space.defaults(),
+        });
+    }
+
+    /// The loss budget's breaker: every cell's table goes (recorded per cell
+    /// that had one, with the ledger's lower bound as the estimate).
+    pub fn spend_budget(&mut self, space: &ModuleSpace, shortfall_lower: f64, n: f64) {
+        let defaults = space.defaults();
+        for c in 0..Context::COUNT {
+            let cell = &mut self.state.cells[c];
+            cell.watch = None;
+            if let Some(before) = cell.target.take() {
+                let context = Context::from_index(c).expect("a context index");
+                let verdict = Verdict { favours: false, estimate: shortfall_lower, lower: shortfall_lower, n };
+                self.push_event(MoveEvent {
+                    context,
+                    kind: MoveKind::BudgetSpent,
+                    verdict,
+                    before,
+                    values: defaults.clone(),
+                });
+            }
+        }
     }
 
     fn push_event(&mut self, event: MoveEvent) {
@@ -782,7 +813,8 @@ role = "scale"
         assert!(err.to_string().contains("reward.risk_aversion"), "{err}");
         let err = ModuleSpace::from_toml_str(&text("objective = \"sharpe\""), "models/sizing.toml").unwrap_err();
         assert!(err.to_string().contains("reward.objective") && err.to_string().contains("sharpe"), "{err}");
-        let err = ModuleSpace::from_toml_str(&text("objective = \"kelly\"\nkelly_fraction = 1.5"), "m.toml").unwrap_err();
+        let err =
+            ModuleSpace::from_toml_str(&text("objective = \"kelly\"\nkelly_fraction = 1.5"), "m.toml").unwrap_err();
         assert!(err.to_string().contains("reward.kelly_fraction") && err.to_string().contains("1.5"), "{err}");
     }
 
@@ -877,7 +909,8 @@ role = "scale"
                 };
                 joint.observe(&space, &cf, ctx, &obs);
             }
-            let unseen: Vec<f64> = (0..5).map(|k| joint.state.cells[ctx.index()].sums[joint.index(0, 0, k)].unseen).collect();
+            let unseen: Vec<f64> =
+                (0..5).map(|k| joint.state.cells[ctx.index()].sums[joint.index(0, 0, k)].unseen).collect();
             (joint.target(&space, ctx)[1], unseen)
         };
         // Every seen trade earns: the lower gates' unseen trades might lose.

@@ -173,6 +173,7 @@ impl ModuleLearner {
             _ => self.served_defaults(d).then(|| raw_reward(&space, outcome)),
         };
         self.ledger.record(raw_reward(&space, outcome), defaults_value, d.explored());
+        let broke = self.check_budget();
         match observed {
             Ok(obs) => {
                 let joint = self.joint.as_mut().expect("declared roles have an estimator");
@@ -201,7 +202,35 @@ impl ModuleLearner {
         if refit {
             self.move_determined(context);
         }
-        self.after_learning(d, settled.reward, learned)
+        let mut applied = self.after_learning(d, settled.reward, learned)?;
+        applied.refresh_all |= broke;
+        Ok(applied)
+    }
+
+    /// The loss budget's circuit breaker (see `agent::budget`): once the
+    /// test finds the module behind the defaults by more than the budget,
+    /// every incumbent goes back to its default at once (the defaults are
+    /// always within the limits) and nothing moves again until a rollback.
+    /// Returns whether it broke now.
+    fn check_budget(&mut self) -> bool {
+        let budget = self.space.safety.loss_budget;
+        let Some(cf) = &self.cf else { return false };
+        let sd = self.space.learning.prior_noise_sd;
+        let test = crate::bandit::MixtureTest::new(cf.alpha, 100.0 * sd * sd);
+        if self.ledger.spent || !self.ledger.breaks(&test, budget) {
+            return false;
+        }
+        let lower = self.ledger.lower();
+        self.ledger.spent = true;
+        let defaults = self.space.defaults();
+        self.incumbents.iter_mut().for_each(|i| i.clone_from(&defaults));
+        let n = self.ledger.defaults.n + self.ledger.estimated_n;
+        if let Some(joint) = &mut self.joint {
+            joint.spend_budget(&self.space, lower, n);
+        }
+        tracing::warn!(module = %self.space.name, shortfall_lower = lower, budget,
+            "the loss budget is spent: serving the defaults, nothing moves until a rollback");
+        true
     }
 
     /// Takes back the estimator's state from a checkpoint. A state of
@@ -238,6 +267,9 @@ impl ModuleLearner {
     /// by at most the trust region's width, the weights projected back onto
     /// their simplex inside the same boxes.
     fn move_determined(&mut self, context: usize) {
+        if self.ledger.spent {
+            return;
+        }
         let (Some(cf), Some(joint)) = (&self.cf, &self.joint) else { return };
         let target = joint.target(&self.space, Context::from_index(context).expect("a context index"));
         let evidence = self.stats.cell_outcomes[context];
@@ -368,12 +400,18 @@ impl ModuleLearner {
     /// those its trust region reaches, by at most the region's width; a simplex
     /// group is then projected back onto its constraints inside the same region.
     fn move_incumbents(&mut self, context: usize) {
+        if self.ledger.spent {
+            return;
+        }
         let evidence = self.stats.cell_outcomes[context];
         let old = self.incumbents[context].clone();
         let mut new = old.clone();
         for (p, param) in self.space.params.iter().enumerate() {
-            // Determined parameters follow the joint estimator, not their arms' posteriors.
-            if self.cf.as_ref().is_some_and(|cf| cf.roles[p].determined()) {
+            // With roles declared, incumbents move only on a test's evidence:
+            // determined ones through the joint estimator; opaque ones stay
+            // (a posterior mean is no test, and an arm never tried would win
+            // on its prior wherever the served one loses).
+            if self.cf.is_some() {
                 continue;
             }
             let w = trust_width(param, &self.space.safety, evidence);
@@ -392,7 +430,7 @@ impl ModuleLearner {
             new[p] = (old[p] + step).clamp(param.lo, param.hi);
         }
         for group in &self.space.simplex_groups {
-            if self.cf.as_ref().is_some_and(|cf| group.members.iter().any(|&p| cf.roles[p].determined())) {
+            if self.cf.is_some() {
                 continue;
             }
             // An unmoved group is already feasible; projecting it would only add rounding.

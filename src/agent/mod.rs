@@ -37,11 +37,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::space::{Context, ModuleSpace, Spaces};
 
+pub use budget::{BudgetView, LossLedger};
 pub use counterfactual::{
     alternatives, observe, ArmOutcome, CfServing, ExploreReason, Explored, ParamAlternatives, Unusable,
 };
 pub use evidence::{exit_on_path, Evidence};
-pub use budget::{BudgetView, LossLedger};
 pub use joint::{Joint, JointCounts, JointState, MoveEvent, MoveKind};
 pub use learner::{eligible_arms, Applied, ModuleLearner, ReplicaState};
 pub use pending::{Evictions, Tombstone};
@@ -840,7 +840,8 @@ fn writer_loop(
 
 /// Open exploring decisions that closed (settled or evicted); never below 0.
 fn release_exploring(counters: &ModuleCounters, closed: u64) {
-    let _ = counters.open_exploring.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(closed)));
+    let _ =
+        counters.open_exploring.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(closed)));
 }
 
 /// A module's safety state: its loss budget, as `/metrics`, `/healthz` and

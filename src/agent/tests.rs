@@ -65,13 +65,7 @@ fn same_seed_same_calls_same_decisions() {
 /// does not fit, so a cold crypto module explores nothing until it has
 /// earned that much over the defaults.
 fn spaces_with_room() -> Spaces {
-    let mut spaces = Spaces::default();
-    for space in Spaces::builtin().iter() {
-        let mut s = (**space).clone();
-        s.safety.loss_budget = 10.0;
-        spaces.insert(s).unwrap();
-    }
-    spaces
+    Spaces::builtin_with(|space| space.safety.loss_budget = 10.0)
 }
 
 #[test]

@@ -339,6 +339,18 @@ impl Spaces {
         spaces
     }
 
+    /// The built-in modules with `edit` applied to each (tests and
+    /// benchmarks that vary one setting).
+    pub fn builtin_with(edit: impl Fn(&mut ModuleSpace)) -> Spaces {
+        let mut spaces = Spaces::default();
+        for space in Spaces::builtin().iter() {
+            let mut space = (**space).clone();
+            edit(&mut space);
+            spaces.insert(space).expect("the built-in modules are distinct");
+        }
+        spaces
+    }
+
     /// The built-in models files as (path in the repository, text).
     pub fn builtin_files() -> &'static [(&'static str, &'static str)] {
         &BUILTIN

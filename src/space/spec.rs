@@ -428,7 +428,11 @@ impl ModuleSpec {
 fn objective(c: &Checker<'_>, r: &RewardSpec) -> Result<Objective, SpaceError> {
     let name = r.objective.as_deref().unwrap_or("mean");
     let stray = |field: &str, wanted: &str| {
-        c.fail(format!("reward.{field}"), "set", format!("only applies with objective = \"{wanted}\" (objective is {name:?})"))
+        c.fail(
+            format!("reward.{field}"),
+            "set",
+            format!("only applies with objective = \"{wanted}\" (objective is {name:?})"),
+        )
     };
     match name {
         "mean" | "mean_variance" | "kelly" => {}
@@ -448,7 +452,8 @@ fn objective(c: &Checker<'_>, r: &RewardSpec) -> Result<Objective, SpaceError> {
     }
     Ok(match name {
         "mean_variance" => {
-            let l = r.risk_aversion.ok_or_else(|| c.fail("reward.risk_aversion", "missing", "mean_variance needs it"))?;
+            let l =
+                r.risk_aversion.ok_or_else(|| c.fail("reward.risk_aversion", "missing", "mean_variance needs it"))?;
             Objective::MeanVariance { risk_aversion: c.positive("reward.risk_aversion", l)? }
         }
         "kelly" => Objective::Kelly { fraction: c.fraction("reward.kelly_fraction", r.kelly_fraction.unwrap_or(1.0))? },

@@ -129,12 +129,11 @@ fn the_loss_budget_bounds_the_shortfall_where_every_other_value_is_worse() {
 /// With no edge anywhere (every table earns 0 in expectation), the share of
 /// runs in which any incumbent moves stays below the module's `alpha`, though
 /// every refit tests the best of hundreds of tables in 12 contexts.
-fn false_promotion_share(runs: u64, n: usize) -> f64 {
-    let spaces = Spaces::builtin();
+fn false_promotion_share(spaces: &Spaces, runs: u64, n: usize) -> f64 {
     let space = spaces.get("crypto").unwrap().clone();
     let mut moved = 0;
     for seed in 0..runs {
-        let agent = Agent::new(&spaces, paramopt::agent::AgentOptions { seed: Some(seed), ..Default::default() });
+        let agent = Agent::new(spaces, paramopt::agent::AgentOptions { seed: Some(seed), ..Default::default() });
         let mut rng = rng(seed ^ 0xa1fa);
         let mut open = VecDeque::new();
         for _ in 0..n {
@@ -143,7 +142,8 @@ fn false_promotion_share(runs: u64, n: usize) -> f64 {
             let features = [("momentum_score", f[0]), ("volatility_score", f[1]), ("volume_score", f[2])];
             let d = agent.decide("crypto", ctx, &features, true).unwrap();
             let w = |n: &str| d.values[space.param_index(n).unwrap()];
-            let (a, b, c) = (w("analysis_weights.momentum"), w("analysis_weights.volatility"), w("analysis_weights.volume"));
+            let (a, b, c) =
+                (w("analysis_weights.momentum"), w("analysis_weights.volatility"), w("analysis_weights.volume"));
             let score = (a * f[0] + b * f[1] + c * f[2]) / (a + b + c);
             let session = ctx.session.as_str();
             let theta = w(&format!("session_confidence.{session}"));
@@ -169,20 +169,25 @@ fn false_promotion_share(runs: u64, n: usize) -> f64 {
 #[test]
 fn without_an_edge_false_promotions_stay_below_alpha() {
     let alpha = Spaces::builtin().get("crypto").unwrap().counterfactual.as_ref().unwrap().alpha;
-    let share = false_promotion_share(30, 3_000);
+    let share = false_promotion_share(&Spaces::builtin(), 30, 3_000);
     eprintln!("false promotions: {share:.3} of 30 runs (alpha {alpha})");
     assert!(share <= alpha, "{share}");
 }
 
-/// The figure BENCHMARKS.md records: 200 runs of 5,000 decisions.
+/// The figures BENCHMARKS.md records: 200 runs of 5,000 decisions, with the
+/// shipped budget (which holds a cold crypto module at its incumbents) and
+/// with room to explore from the start (epsilon-permissive serving, so every
+/// table's estimate carries exploration's 1/p weights).
 /// `cargo test --release --test integration conservative -- --ignored --nocapture`
 #[test]
-#[ignore = "200 runs, about a minute in release: the recorded false-promotion figure"]
+#[ignore = "2 x 200 runs, about half a minute in release: the recorded false-promotion figures"]
 fn false_promotions_over_200_runs() {
     let alpha = Spaces::builtin().get("crypto").unwrap().counterfactual.as_ref().unwrap().alpha;
-    let share = false_promotion_share(200, 5_000);
-    eprintln!("false promotions: {share:.3} of 200 runs (alpha {alpha})");
-    assert!(share <= alpha, "{share}");
+    let shipped = false_promotion_share(&Spaces::builtin(), 200, 5_000);
+    let roomy = Spaces::builtin_with(|s| s.safety.loss_budget = 10.0);
+    let exploring = false_promotion_share(&roomy, 200, 5_000);
+    eprintln!("false promotions: {shipped:.3} of 200 runs shipped, {exploring:.3} exploring (alpha {alpha})");
+    assert!(shipped <= alpha && exploring <= alpha, "{shipped} {exploring}");
 }
 
 /// The safety state is visible: a module whose budget is spent says so, and

@@ -263,15 +263,17 @@ fn module_index(agent: &Agent, module: &str) -> usize {
 /// Only the leveraged-ETF strategy trades, and its lower threshold pays:
 /// its arms learn, while every other strategy's threshold and multiplier
 /// keep their defaults, their statistics empty and their slots of the
-/// estimator untouched, in every context.
+/// estimator untouched, in every context. (With room in the loss budget:
+/// a lower threshold is only seen by exploring.)
 #[test]
 fn only_the_strategy_that_traded_learns() {
-    let spaces = Spaces::builtin();
+    let spaces = super::support::builtin_with_budget(10.0);
     let space = spaces.get("stocks").unwrap().clone();
     let agent = Agent::new(&spaces, AgentOptions { seed: Some(21), ..Default::default() });
     let ctx = Context::new(Session::UsPrime, Regime::Bullish);
     let mut rng = Pcg64Mcg::seed_from_u64(21);
-    for _ in 0..3_000 {
+    // Enough trades for the grouped test (every table of every cell) to move.
+    for _ in 0..12_000 {
         let mut o = random_opp("stocks", &mut rng, ctx);
         o.strategy = Some("leveraged_etfs");
         // Every trade earns on average: lower thresholds and larger sizes pay.
@@ -472,7 +474,10 @@ fn second_half(module: &str, seed: u64, n: usize, edge: impl Fn(&Opp) -> f64) ->
             (j.state.counts.clone(), j.state.cells.iter().filter(|c| c.target.is_some()).count())
         })
         .unwrap();
-    eprintln!("{module} seed {seed}: {counts:?}, {moved} of 12 cells off the defaults at the end");
+    eprintln!(
+        "{module} seed {seed}: {counts:?}, {moved} of 12 cells off the defaults at the end; {:?}",
+        agent.budget(module).unwrap()
+    );
     (agent_sum / half, default_sum / half)
 }
 
@@ -481,14 +486,15 @@ fn second_half(module: &str, seed: u64, n: usize, edge: impl Fn(&Opp) -> f64) ->
 /// the shipped loss budget a cold module cannot hold one exploring trade's
 /// worst case, so it first moves on what the incumbents' own trades reveal
 /// (larger sizes, other weights) and explores lower thresholds only out of
-/// what that earned: the gain comes later than without a budget (crypto
-/// 1.10 x the defaults here, 1.2 x without one).
+/// what that earned, and every move must pass the grouped test: the gain
+/// comes later than without them (measured crypto 1.10 x the defaults here,
+/// stocks 1.04 x; 1.2 x before either).
 #[test]
 fn with_an_edge_the_agent_beats_the_defaults() {
     for module in ["crypto", "stocks"] {
         let (agent, defaults) = second_half(module, 31, 24_000, |o| 0.004 + 0.01 * o.f[0]);
         eprintln!("{module}: agent {agent:.5} defaults {defaults:.5} per opportunity");
-        assert!(agent > defaults * 1.05, "{module}: agent {agent} vs defaults {defaults}");
+        assert!(agent > defaults * 1.02, "{module}: agent {agent} vs defaults {defaults}");
     }
 }
 

@@ -568,7 +568,10 @@ async fn checkpoint_routes_validate_then_answer_503_without_a_store() {
     assert_contract_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "forex");
     let h = send(&app, get("/healthz")).await;
     let mut safety = h.json.clone();
-    assert_eq!(h.json, json!({"status": "ok", "store": "none", "store_healthy": false, "safety": safety["safety"].take()}));
+    assert_eq!(
+        h.json,
+        json!({"status": "ok", "store": "none", "store_healthy": false, "safety": safety["safety"].take()})
+    );
     assert_healthz_safety(&h.json);
     // "No store" is not a store failure.
     assert_eq!(state.metrics().store_errors(), 0);
@@ -610,7 +613,10 @@ async fn checkpoint_routes_reach_a_configured_store() {
     assert_contract_error(&rb, StatusCode::NOT_FOUND, "42");
     let h = send(&app, get("/healthz")).await;
     let mut safety = h.json.clone();
-    assert_eq!(h.json, json!({"status": "ok", "store": "local", "store_healthy": true, "safety": safety["safety"].take()}));
+    assert_eq!(
+        h.json,
+        json!({"status": "ok", "store": "local", "store_healthy": true, "safety": safety["safety"].take()})
+    );
     assert_healthz_safety(&h.json);
     let m = send(&app, get("/metrics")).await;
     assert!(m.text.contains("paramopt_checkpoint_age_seconds{module=\"crypto\"} 12.5"), "{}", m.text);

@@ -53,6 +53,13 @@ pub fn policy_enabled(text: &str, origin: &str) -> String {
     text
 }
 
+/// The shipped spaces with `loss_budget` set: room to explore from the
+/// start, for tests of what exploring teaches rather than of the budget
+/// (the shipped 0.02 cannot hold one cold module's exploring trade).
+pub fn builtin_with_budget(budget: f64) -> Spaces {
+    Spaces::builtin_with(|space| space.safety.loss_budget = budget)
+}
+
 pub fn bandit_agent(seed: u64) -> Agent {
     Agent::new(&spaces(false), AgentOptions { seed: Some(seed), ..Default::default() })
 }
