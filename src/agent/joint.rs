@@ -713,44 +713,11 @@ mod tests {
 
     /// A module with one scale parameter (0.5 to 2.0, default 0.5) and
     /// nothing else: every trade is taken and earns `m * u`.
+    const SIZING: &str = include_str!("../../tests/fixtures/models-sizing.toml");
+
+    /// The sizing module with `objective` lines added to its `[reward]`.
     fn sizing_text(objective: &str) -> String {
-        format!(
-            r#"
-module = "sizing"
-[reward]
-source = "return_pct"
-scale = 1.0
-clip = 0.5
-{objective}
-[learning]
-prior_mean = 0.0
-prior_strength = 1.0
-prior_shape = 2.0
-prior_noise_sd = 0.2
-pooling_strength = 4.0
-discount = 1.0
-baseline_window = 100.0
-pool_refresh_outcomes = 64
-[safety]
-max_change_rate = 1.0
-trust_initial = 1.0
-trust_growth_outcomes = 1.0
-[pending]
-capacity = 10
-ttl_secs = 60.0
-[[groups]]
-name = "size"
-[[groups.parameters]]
-name = "m"
-default = 0.5
-lo = 0.5
-hi = 2.0
-[counterfactual]
-[[counterfactual.roles]]
-parameter = "size.m"
-role = "scale"
-"#
-        )
+        SIZING.replacen("clip = 0.5\n", &format!("clip = 0.5\n{objective}\n"), 1)
     }
 
     fn sizing_space(objective: &str) -> ModuleSpace {

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use paramopt::agent::{Evidence, Outcome};
 use paramopt::space::{Context, ModuleSpace, Regime, Session, Spaces};
+use paramopt::store::LearningEventKind;
 use paramopt::Agent;
 use rand::Rng;
 use rand_distr::StandardNormal;
@@ -13,46 +14,10 @@ use rand_distr::StandardNormal;
 use super::support::{agent_for, rng};
 
 /// One gate on the module's reported confidence (arms 0.4 to 0.8, default
-/// 0.6): the module trades iff its confidence reaches the threshold.
-fn gate_module(prior_noise_sd: f64) -> ModuleSpace {
-    let text = format!(
-        r#"
-module = "gated"
-[reward]
-source = "return_pct"
-scale = 1.0
-clip = 0.5
-[learning]
-prior_mean = 0.0
-prior_strength = 1.0
-prior_shape = 2.0
-prior_noise_sd = {prior_noise_sd}
-pooling_strength = 4.0
-discount = 1.0
-baseline_window = 100.0
-pool_refresh_outcomes = 64
-[safety]
-max_change_rate = 0.5
-trust_initial = 0.4
-trust_growth_outcomes = 25.0
-[pending]
-capacity = 100000
-ttl_secs = 1e9
-[[groups]]
-name = "gate"
-[[groups.parameters]]
-name = "threshold"
-default = 0.6
-lo = 0.4
-hi = 0.8
-[counterfactual]
-[[counterfactual.roles]]
-parameter = "gate.threshold"
-role = "gate"
-score = "confidence"
-"#
-    );
-    ModuleSpace::from_toml_str(&text, "models/gated.toml").unwrap()
+/// 0.6; prior_noise_sd 0.002): the module trades iff its confidence
+/// reaches the threshold.
+fn gate_module() -> ModuleSpace {
+    ModuleSpace::from_toml_str(include_str!("../fixtures/models-gated.toml"), "models/gated.toml").unwrap()
 }
 
 #[derive(Debug, Default)]
@@ -110,7 +75,7 @@ fn run_gate(space: &ModuleSpace, seed: u64, n: usize, u: impl Fn(f64, &mut rand_
 /// shortfall against the defaults never exceeds the shipped budget (0.02).
 #[test]
 fn the_loss_budget_bounds_the_shortfall_where_every_other_value_is_worse() {
-    let space = gate_module(0.002);
+    let space = gate_module();
     assert_eq!(space.safety.loss_budget, 0.02, "the shipped default");
     let mut worst: f64 = 0.0;
     let (mut explored, mut held) = (0, 0);
@@ -194,7 +159,7 @@ fn false_promotions_over_200_runs() {
 /// its decisions record that they were held rather than explored.
 #[test]
 fn a_spent_budget_shows_in_the_safety_state_and_the_decision_record() {
-    let space = gate_module(0.002);
+    let space = gate_module();
     let agent = agent_for(space.clone(), 3);
     let ctx = Context::new(Session::UsPrime, Regime::Bullish);
     assert!(agent.budget("gated").unwrap().exploring);
@@ -221,4 +186,47 @@ fn a_spent_budget_shows_in_the_safety_state_and_the_decision_record() {
     let serving = held.counterfactual.as_ref().unwrap();
     assert!(serving.explored.is_empty() && serving.epsilon == 0.0 && !serving.permissive);
     assert!(!held.explored());
+}
+
+/// Every counterfactual move reaches `ml_learning_events` with its evidence:
+/// a scale that pays (mean 0.05, sd 0.2 per unit) is promoted from 0.5 to
+/// 2.0, and the runtime records the move with the context, both tables, the
+/// estimate, the lower bound and the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_is_recorded_as_a_learning_event_with_its_evidence() {
+    let text = include_str!("../fixtures/models-sizing.toml");
+    let mut spaces = Spaces::default();
+    spaces.insert(ModuleSpace::from_toml_str(text, "models/sizing.toml").unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt =
+        paramopt::runtime::Runtime::start(spaces, super::support::explicit_checkpoints(dir.path(), 4)).await.unwrap();
+    let ctx = Context::new(Session::EuropePrime, Regime::Sideways);
+    let mut rng = rng(4);
+    for _ in 0..3_000 {
+        let d = rt.agent.decide("sizing", ctx, &[], true).unwrap();
+        let u = 0.05 + 0.2 * rng.sample::<f64, _>(StandardNormal);
+        let outcome =
+            Outcome { reward: Some(d.values[0] * u), traded: true, return_pct: None, evidence: Evidence::default() };
+        rt.agent.report(&d.id.to_string(), outcome).unwrap();
+    }
+    rt.agent.flush();
+    assert_eq!(rt.agent.greedy("sizing", ctx).unwrap().0, vec![2.0], "promoted to the largest scale");
+    let recorded = rt.record_moves("sizing").await.unwrap();
+    assert!(recorded >= 1);
+    assert_eq!(rt.record_moves("sizing").await.unwrap(), 0, "each move is recorded once");
+    let events = rt.store.list_learning_events("sizing", 10).await.unwrap();
+    let promotion = events
+        .iter()
+        .find(|e| e.learning_event == LearningEventKind::Other("counterfactual_promotion".into()))
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(promotion.model_name, "sizing.counterfactual");
+    assert_eq!(promotion.parameters_before["context"], "europe_prime/sideways");
+    assert_eq!(promotion.parameters_before["values"]["size.m"], 0.5);
+    assert_eq!(promotion.parameters_after["values"]["size.m"], 2.0);
+    assert!(promotion.performance_impact > 0.0 && promotion.confidence_change > 0.0, "{promotion:?}");
+    let reason = promotion.reason.as_deref().unwrap();
+    for part in ["estimate", "lower bound", "n ", "normal-mixture confidence sequence at alpha 0.2"] {
+        assert!(reason.contains(part), "{reason}");
+    }
+    rt.agent.shutdown();
 }
