@@ -280,8 +280,10 @@ fn only_the_strategy_that_traded_learns() {
         o.u = 0.01 + 0.01 * rng.sample::<f64, _>(StandardNormal);
         let d = decide(&agent, &space, &o);
         agent.report(&d.id.to_string(), outcome(&space, &o, &d.values)).unwrap();
+        // Each decision sees what the previous outcome taught: the same
+        // decisions on any machine, however loaded.
+        agent.flush();
     }
-    agent.flush();
     let i = module_index(&agent, "stocks");
     let (incumbents, stats, joint) = agent
         .with_writer(move |l| (l[i].incumbents.clone(), l[i].stats.clone(), l[i].joint.clone().unwrap().state))
