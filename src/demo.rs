@@ -38,7 +38,7 @@ use tokio::runtime::Handle;
 
 use paramopt::eval::backtest::{self, BacktestOptions, BacktestReport, Driver, ModuleBacktest, Pass, Stream};
 use paramopt::eval::market::SyntheticMarket;
-use paramopt::eval::trading::Opportunity;
+use paramopt::eval::trading::{Opportunity, Trade};
 use paramopt::runtime::{Runtime, RuntimeOptions};
 use paramopt::service::persist::RuntimeHooks;
 use paramopt::service::{server, AppState, Hooks, ServiceOptions};
@@ -346,6 +346,14 @@ fn drive_module(handle: &Handle, addr: SocketAddr, stream: &Stream, progress: &P
     Ok(pass)
 }
 
+impl HttpDriver<'_> {
+    fn send(&mut self, body: serde_json::Value) -> Result<()> {
+        self.queue.blocking_send(body.to_string()).ok().context("the outcome reporters stopped")?;
+        self.progress.reported.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// A trading module calling the service: decides over one connection (the
 /// bar waits for its parameters) and queues each outcome for the reporters.
 struct HttpDriver<'a> {
@@ -373,13 +381,18 @@ impl Driver for HttpDriver<'_> {
             .zip(&opp.features)
             .map(|(name, v)| (name.to_string(), (*v).into()))
             .collect();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "module": space.name,
             "context": {"session": opp.context.session.as_str(), "regime": opp.context.regime.as_str()},
             "features": features,
             "explore": true,
-        })
-        .to_string();
+        });
+        // The trade this decision is for: parameters of other strategies are
+        // served at their incumbents and learn nothing from it.
+        if let Some(strategy) = opp.strategy {
+            body["strategy"] = strategy.into();
+        }
+        let body = body.to_string();
         let (status, answer) = self.handle.block_on(self.client.request(Method::POST, "/v1/decisions", &body))?;
         if status != 200 {
             bail!("POST /v1/decisions {body}: {status} {answer}");
@@ -404,9 +417,27 @@ impl Driver for HttpDriver<'_> {
 
     fn report(&mut self, _: &Opportunity, id: String, return_pct: f64, traded: bool, _: f64) -> Result<()> {
         let body = serde_json::json!({"decision_id": id, "traded": traded, "trade": {"return_pct": return_pct}});
-        self.queue.blocking_send(body.to_string()).ok().context("the outcome reporters stopped")?;
-        self.progress.reported.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        self.send(body)
+    }
+
+    /// What a module reports besides the return, as docs/api.md has it: the
+    /// strategy and the confidence its gate compared, the position's path
+    /// (options) and the capital it really used, so that every other value's
+    /// outcome is known (docs/counterfactuals.md).
+    fn report_trade(&mut self, _: &Opportunity, id: String, trade: &Trade, _: f64) -> Result<()> {
+        let mut t = serde_json::json!({"return_pct": trade.return_pct, "confidence": trade.confidence});
+        if let Some(strategy) = trade.strategy {
+            t["strategy"] = strategy.into();
+        }
+        if !trade.path.is_empty() {
+            t["exit_analysis"] = serde_json::json!({ "path": trade.path });
+        }
+        let mut body = serde_json::json!({"decision_id": id, "traded": trade.traded, "trade": t});
+        let capital = self.stream.space.param_index("position_sizing.max_allocation");
+        if let (Some(p), Some(c)) = (capital, trade.capital) {
+            body["applied"] = serde_json::json!({ self.stream.space.params[p].full_name.clone(): c });
+        }
+        self.send(body)
     }
 }
 

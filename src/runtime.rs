@@ -760,7 +760,13 @@ impl Runtime {
             };
             found = degradation.map(|d| (RollbackTarget::Generation(r.generation), d));
         }
-        if found.is_none() {
+        // A module with declared roles is judged against the defaults by its
+        // loss budget's breaker, on what the defaults would have earned on
+        // the same decisions (exact where counterfactuals allow): one test,
+        // not a second one on an off-policy estimate, which on held and
+        // counterfactual decisions compares unlike with unlike.
+        let declares_roles = self.spaces.get(module).is_some_and(|s| s.counterfactual.is_some());
+        if found.is_none() && !declares_roles {
             // Only an estimate the log supports, not the reward model's word alone.
             if let Some(e) = self.status.defaults_estimate(module).filter(|e| e.effective_n >= 30.0) {
                 found = degraded(live, "the seed defaults".into(), e.value, estimate_se(&e), cfg.margin, cfg.alpha)
@@ -976,7 +982,7 @@ impl Runtime {
     }
 
     /// Records the counterfactual estimator's moves since the last call
-    /// (promotions, demotions, detected changes) as `ml_learning_events`,
+    /// (promotions, replacements, detected changes, a spent budget) as `ml_learning_events`,
     /// each with its evidence. Cheap when nothing moved: it reads the view.
     pub async fn record_moves(&self, module: &str) -> Result<usize, RuntimeError> {
         let made = self.agent.view(module)?.moves_made;

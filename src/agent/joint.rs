@@ -156,9 +156,6 @@ pub struct JointCounts {
     pub capped: u64,
     pub refits: u64,
     pub promotions: u64,
-    /// Targets dropped because a refit no longer supported them.
-    #[serde(default)]
-    pub demotions: u64,
     /// Targets dropped because the change detector found the defaults better since.
     #[serde(default)]
     pub detections: u64,
@@ -183,10 +180,8 @@ pub struct MoveEvent {
 pub enum MoveKind {
     /// The anytime-valid test favoured a table over the defaults.
     Promoted,
-    /// The best table changed and the test still favours it.
+    /// The best table changed and the test favours the new one.
     Replaced,
-    /// A refit's test no longer favours any table: back to the defaults.
-    Demoted,
     /// The change detector: since it was served, the defaults did better.
     ChangeDetected,
     /// The loss budget was spent: every cell serves the defaults.
@@ -199,7 +194,6 @@ impl MoveKind {
         match self {
             MoveKind::Promoted => "counterfactual_promotion",
             MoveKind::Replaced => "counterfactual_replacement",
-            MoveKind::Demoted => "counterfactual_demotion",
             MoveKind::ChangeDetected => "change_detected",
             MoveKind::BudgetSpent => "loss_budget_spent",
         }
@@ -458,26 +452,28 @@ impl Joint {
         let was = self.state.cells[c].target.clone();
         let cell = &mut self.state.cells[c];
         cell.verdict = Some(verdict);
-        cell.target = verdict.favours.then_some(table.clone());
+        // Moves only on evidence, both ways: a table the test favours is
+        // served; one it no longer favours stays served (the search may have
+        // found another best, or the evidence may have thinned) until the
+        // change detector finds the defaults better since it was served.
         let kind = match (&was, verdict.favours) {
             (None, true) => Some(MoveKind::Promoted),
             (Some(old), true) if *old != table => Some(MoveKind::Replaced),
-            (Some(_), false) => Some(MoveKind::Demoted),
             _ => None,
         };
+        if verdict.favours {
+            cell.target = Some(table.clone());
+        }
         if kind.is_some() {
-            // A new table (or none) is served: the detector watches it afresh.
+            // A new table is served: the detector watches it afresh.
             cell.watch = None;
         }
-        match kind {
-            Some(MoveKind::Promoted) => self.state.counts.promotions += 1,
-            Some(MoveKind::Demoted) => self.state.counts.demotions += 1,
-            _ => {}
+        if kind == Some(MoveKind::Promoted) {
+            self.state.counts.promotions += 1;
         }
         if let Some(kind) = kind {
             let before = was.unwrap_or_else(|| defaults.clone());
-            let values = if verdict.favours { table } else { defaults };
-            self.push_event(MoveEvent { context, kind, verdict, before, values });
+            self.push_event(MoveEvent { context, kind, verdict, before, values: table });
         }
         tracing::debug!(module = %space.name, context = %context, favours = verdict.favours,
             estimate = verdict.estimate, lower = verdict.lower, n = verdict.n, "counterfactual refit");

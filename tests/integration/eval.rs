@@ -34,8 +34,8 @@ fn second_half(m: &ModuleBacktest, policy: &str) -> (f64, f64) {
 /// Second half of each module's stream, three seeds. What the agent does
 /// reliably: a better mean return and Sharpe ratio than the seed defaults and
 /// than random parameters in every run; a share of the defaults-to-oracle gap
-/// that differs by module (seeds 1-3 average 38%, 41% and 22% with the rules
-/// of issue 14, one trade of one strategy per decision; 44%, 42% and 25%
+/// that differs by module (seeds 1-3 average 78%, 30% and 26% with issue
+/// 15's agent, 38%, 41% and 22% with issue 14's rules, 44%, 42% and 25%
 /// before, as BENCHMARKS.md's "Backtest" records; the bounds leave room below
 /// those). The oracle, searched from the defaults, is never worse than them.
 #[test]
@@ -77,13 +77,13 @@ fn backtest_agent_beats_defaults_and_random_on_the_synthetic_market() {
     }
     let avg = |m: &str| gap[m].iter().sum::<f64>() / gap[m].len() as f64;
     eprintln!("mean gap closed: crypto {:.2} options {:.2} stocks {:.2}", avg("crypto"), avg("options"), avg("stocks"));
-    assert!(avg("crypto") >= 0.35, "crypto closes {:.2}", avg("crypto"));
-    // The loss budget keeps options from exploring at all: one position's
-    // worst case (the largest stop-loss times the largest allocation, 0.28)
-    // is far beyond the shipped budget of 0.02, so it learns only what its
-    // incumbents' trades reveal (measured 0.33; 0.35 or more before the budget).
-    assert!(avg("options") >= 0.30, "options closes {:.2}", avg("options"));
-    assert!(avg("stocks") >= 0.15, "stocks closes {:.2}", avg("stocks"));
+    assert!(avg("crypto") >= 0.60, "crypto closes {:.2}", avg("crypto"));
+    // Measured with issue 15's agent (seeds 1-3, room in the budget):
+    // crypto 0.78, options 0.30, stocks 0.26. Options' sizing (contracts,
+    // allocation) is opaque and, in a module with roles, no longer moves
+    // without a test, so its gap closes less than before (0.41).
+    assert!(avg("options") >= 0.25, "options closes {:.2}", avg("options"));
+    assert!(avg("stocks") >= 0.20, "stocks closes {:.2}", avg("stocks"));
 }
 
 /// The target issue 6 sets: in the second half the agent beats every
