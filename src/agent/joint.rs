@@ -720,6 +720,22 @@ mod tests {
         ModuleSpace::from_toml_str(&sizing_text(objective), "models/sizing.toml").unwrap()
     }
 
+    /// A sizing trade that was taken, returning `u` per unit of scale.
+    fn taken(u: f64) -> Observation {
+        Observation {
+            slot: 0,
+            gate: None,
+            scale: Some(0),
+            traded: true,
+            features: vec![],
+            confidence: None,
+            u,
+            cap: None,
+            exit: None,
+            p_obs: 1.0,
+        }
+    }
+
     /// The scale a cell serves after `n` trades of return `u ~ N(mu, sd)` per unit.
     fn chosen_scale(space: &ModuleSpace, mu: f64, sd: f64, n: usize, seed: u64) -> f64 {
         use rand_distr::StandardNormal;
@@ -729,19 +745,7 @@ mod tests {
         let mut rng = Pcg64Mcg::seed_from_u64(seed);
         for _ in 0..n {
             let u = mu + sd * rng.sample::<f64, _>(StandardNormal);
-            let obs = Observation {
-                slot: 0,
-                gate: None,
-                scale: Some(0),
-                traded: true,
-                features: vec![],
-                confidence: None,
-                u,
-                cap: None,
-                exit: None,
-                p_obs: 1.0,
-            };
-            joint.observe(space, &cf, ctx, &obs);
+            joint.observe(space, &cf, ctx, &taken(u));
         }
         joint.target(space, ctx)[0]
     }
@@ -798,19 +802,7 @@ mod tests {
             for t in 0..12_000 {
                 let mu = if flip_at.is_some_and(|f| t >= f) { -0.05 } else { 0.05 };
                 let u = mu + 0.2 * rng.sample::<f64, _>(StandardNormal);
-                let obs = Observation {
-                    slot: 0,
-                    gate: None,
-                    scale: Some(0),
-                    traded: true,
-                    features: vec![],
-                    confidence: None,
-                    u,
-                    cap: None,
-                    exit: None,
-                    p_obs: 1.0,
-                };
-                joint.observe(&space, &cf, ctx, &obs);
+                joint.observe(&space, &cf, ctx, &taken(u));
                 if promoted_at.is_none() && joint.state.cells[ctx.index()].target.is_some() {
                     promoted_at = Some(t);
                 }
