@@ -73,8 +73,6 @@ pub struct LossLedger {
     /// the breaker tests.
     #[serde(default)]
     pub differences: PairedSums,
-    /// Decisions held at the incumbents because the budget had no room.
-    pub held: u64,
     /// Set once the shortfall's lower bound passed the budget: the module
     /// serves the defaults and moves nothing until a rollback restores
     /// another generation's ledger (the defaults' is empty).

@@ -168,11 +168,12 @@ impl ModuleLearner {
         let opaque_at_defaults = (0..space.params.len()).all(|p| {
             cf.roles[p].determined() || !cf.in_scope(p, d.context.session, strategy) || d.values[p] == defaults[p]
         });
+        let realised = raw_reward(&space, outcome);
         let defaults_value = match &observed {
             Ok(obs) if opaque_at_defaults => obs.value(&cf, &defaults),
-            _ => self.served_defaults(d).then(|| raw_reward(&space, outcome)),
+            _ => self.served_defaults(d).then_some(realised),
         };
-        self.ledger.record(raw_reward(&space, outcome), defaults_value, d.explored());
+        self.ledger.record(realised, defaults_value, d.explored());
         let broke = self.check_budget();
         match observed {
             Ok(obs) => {

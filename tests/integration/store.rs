@@ -415,7 +415,6 @@ fn big_checkpoint() -> Checkpoint {
             estimated_n: 3.0,
             estimated_realised: 0.01,
             worst_explored: -0.04,
-            held: 12,
             ..Default::default()
         }),
     }
