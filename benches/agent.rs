@@ -133,7 +133,13 @@ fn bench(c: &mut Criterion) {
             i += 1;
             let d = &decisions[i % decisions.len()];
             let r = 0.001 * (i % 7) as f64;
-            let settled = Settled { decision: d.clone(), outcome: Outcome::reward(r), reward: r };
+            let settled = Settled {
+                decision: d.clone(),
+                outcome: Outcome::reward(r),
+                reward: r,
+                settled_at: 0.0,
+                attachment: None,
+            };
             let applied = learner.apply_settled(&settled).unwrap();
             touched[d.context.index()] = true;
             view = learner.next_view(&view, &touched, applied.refresh_all || applied.policy_changed);

@@ -242,6 +242,7 @@ impl Runtime {
         let journal_dir = options.data_dir.join("journal");
         let journal = FileJournal::open(&journal_dir)
             .map_err(|source| RuntimeError::Journal { dir: journal_dir.clone(), source })?;
+        journal.set_decision_ttls(spaces.iter().map(|s| (s.name.clone(), s.pending.ttl_secs)));
         let journal = Arc::new(journal);
         let seed = options.seed.unwrap_or_else(rand::random);
         let status = Arc::new(RuntimeStatus { store_healthy: AtomicBool::new(true), ..Default::default() });
@@ -280,8 +281,17 @@ impl Runtime {
             learners,
             AgentOptions { seed: Some(seed), journal: Some(journal.clone() as Arc<dyn Journal>), ..Default::default() },
         );
+        let pending = journal
+            .open_decisions(now_secs())
+            .map_err(|source| RuntimeError::Journal { dir: journal_dir.clone(), source })?;
+        let open = pending.open.len();
+        let skipped = agent.restore_pending(pending.open, &pending.settled);
+        if open > 0 || skipped > 0 {
+            tracing::info!(open = open - skipped, skipped, "reopened the decisions open when the service stopped");
+        }
         let module_locks = spaces.names().map(|m| (m.to_string(), tokio::sync::Mutex::new(()))).collect();
-        let decision_log = DecisionLog::start(store.clone(), spaces.clone(), &status.tasks);
+        let decision_log = DecisionLog::start(store.clone(), spaces.clone(), journal.clone(), &status.tasks)
+            .map_err(|source| RuntimeError::Journal { dir: journal_dir.clone(), source })?;
         let runtime = Arc::new(Runtime {
             agent,
             store,
@@ -1045,8 +1055,19 @@ impl Runtime {
         let mut backoff: HashMap<String, f64> = HashMap::new();
         let mut analysed: HashMap<String, f64> = HashMap::new();
         let mut analysing: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut compacting: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
+            // Decisions alone grow the journal; checkpoints compact it only
+            // when outcomes arrive.
+            if compacting.as_ref().is_none_or(|t| t.is_finished()) {
+                let journal = self.journal.clone();
+                compacting = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = journal.compact_if_grown() {
+                        tracing::warn!(error = %e, "journal compaction failed; retried at the next tick");
+                    }
+                }));
+            }
             for module in self.spaces.names().map(String::from).collect::<Vec<_>>() {
                 let now = now_secs();
                 if let Err(e) = self.review(&module).await {

@@ -255,9 +255,17 @@ impl Joint {
     /// shape is another space's (renamed arms or strategies): it starts afresh.
     pub fn restore(space: &ModuleSpace, cf: &Counterfactual, state: JointState) -> Option<Joint> {
         let mut joint = Joint::new(space, cf);
+        let fresh = &joint.state.cells[0];
+        let params = space.params.len();
         let ok = state.shape == joint.state.shape
             && state.cells.len() == Context::COUNT
-            && state.cells.iter().all(|c| c.sums.len() == joint.state.cells[0].sums.len());
+            && state.cells.iter().all(|c| {
+                c.sums.len() == fresh.sums.len()
+                    && c.default_y.len() == fresh.default_y.len()
+                    && c.default_yy.len() == fresh.default_yy.len()
+                    && c.opportunities.len() == fresh.opportunities.len()
+                    && c.target.as_ref().is_none_or(|t| t.len() == params && t.iter().all(|v| v.is_finite()))
+            });
         ok.then(|| {
             joint.state = state;
             joint

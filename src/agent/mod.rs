@@ -79,40 +79,52 @@ pub enum AgentError {
     NonFiniteEvidence { field: String, value: f64 },
     #[error("the agent is shutting down")]
     ShuttingDown,
-    /// The outcome could not be made durable, so it was not accepted.
-    #[error("could not record the outcome durably: {0}")]
+    /// The outcome or decision could not be made durable, so it was not accepted.
+    #[error("could not record durably: {0}")]
     Journal(String),
+    /// Refused, not evicting an open one: report outcomes (or let them expire) first.
+    #[error("module {module:?} already has {capacity} open decisions (its pending.capacity); report outcomes or wait for them to expire")]
+    TooManyOpenDecisions { module: String, capacity: usize },
 }
 
-/// Where accepted outcomes are made durable before they are acknowledged.
-/// Sequence numbers are shared by all modules, start at 1 and have no gaps.
+/// Where accepted outcomes are made durable before they are acknowledged, and
+/// decisions before they are answered. Sequence numbers are shared by all
+/// modules and by both kinds of entry, start at 1 and have no gaps.
 pub trait Journal: Send + Sync + fmt::Debug {
     /// Queues `settled` for the next flush under the next sequence number and
     /// calls `then` with that number before any later append gets one, so
     /// whatever `then` hands the outcome to sees outcomes in sequence order.
     fn append(&self, settled: &Settled, then: &mut dyn FnMut(u64)) -> std::io::Result<u64>;
+    /// Queues a decision just opened for the next flush, so that a restart
+    /// puts it back among the open ones.
+    fn append_decision(&self, decision: &Decision) -> std::io::Result<u64>;
     /// Blocks until every outcome through `seq` is on disk.
     fn wait_durable(&self, seq: u64) -> std::io::Result<()>;
     /// [`Journal::wait_durable`] for async callers.
     fn durable(&self, seq: u64) -> Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>>;
 }
 
-/// A decision id, written as 32 hex digits: the agent's run id (64 bits), the
-/// module's index (8 bits) and a counter (56 bits). The module index lets an
-/// outcome find its pending table without a search.
+/// A decision id, written as 32 hex digits: the time it was made in
+/// milliseconds since the Unix epoch (48 bits, so ids sort by time), the
+/// module's index (8 bits) and 72 bits from the operating system's random
+/// source. An id proves its holder was given the decision: knowing others
+/// does not help guess one (the seed, even when set, plays no part). The
+/// module index lets an outcome find its pending table without a search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DecisionId(pub u128);
 
 impl DecisionId {
-    const COUNTER_BITS: u32 = 56;
+    const RANDOM_BITS: u32 = 72;
 
-    pub fn new(run_id: u64, module: usize, counter: u64) -> DecisionId {
-        let low = ((module as u64 & 0xff) << Self::COUNTER_BITS) | (counter & ((1 << Self::COUNTER_BITS) - 1));
-        DecisionId(((run_id as u128) << 64) | low as u128)
+    /// A fresh id for a decision of module `module` made at `unix_secs`.
+    pub fn generate(module: usize, unix_secs: f64) -> DecisionId {
+        let millis = (unix_secs.max(0.0) * 1000.0) as u128 & ((1 << 48) - 1);
+        let random = rand::random::<u128>() & ((1 << Self::RANDOM_BITS) - 1);
+        DecisionId((millis << 80) | ((module as u128 & 0xff) << Self::RANDOM_BITS) | random)
     }
 
     pub fn module_index(self) -> usize {
-        ((self.0 >> Self::COUNTER_BITS) & 0xff) as usize
+        ((self.0 >> Self::RANDOM_BITS) & 0xff) as usize
     }
 }
 
@@ -184,6 +196,10 @@ pub struct Decision {
     /// known exactly, and what was explored and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counterfactual: Option<CfServing>,
+    /// Features the module sent that its space does not declare: kept with
+    /// the decision (the decision log shows them), never learned from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_features: Vec<(String, f64)>,
 }
 
 impl Decision {
@@ -215,6 +231,13 @@ impl Outcome {
     }
 }
 
+/// A decision just made, and its entry in the journal (when there is one).
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub decision: Arc<Decision>,
+    pub seq: Option<u64>,
+}
+
 /// An accepted outcome, as handed to the writer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settled {
@@ -222,6 +245,25 @@ pub struct Settled {
     pub outcome: Outcome,
     /// The reward learned from, after derivation and clipping.
     pub reward: f64,
+    /// Seconds since the Unix epoch, by the agent's clock, when accepted.
+    #[serde(default)]
+    pub settled_at: f64,
+    /// What the caller keeps beside the outcome (the service: the trade
+    /// record as the module sent it), journaled with it so that it is as
+    /// durable as the outcome. The agent never reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+/// JSON the agent carries for its caller without reading it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Attachment(pub Box<serde_json::value::RawValue>);
+
+impl PartialEq for Attachment {
+    fn eq(&self, other: &Attachment) -> bool {
+        self.0.get() == other.0.get()
+    }
 }
 
 /// An outcome the agent has taken, not yet acknowledged: see [`Agent::accept`].
@@ -327,7 +369,12 @@ pub struct ModuleCounters {
     pub decisions: AtomicU64,
     pub outcomes: AtomicU64,
     pub expired: AtomicU64,
-    pub overflowed: AtomicU64,
+    /// Decisions refused (429) because the module's open decisions were full.
+    pub refused_full: AtomicU64,
+    /// Rewards beyond the module's `reward.clip`, learned clipped.
+    pub clipped_rewards: AtomicU64,
+    /// Features sent outside their declared range (the network clips them).
+    pub features_out_of_range: AtomicU64,
     pub rejected_outcomes: AtomicU64,
     /// Open decisions that explored: what the loss budget reserves room for.
     pub open_exploring: AtomicU64,
@@ -360,7 +407,6 @@ struct Inner {
     handles: Vec<ModuleHandle>,
     by_name: HashMap<String, usize>,
     seed: u64,
-    run_id: u64,
     counter: AtomicU64,
     clock: Arc<dyn Clock>,
     journal: Option<Arc<dyn Journal>>,
@@ -407,7 +453,6 @@ impl Agent {
             handles,
             by_name,
             seed,
-            run_id: splitmix64(seed ^ 0x5eed_5eed_5eed_5eed),
             counter: AtomicU64::new(0),
             clock: options.clock,
             journal: options.journal,
@@ -459,6 +504,22 @@ impl Agent {
         strategy: Option<&str>,
         explore: bool,
     ) -> Result<Arc<Decision>, AgentError> {
+        Ok(self.decide_recorded(module, context, features, strategy, explore, Vec::new())?.decision)
+    }
+
+    /// [`Agent::decide_for`], also giving the decision's journal entry, which
+    /// [`Agent::durable`] awaits. The decision is open (reportable) at once;
+    /// with a journal it survives a crash once that entry is durable.
+    /// `ignored_features` are kept with the decision, never learned from.
+    pub fn decide_recorded(
+        &self,
+        module: &str,
+        context: Context,
+        features: &[(&str, f64)],
+        strategy: Option<&str>,
+        explore: bool,
+        ignored_features: Vec<(String, f64)>,
+    ) -> Result<Decided, AgentError> {
         let (module_index, handle) = self.handle(module)?;
         let space = &handle.space;
         let strategy_index = match strategy {
@@ -472,6 +533,17 @@ impl Agent {
                 .ok_or_else(|| AgentError::UnknownFeature { module: module.to_string(), feature: name.to_string() })?;
             if !value.is_finite() {
                 return Err(AgentError::NonFiniteFeature { feature: name.to_string(), value });
+            }
+            let declared = &space.features[i];
+            if !(declared.lo..=declared.hi).contains(&value) {
+                note_out_of_range(
+                    &handle.counters.features_out_of_range,
+                    module,
+                    name,
+                    value,
+                    declared.lo,
+                    declared.hi,
+                );
             }
             feature_values[i] = Some(value);
         }
@@ -527,7 +599,7 @@ impl Agent {
         });
         let now = self.inner.clock.now();
         let decision = Arc::new(Decision {
-            id: DecisionId::new(self.inner.run_id, module_index, n),
+            id: DecisionId::generate(module_index, now),
             module: space.name.clone(),
             context,
             features: feature_values,
@@ -544,26 +616,83 @@ impl Agent {
             ab,
             strategy: strategy.map(str::to_string),
             counterfactual: cf_serving,
+            ignored_features,
         });
+        let ev = match handle.pending.insert(decision.clone(), now) {
+            Ok(ev) => ev,
+            Err(full) => {
+                self.count_expired(handle, full.expired);
+                let refused = handle.counters.refused_full.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line per doubling: a flood must not flood the log too.
+                if refused.is_power_of_two() {
+                    tracing::warn!(module, refused, capacity = full.capacity, "open decisions full: refusing new ones");
+                }
+                return Err(AgentError::TooManyOpenDecisions { module: module.to_string(), capacity: full.capacity });
+            }
+        };
+        self.count_expired(handle, ev);
+        let seq = match &self.inner.journal {
+            Some(journal) => match journal.append_decision(&decision) {
+                Ok(seq) => Some(seq),
+                Err(e) => {
+                    handle.pending.discard(decision.id.0);
+                    tracing::error!(module, decision = %decision.id, error = %e, "journal append failed");
+                    return Err(AgentError::Journal(e.to_string()));
+                }
+            },
+            None => None,
+        };
         if decision.explored() {
             handle.counters.open_exploring.fetch_add(1, Ordering::Relaxed);
         }
         if mode == Exploring::HeldByBudget {
             handle.counters.held_by_budget.fetch_add(1, Ordering::Relaxed);
         }
-        let ev = handle.pending.insert(decision.clone(), now);
         handle.counters.decisions.fetch_add(1, Ordering::Relaxed);
+        Ok(Decided { decision, seq })
+    }
+
+    fn count_expired(&self, handle: &ModuleHandle, ev: Evictions) {
         if ev.explored > 0 {
             release_exploring(&handle.counters, ev.explored);
         }
         if ev.expired > 0 {
             handle.counters.expired.fetch_add(ev.expired, Ordering::Relaxed);
         }
-        if ev.overflowed > 0 {
-            handle.counters.overflowed.fetch_add(ev.overflowed, Ordering::Relaxed);
-            tracing::warn!(module, overflowed = ev.overflowed, "pending decisions full: dropped the oldest");
+    }
+
+    /// Waits (without blocking a thread) until the journal holds entry `seq`,
+    /// a decision's or an outcome's: the service answers a decision only then,
+    /// so that a restart still knows every decision it handed out.
+    pub async fn durable(&self, seq: Option<u64>) -> Result<(), AgentError> {
+        match (&self.inner.journal, seq) {
+            (Some(journal), Some(seq)) => journal.durable(seq).await.map_err(|e| AgentError::Journal(e.to_string())),
+            _ => Ok(()),
         }
-        Ok(decision)
+    }
+
+    /// Puts back the decisions still open when the service last stopped, and
+    /// remembers the ids settled since their journal began, so their outcomes
+    /// are accepted (or refused as duplicates) as if nothing had happened.
+    /// Decisions of modules no longer served are skipped and counted.
+    pub fn restore_pending(&self, open: Vec<Decision>, settled: &[(String, DecisionId)]) -> usize {
+        let mut skipped = 0;
+        for d in open {
+            let Ok((_, handle)) = self.handle(&d.module) else {
+                skipped += 1;
+                continue;
+            };
+            if d.explored() {
+                handle.counters.open_exploring.fetch_add(1, Ordering::Relaxed);
+            }
+            handle.pending.restore(Arc::new(d));
+        }
+        for (module, id) in settled {
+            if let Ok((_, handle)) = self.handle(module) {
+                handle.pending.restore_settled(id.0);
+            }
+        }
+        skipped
     }
 
     /// Accepts the outcome of a pending decision and returns once it is
@@ -578,17 +707,33 @@ impl Agent {
     /// outcome only after [`Accepted::wait`] or [`Accepted::durable`] says it
     /// is durable. The writer learns it only once it is durable, too.
     pub fn accept(&self, decision_id: &str, outcome: Outcome) -> Result<Accepted, AgentError> {
+        self.accept_with(decision_id, outcome, None)
+    }
+
+    /// [`Agent::accept`], journaling `attachment` with the outcome.
+    pub fn accept_with(
+        &self,
+        decision_id: &str,
+        outcome: Outcome,
+        attachment: Option<Attachment>,
+    ) -> Result<Accepted, AgentError> {
         let id: DecisionId = decision_id.parse()?;
-        let module = id.module_index();
+        let module = self.home_of(id);
         let handle =
             self.inner.handles.get(module).ok_or_else(|| AgentError::UnknownDecision(decision_id.to_string()))?;
         let now = self.inner.clock.now();
         let tx = self.inner.tx.lock().clone().ok_or(AgentError::ShuttingDown)?;
         let settled = handle.pending.settle(id.0, now, |lookup| match lookup {
             Lookup::Open(decision) => {
-                let reward = resolve_reward(&handle.space, &decision, &outcome)?;
+                let raw = resolve_reward(&handle.space, &decision, &outcome)?;
+                let clip = handle.space.reward.clip;
+                if raw.abs() > clip {
+                    let what = if outcome.reward.is_some() { "reward" } else { "reward from trade.return_pct" };
+                    note_out_of_range(&handle.counters.clipped_rewards, &handle.space.name, what, raw, -clip, clip);
+                }
+                let reward = raw.clamp(-clip, clip);
                 check_evidence(&handle.space, &decision, &outcome.evidence)?;
-                Ok(Settled { decision, outcome, reward })
+                Ok(Settled { decision, outcome, reward, settled_at: now, attachment })
             }
             Lookup::Gone(Tombstone::Settled) => Err(AgentError::DuplicateOutcome(decision_id.to_string())),
             Lookup::Gone(Tombstone::Expired) => Err(AgentError::ExpiredDecision(decision_id.to_string())),
@@ -634,6 +779,17 @@ impl Agent {
         }
         handle.counters.outcomes.fetch_add(1, Ordering::Relaxed);
         Ok(Accepted { agent: self.clone(), module, settled, seq })
+    }
+
+    /// The module whose table holds `id`: the one its id names, unless the
+    /// decision was restored from before a restart that reordered the modules.
+    fn home_of(&self, id: DecisionId) -> usize {
+        let named = id.module_index();
+        let handles = &self.inner.handles;
+        if handles.get(named).is_some_and(|h| h.pending.knows(id.0)) {
+            return named;
+        }
+        handles.iter().position(|h| h.pending.knows(id.0)).unwrap_or(named)
     }
 
     /// Waits until every outcome accepted before this call has been learned
@@ -887,7 +1043,17 @@ fn resolve_reward(space: &ModuleSpace, decision: &Decision, outcome: &Outcome) -
         (None, true, Some(rp)) => rp * space.reward.scale,
         (None, true, None) => return Err(AgentError::MissingReward(decision.id.to_string())),
     };
-    Ok(raw.clamp(-space.reward.clip, space.reward.clip))
+    Ok(raw)
+}
+
+/// Counts (and, at every doubling, logs) what a module sends outside what
+/// its space declares: the learner clips it, and the operator should know
+/// the client may be sending, say, percent where a fraction is expected.
+fn note_out_of_range(counter: &AtomicU64, module: &str, what: &str, value: f64, lo: f64, hi: f64) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::warn!(module, what, value, lo, hi, times = n, "outside its declared range: clipped");
+    }
 }
 
 /// Refuses evidence that is not finite or names a strategy the module does

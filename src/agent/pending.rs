@@ -1,10 +1,16 @@
 //! Decisions waiting for their outcome: bounded, expiring, sharded so that
 //! concurrent decide and report calls rarely meet on one lock.
 //!
+//! A full table refuses new decisions rather than dropping open ones: an
+//! open decision is a trade somebody placed, and losing its feedback to make
+//! room for a flood of decisions that may never trade would let one careless
+//! client blind the module. Only expiry (the TTL) removes an open decision.
+//!
 //! Settled and expired ids are remembered (boundedly) as tombstones, so a late
 //! or repeated report gets "expired" or "duplicate" rather than "unknown".
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -38,18 +44,26 @@ struct Shard {
 
 pub struct PendingTable {
     shards: Vec<Mutex<Shard>>,
-    capacity_per_shard: usize,
+    capacity: usize,
+    /// Open decisions in all shards: the capacity is the table's, not a shard's.
+    open: AtomicUsize,
+    tombstones_per_shard: usize,
     ttl_secs: f64,
 }
 
-/// What happened to decisions pushed out on insert.
+/// Decisions that expired while a new one was inserted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Evictions {
     pub expired: u64,
-    /// Dropped because the table was full before their TTL.
-    pub overflowed: u64,
-    /// Of those expired or dropped, the ones that explored.
+    /// Of those expired, the ones that explored.
     pub explored: u64,
+}
+
+/// The table holds `capacity` open decisions, none of them expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    pub capacity: usize,
+    pub expired: Evictions,
 }
 
 impl PendingTable {
@@ -64,44 +78,88 @@ impl PendingTable {
                 })
             })
             .collect();
-        PendingTable { shards, capacity_per_shard: capacity.div_ceil(SHARDS).max(1), ttl_secs }
+        PendingTable {
+            shards,
+            capacity,
+            open: AtomicUsize::new(0),
+            tombstones_per_shard: capacity.div_ceil(SHARDS).max(MIN_TOMBSTONES_PER_SHARD),
+            ttl_secs,
+        }
     }
 
     fn shard(&self, id: u128) -> &Mutex<Shard> {
-        // Ids end in a counter, so the low bits spread evenly.
+        // Ids end in random bits, so the low bits spread evenly.
         &self.shards[(id as usize) % SHARDS]
     }
 
-    pub fn insert(&self, decision: Arc<Decision>, now: f64) -> Evictions {
+    /// Opens `decision`, first expiring what has outlived the TTL. A full
+    /// table refuses it and changes nothing else.
+    pub fn insert(&self, decision: Arc<Decision>, now: f64) -> Result<Evictions, Full> {
         let id = decision.id.0;
+        let mut ev = self.expire_shard(&mut self.shard(id).lock(), now);
+        if self.open.load(Ordering::Relaxed) >= self.capacity {
+            // Expired decisions in other shards may still hold room.
+            for shard in &self.shards {
+                let more = self.expire_shard(&mut shard.lock(), now);
+                ev.expired += more.expired;
+                ev.explored += more.explored;
+            }
+        }
+        // Reserving before inserting keeps concurrent inserts within the capacity.
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Full { capacity: self.capacity, expired: ev });
+        }
         let mut shard = self.shard(id).lock();
+        shard.order.push_back((id, decision.created_at));
+        shard.open.insert(id, decision);
+        // Settled ids behind a long-lived open one would pile up in `order`.
+        if shard.order.len() > 2 * shard.open.len() + 64 {
+            let Shard { order, open, .. } = &mut *shard;
+            order.retain(|(id, _)| open.contains_key(id));
+        }
+        Ok(ev)
+    }
+
+    /// Removes the expired decisions at the front of a shard.
+    fn expire_shard(&self, shard: &mut Shard, now: f64) -> Evictions {
         let mut ev = Evictions::default();
         while let Some(&(old, created)) = shard.order.front() {
-            let expired = now - created > self.ttl_secs;
-            let full = shard.open.len() >= self.capacity_per_shard;
             let settled = !shard.open.contains_key(&old);
-            if !expired && !full && !settled {
+            if !settled && now - created <= self.ttl_secs {
                 break;
             }
             shard.order.pop_front();
             if let Some(gone) = shard.open.remove(&old) {
+                self.open.fetch_sub(1, Ordering::Relaxed);
                 ev.explored += u64::from(gone.explored());
-                if expired {
-                    ev.expired += 1;
-                } else {
-                    ev.overflowed += 1;
-                }
-                self.bury(&mut shard, old, Tombstone::Expired);
+                ev.expired += 1;
+                self.bury(shard, old, Tombstone::Expired);
             }
         }
-        shard.order.push_back((id, now));
-        shard.open.insert(id, decision);
-        // Settled ids behind a long-lived open one would pile up in `order`.
-        if shard.order.len() > 2 * self.capacity_per_shard {
-            let Shard { order, open, .. } = &mut *shard;
-            order.retain(|(id, _)| open.contains_key(id));
-        }
         ev
+    }
+
+    /// Puts back a decision still open when the service stopped, with its
+    /// own creation time (so its TTL runs on), even past the capacity: it was
+    /// accepted before, and refusing it now would lose its trade's outcome.
+    pub fn restore(&self, decision: Arc<Decision>) {
+        let id = decision.id.0;
+        let mut shard = self.shard(id).lock();
+        if shard.open.insert(id, decision.clone()).is_none() {
+            self.open.fetch_add(1, Ordering::Relaxed);
+            shard.order.push_back((id, decision.created_at));
+        }
+    }
+
+    /// Remembers a decision settled before the service stopped, so that a
+    /// retried report gets "duplicate" rather than "unknown".
+    pub fn restore_settled(&self, id: u128) {
+        let mut shard = self.shard(id).lock();
+        if shard.open.remove(&id).is_some() {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.bury(&mut shard, id, Tombstone::Settled);
     }
 
     /// Looks a decision up and, if `settle` accepts it, removes it as settled,
@@ -111,6 +169,7 @@ impl PendingTable {
         let lookup = match shard.open.get(&id) {
             Some(d) if now - d.created_at > self.ttl_secs => {
                 shard.open.remove(&id);
+                self.open.fetch_sub(1, Ordering::Relaxed);
                 self.bury(&mut shard, id, Tombstone::Expired);
                 Lookup::Gone(Tombstone::Expired)
             }
@@ -124,6 +183,7 @@ impl PendingTable {
         let result = settle(lookup)?;
         if was_open {
             shard.open.remove(&id);
+            self.open.fetch_sub(1, Ordering::Relaxed);
             self.bury(&mut shard, id, Tombstone::Settled);
         }
         Ok(result)
@@ -134,12 +194,27 @@ impl PendingTable {
         let id = decision.id.0;
         let mut shard = self.shard(id).lock();
         shard.tombstones.remove(&id);
-        shard.order.push_back((id, decision.created_at));
-        shard.open.insert(id, decision);
+        if shard.open.insert(id, decision.clone()).is_none() {
+            self.open.fetch_add(1, Ordering::Relaxed);
+            shard.order.push_back((id, decision.created_at));
+        }
+    }
+
+    /// Whether the table holds `id`, open or as a tombstone.
+    pub fn knows(&self, id: u128) -> bool {
+        let shard = self.shard(id).lock();
+        shard.open.contains_key(&id) || shard.tombstones.contains_key(&id)
+    }
+
+    /// Forgets an open decision that could not be recorded, as if never made.
+    pub fn discard(&self, id: u128) {
+        if self.shard(id).lock().open.remove(&id).is_some() {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().open.len()).sum()
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Every open decision, for persisting across a restart.
@@ -154,7 +229,7 @@ impl PendingTable {
         if shard.tombstones.insert(id, t).is_none() {
             shard.tombstone_order.push_back(id);
         }
-        while shard.tombstone_order.len() > self.capacity_per_shard.max(MIN_TOMBSTONES_PER_SHARD) {
+        while shard.tombstone_order.len() > self.tombstones_per_shard {
             if let Some(old) = shard.tombstone_order.pop_front() {
                 shard.tombstones.remove(&old);
             }

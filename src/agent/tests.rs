@@ -53,10 +53,11 @@ fn same_seed_same_calls_same_decisions() {
             let d = agent.decide("stocks", c, &[], true).unwrap();
             agent.report(&d.id.to_string(), reward(0.001 * (i % 7) as f64 - 0.003)).unwrap();
             agent.flush();
-            out.push((d.id, d.values.clone(), d.arms.clone(), d.propensities.clone()));
+            out.push((d.seed, d.values.clone(), d.arms.clone(), d.propensities.clone()));
         }
         out
     };
+    // Everything but the id, whose random bits come from the OS on purpose.
     assert_eq!(run(), run());
 }
 
@@ -108,7 +109,7 @@ fn bad_reports_are_typed_errors_and_change_nothing() {
     let id = d.id.to_string();
     let before = agent.view("options").unwrap();
 
-    let unknown = DecisionId::new(7, 1, 99).to_string();
+    let unknown = DecisionId::generate(1, 99.0).to_string();
     assert_eq!(agent.report(&unknown, reward(0.1)).unwrap_err(), AgentError::UnknownDecision(unknown.clone()));
     assert_eq!(agent.report("not-an-id", reward(0.1)).unwrap_err(), AgentError::UnknownDecision("not-an-id".into()));
     assert_eq!(
@@ -172,21 +173,72 @@ fn rewards_are_clipped_by_the_module_setting() {
     let (agent, _) = agent_with_clock(6);
     let id = agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string();
     assert_eq!(agent.report(&id, reward(40.0)).unwrap().reward, 0.5);
+    let id = agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string();
+    assert_eq!(agent.report(&id, reward(0.2)).unwrap().reward, 0.2);
+    let counters = agent.counters("crypto").unwrap();
+    assert_eq!(counters.clipped_rewards.load(Ordering::Relaxed), 1, "only the clipped one is counted");
 }
 
 #[test]
-fn pending_decisions_are_bounded() {
-    let text = include_str!("../../models/crypto.toml").replace("capacity = 100000", "capacity = 32");
-    let mut spaces = Spaces::default();
-    spaces.insert(ModuleSpace::from_toml_str(&text, "crypto.toml").unwrap()).unwrap();
+fn features_outside_their_declared_range_are_counted() {
+    let (agent, _) = agent_with_clock(6);
+    let feature = agent.space("crypto").unwrap().features[0].clone();
+    for value in [feature.lo, feature.hi, feature.hi + 1.0, feature.lo - 1.0] {
+        agent.decide("crypto", ctx(), &[(&feature.name, value)], true).unwrap();
+    }
+    assert_eq!(agent.counters("crypto").unwrap().features_out_of_range.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_full_table_refuses_new_decisions_and_keeps_every_open_one() {
+    let spaces = Spaces::builtin_with(|s| {
+        if s.name == "crypto" {
+            s.pending.capacity = 32;
+        }
+    });
     let agent = Agent::new(&spaces, AgentOptions { seed: Some(1), ..Default::default() });
-    let ids: Vec<String> =
-        (0..1000).map(|_| agent.decide("crypto", ctx(), &[], true).unwrap().id.to_string()).collect();
-    assert!(agent.pending_count("crypto").unwrap() <= 32 + 16, "bounded near its capacity");
-    assert!(agent.counters("crypto").unwrap().overflowed.load(Ordering::Relaxed) >= 1000 - 48);
-    // The oldest were dropped and say so; the newest are still open.
-    assert!(matches!(agent.report(&ids[0], reward(0.0)).unwrap_err(), AgentError::ExpiredDecision(_)));
-    assert!(agent.report(&ids[999], reward(0.0)).is_ok());
+    let stocks = agent.decide("stocks", ctx(), &[], true).unwrap().id.to_string();
+    let results: Vec<_> = (0..1000).map(|_| agent.decide("crypto", ctx(), &[], true)).collect();
+    let ids: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok()).map(|d| d.id.to_string()).collect();
+    assert_eq!(ids.len(), 32, "exactly the capacity is open");
+    let refused = results.iter().filter(|r| matches!(r, Err(AgentError::TooManyOpenDecisions { capacity: 32, .. })));
+    assert_eq!(refused.count(), 1000 - 32);
+    let counters = agent.counters("crypto").unwrap();
+    assert_eq!(counters.refused_full.load(Ordering::Relaxed), 1000 - 32);
+    assert_eq!(counters.expired.load(Ordering::Relaxed), 0, "refusals are not counted as expiries");
+    // Every open decision, the oldest too, still takes its outcome; so does another module's.
+    for id in &ids {
+        agent.report(id, reward(0.0)).unwrap();
+    }
+    agent.report(&stocks, reward(0.0)).unwrap();
+    assert!(agent.decide("crypto", ctx(), &[], true).is_ok(), "room again once outcomes came");
+}
+
+#[test]
+fn decision_ids_are_not_predictable_from_earlier_ones() {
+    let (agent, _) = agent_with_clock(2);
+    let ids: Vec<u128> = (0..2000).map(|_| agent.decide("crypto", ctx(), &[], true).unwrap().id.0).collect();
+    // The low 72 bits are random: no two collide, consecutive ones differ
+    // in about half of them (a counter would differ in one or two), and
+    // each bit is set about half the time.
+    let low = |id: u128| id & ((1u128 << 72) - 1);
+    let mut seen: Vec<u128> = ids.iter().map(|&id| low(id)).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), ids.len());
+    let flips: f64 =
+        ids.windows(2).map(|w| (low(w[0]) ^ low(w[1])).count_ones() as f64).sum::<f64>() / (ids.len() - 1) as f64;
+    assert!((33.0..39.0).contains(&flips), "consecutive ids differ in {flips} of 72 random bits");
+    for bit in 0..72 {
+        let set = ids.iter().filter(|&&id| id >> bit & 1 == 1).count() as f64 / ids.len() as f64;
+        assert!((0.42..0.58).contains(&set), "bit {bit} set in {set} of ids");
+    }
+    // Another agent with the same seed does not hand out the same ids.
+    let (other, _) = agent_with_clock(2);
+    let again = other.decide("crypto", ctx(), &[], true).unwrap().id.0;
+    assert!(!ids.contains(&again));
+    // And ids sort by time.
+    assert!(ids.windows(2).all(|w| w[0] >> 80 <= w[1] >> 80));
 }
 
 #[test]

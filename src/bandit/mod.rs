@@ -166,10 +166,16 @@ impl ModuleStats {
         out
     }
 
+    /// Whether `other` has the same contexts, parameters and arms: state
+    /// read back from a store must, or indexing it by arm would panic.
     pub fn same_shape(&self, other: &ModuleStats) -> bool {
+        let rows =
+            |a: &[Vec<Stats>], b: &[Vec<Stats>]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.len() == y.len());
         self.cells.len() == other.cells.len()
-            && self.pool.len() == other.pool.len()
-            && self.pool.iter().zip(&other.pool).all(|(a, b)| a.len() == b.len())
+            && self.cells.iter().zip(&other.cells).all(|(a, b)| rows(a, b))
+            && rows(&self.pool, &other.pool)
+            && self.cell_outcomes.len() == other.cell_outcomes.len()
+            && self.baselines.len() == other.baselines.len()
     }
 
     fn all(&self) -> impl Iterator<Item = &Stats> {

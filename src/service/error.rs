@@ -82,6 +82,7 @@ impl ApiError {
                 | AgentError::NonFiniteEvidence { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 AgentError::UnknownDecision(_) | AgentError::ExpiredDecision(_) => StatusCode::NOT_FOUND,
                 AgentError::DuplicateOutcome(_) => StatusCode::CONFLICT,
+                AgentError::TooManyOpenDecisions { .. } => StatusCode::TOO_MANY_REQUESTS,
                 AgentError::ShuttingDown | AgentError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
@@ -103,7 +104,7 @@ impl ApiError {
         match self {
             ApiError::Internal(_) => "internal error; the server log has the details".to_string(),
             ApiError::Agent(AgentError::Journal(_)) => {
-                "the outcome could not be recorded durably and was not accepted; retry later".to_string()
+                "the request could not be recorded durably and was not accepted; retry later".to_string()
             }
             ApiError::Store(e) => e.public_message(),
             other => bounded(&other.to_string()),

@@ -155,10 +155,24 @@ impl Metrics {
         );
         per_module(
             &mut out,
-            "paramopt_decisions_overflowed_total",
+            "paramopt_decisions_refused_full_total",
             "counter",
-            "Pending decisions dropped because the table was full.",
-            &|m| counter(m, |c| &c.overflowed),
+            "Decisions refused with 429 because the module's open decisions were full (none is evicted).",
+            &|m| counter(m, |c| &c.refused_full),
+        );
+        per_module(
+            &mut out,
+            "paramopt_rewards_clipped_total",
+            "counter",
+            "Rewards beyond the module's reward.clip, learned clipped (a return_pct sent in percent lands here).",
+            &|m| counter(m, |c| &c.clipped_rewards),
+        );
+        per_module(
+            &mut out,
+            "paramopt_features_out_of_range_total",
+            "counter",
+            "Features sent outside their declared range; the policy network clips them.",
+            &|m| counter(m, |c| &c.features_out_of_range),
         );
         per_module(&mut out, "paramopt_pending_decisions", "gauge", "Decisions waiting for their outcome.", &|m| {
             agent.pending_count(m).map(|n| n.to_string()).unwrap_or_else(|_| "NaN".into())

@@ -161,22 +161,16 @@ impl CheckpointStore for RuntimeHooks {
 }
 
 impl OutcomeSink for RuntimeHooks {
-    /// The outcome itself is already durable (the journal took it before the
-    /// agent accepted it); the trade record follows in the decision log's
-    /// next batch, so a slow or absent Firestore never turns an accepted
-    /// outcome into an error.
-    fn decided(&self, decision: &Arc<Decision>, ignored_features: &[(String, f64)]) {
-        self.runtime.decision_log.decided(decision, ignored_features);
-    }
+    /// Nothing to do: the decision is in the journal already, and the
+    /// decision log stores it from there.
+    fn decided(&self, _: &Arc<Decision>, _: &[(String, f64)]) {}
 
-    fn record(&self, record: OutcomeRecord) -> SinkFuture<'_> {
-        let log = &self.runtime.decision_log;
-        log.settled(&record.decision, record.reward, record.received_at);
-        // The handler filled the trade from its decision already.
-        if let Some(mut trade) = record.trade {
-            trade.created_at = record.received_at;
-            log.trade(trade);
-        }
+    /// Nothing to do either: the journal took the outcome, with the trade
+    /// as its module sent it, before the agent accepted it, and the decision
+    /// log stores both from there (completing the trade as the handler did),
+    /// so a slow or absent Firestore never turns an accepted outcome into an
+    /// error, and a crash loses neither.
+    fn record(&self, _: OutcomeRecord) -> SinkFuture<'_> {
         Box::pin(std::future::ready(Ok(())))
     }
 }

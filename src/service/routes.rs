@@ -9,8 +9,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::agent::{Evidence, Outcome};
-use crate::store::trade::{TradeError, TradeRecord};
+use crate::agent::{Attachment, Evidence, Outcome};
+use crate::store::trade::{StoredTrade, TradeError, TradeRecord};
 
 use super::error::ApiError;
 use super::extract::{JsonBody, PathParams, QueryPairs};
@@ -47,8 +47,18 @@ pub async fn decide(
         .ok_or_else(|| ApiError::Invalid("context is missing; expected {\"session\": …, \"regime\": …}".into()))?
         .resolve("context.")?;
     let (features, ignored_features) = req.split_features(&space)?;
-    let decision =
-        agent.decide_for(&req.module, context, &features, req.strategy.as_deref(), req.explore.unwrap_or(true))?;
+    let decided = agent.decide_recorded(
+        &req.module,
+        context,
+        &features,
+        req.strategy.as_deref(),
+        req.explore.unwrap_or(true),
+        ignored_features.clone(),
+    )?;
+    // Answered only once the journal holds it, so a restart still knows every
+    // decision handed out; concurrent decisions share one fdatasync.
+    agent.durable(decided.seq).await?;
+    let decision = decided.decision;
     if !ignored_features.is_empty() {
         state.metrics().undeclared.count(&space.name, &ignored_features);
     }
@@ -84,12 +94,17 @@ pub async fn report(
     let agent = state.agent();
     // Awaits the journal's group commit without holding a worker thread, so
     // decisions keep flowing and concurrent reports share one fdatasync.
-    let settled = agent.accept(&decision_id, outcome)?.durable().await?;
+    // The trade as sent is journaled with the outcome: the decision log
+    // stores it from there, so it is as durable as the acknowledgement.
+    let attachment = match &trade {
+        Some(t) => Some(Attachment(
+            serde_json::value::to_raw_value(&StoredTrade(t.clone())).map_err(|e| ApiError::Internal(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let settled = agent.accept_with(&decision_id, outcome, attachment)?.durable().await?;
     if let Some(t) = &mut trade {
-        let space = agent.space(&settled.decision.module)?;
-        t.fill_from_decision(&settled.decision, space);
-        t.reward = Some(settled.reward);
-        t.fill_alternatives(space, &settled.decision, &settled.outcome);
+        t.complete(agent.space(&settled.decision.module)?, &settled);
     }
     let record = OutcomeRecord {
         decision: settled.decision.clone(),

@@ -376,7 +376,8 @@ pub struct ModuleOps {
     /// Decisions waiting for their outcome.
     pub pending: usize,
     pub expired: u64,
-    pub overflowed: u64,
+    /// Decisions refused (429) because the module's open decisions were full.
+    pub refused_full: u64,
     pub rejected_outcomes: u64,
     /// Seconds since the newest stored checkpoint; null without a store.
     pub checkpoint_age_secs: Option<f64>,

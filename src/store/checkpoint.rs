@@ -209,9 +209,10 @@ impl Checkpoint {
             (None, true) => Some(PolicyTrainer::new(&space, seed).map_err(|e| mismatch(e.to_string()))?),
         };
         let mut learner = ModuleLearner::with_policy(space, policy).map_err(|e| mismatch(e.to_string()))?;
-        if !learner.stats.same_shape(&self.stats) || self.incumbents.len() != learner.incumbents.len() {
-            return Err(mismatch(format!("{what}: statistics or incumbents have another shape than the space")));
+        if !learner.stats.same_shape(&self.stats) {
+            return Err(mismatch(format!("{what}: its statistics have another shape than the space")));
         }
+        check_incumbents(&learner.space, &self.incumbents).map_err(|e| mismatch(format!("{what}: {e}")))?;
         learner.stats = self.stats.clone();
         learner.incumbents = self.incumbents.clone();
         learner.generation = self.generation;
@@ -243,6 +244,33 @@ impl Checkpoint {
             note: self.note.clone(),
         }
     }
+}
+
+/// Incumbents as the engine needs them: a row per context, a finite value
+/// per parameter, within the span of its arms (a value refined inside an
+/// arm's cell lies at most one arm gap outside the outer arms).
+fn check_incumbents(space: &ModuleSpace, rows: &[Vec<f64>]) -> Result<(), String> {
+    if rows.len() != Context::COUNT {
+        return Err(format!("{} incumbent rows, expected one per context ({})", rows.len(), Context::COUNT));
+    }
+    for (c, row) in rows.iter().enumerate() {
+        if row.len() != space.params.len() {
+            return Err(format!(
+                "incumbent row {c} has {} values, the space has {} parameters",
+                row.len(),
+                space.params.len()
+            ));
+        }
+        for (p, &v) in space.params.iter().zip(row) {
+            let lo = p.arms.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = p.arms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let gap = p.arms.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f64::max);
+            if !v.is_finite() || v < lo - gap || v > hi + gap {
+                return Err(format!("incumbent {} = {v} in row {c} lies outside its arms [{lo}, {hi}]", p.full_name));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The stored form of a checkpoint, always the current [`FORMAT_VERSION`].
@@ -336,6 +364,30 @@ mod tests {
         let other = Spaces::builtin().get("options").unwrap().clone();
         let err = cp.to_learner(other, 1).unwrap_err().to_string();
         assert!(err.contains("crypto") && err.contains("parameters"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_state_is_refused_by_name_not_panicked_on() {
+        let l = learned();
+        let good = Checkpoint::from_learner(&l, CheckpointKind::Checkpoint, None, None, 0.0);
+        let refused = |edit: &dyn Fn(&mut Checkpoint), expect: &str| {
+            let mut cp = good.clone();
+            edit(&mut cp);
+            let err = cp.to_learner(l.space.clone(), 1).unwrap_err().to_string();
+            assert!(err.contains(expect), "{expect:?} not in {err}");
+        };
+        refused(&|cp| cp.incumbents[3].pop().map(drop).unwrap_or(()), "incumbent row 3 has");
+        refused(&|cp| cp.incumbents.truncate(2), "incumbent rows");
+        refused(&|cp| cp.incumbents[0][1] = f64::NAN, "NaN");
+        refused(&|cp| cp.incumbents[5][0] = 1e9, "1000000000 in row 5");
+        refused(&|cp| cp.stats.cells[2][1].truncate(1), "statistics");
+        refused(&|cp| cp.stats.baselines.clear(), "statistics");
+        // Counterfactual state of another shape is dropped with a warning; the
+        // learner still serves.
+        let mut cp = good.clone();
+        cp.counterfactual.as_mut().expect("crypto declares roles").cells[0].default_y.clear();
+        let back = cp.to_learner(l.space.clone(), 1).unwrap();
+        assert_eq!(back.incumbents, l.incumbents);
     }
 
     #[test]

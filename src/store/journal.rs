@@ -1,5 +1,7 @@
-//! The durable outcome journal: every outcome is on disk before it is
-//! acknowledged, and outcomes no checkpoint holds yet are replayed on start.
+//! The durable journal: every outcome is on disk before it is acknowledged,
+//! and every decision before it is answered. On start, outcomes no checkpoint
+//! holds yet are replayed, and decisions still open are put back among the
+//! open ones, so a trade open across a restart still reports its outcome.
 //!
 //! It is always local (`DIR/outcomes.jsonl`, one file for every module),
 //! whatever the checkpoint store: acknowledging must not wait on a network.
@@ -24,14 +26,130 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::agent::{Journal, Settled};
+use crate::agent::{Decision, DecisionId, Journal, Settled};
 
 const FILE_NAME: &str = "outcomes.jsonl";
+/// The sequence number through which the decision log has stored entries.
+const LOGGED_FILE: &str = "logged_through";
+/// How long a decision of a module whose TTL is not known is kept open.
+const DEFAULT_DECISION_TTL_SECS: f64 = 7.0 * 86_400.0;
+/// The journal is rewritten once it has grown this much past its last
+/// compacted size, even when no checkpoint asks (decisions alone grow it).
+const REGROW_BYTES: u64 = 64 << 20;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// One line of the journal. Lines older than the kinds beside `settled`
+/// read as they always did: `{"seq": n, "settled": {...}}`.
+#[derive(Debug)]
 struct Entry {
     seq: u64,
-    settled: Settled,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// An accepted outcome, to learn from.
+    Settled(Settled),
+    /// A decision answered, open until an outcome or its TTL settles it.
+    Decided(Arc<Decision>),
+    /// What compaction keeps of a settled decision whose outcome a
+    /// checkpoint holds: enough to call a retried report a duplicate.
+    Gone(GoneId),
+}
+
+/// An entry's JSON, read and written without `#[serde(flatten)]`, which
+/// cannot carry the raw JSON an outcome's attachment holds.
+#[derive(Serialize, Deserialize)]
+struct Line<S, D, G> {
+    seq: u64,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    settled: Option<S>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    decided: Option<D>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    gone: Option<G>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+type LineIn = Line<Settled, Arc<Decision>, GoneId>;
+type LineOut<'a> = Line<&'a Settled, &'a Decision, &'a GoneId>;
+
+impl Entry {
+    fn parse(line: &[u8]) -> serde_json::Result<Entry> {
+        let l: LineIn = serde_json::from_slice(line)?;
+        let kind = match (l.settled, l.decided, l.gone) {
+            (Some(s), None, None) => Kind::Settled(s),
+            (None, Some(d), None) => Kind::Decided(d),
+            (None, None, Some(g)) => Kind::Gone(g),
+            _ => return Err(serde::de::Error::custom("a journal line holds exactly one of settled, decided, gone")),
+        };
+        Ok(Entry { seq: l.seq, kind })
+    }
+
+    fn write(&self, out: &mut impl Write) -> serde_json::Result<()> {
+        let mut line = LineOut { seq: self.seq, settled: None, decided: None, gone: None };
+        match &self.kind {
+            Kind::Settled(s) => line.settled = Some(s),
+            Kind::Decided(d) => line.decided = Some(d),
+            Kind::Gone(g) => line.gone = Some(g),
+        }
+        serde_json::to_writer(out, &line)
+    }
+}
+
+/// What an append writes, borrowed.
+enum KindRef<'a> {
+    Settled(&'a Settled),
+    Decided(&'a Decision),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GoneId {
+    module: String,
+    id: DecisionId,
+    created_at: f64,
+}
+
+impl Entry {
+    fn module(&self) -> &str {
+        match &self.kind {
+            Kind::Settled(s) => &s.decision.module,
+            Kind::Decided(d) => &d.module,
+            Kind::Gone(g) => &g.module,
+        }
+    }
+}
+
+/// What the decision log reads from the journal, in sequence order.
+#[derive(Debug)]
+pub enum Logged {
+    Decided(Arc<Decision>),
+    Settled(Settled),
+}
+
+/// A reader's place in the journal: the last sequence number it read, and
+/// the file it reads (reopened when a compaction replaces the file).
+#[derive(Debug)]
+pub struct Cursor {
+    seq: u64,
+    generation: u64,
+    reader: Option<BufReader<File>>,
+}
+
+impl Cursor {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// What a restart puts back: the decisions still open, oldest first, and the
+/// ids (with their modules) settled while the journal has held them.
+#[derive(Debug, Default)]
+pub struct OpenDecisions {
+    pub open: Vec<Decision>,
+    pub settled: Vec<(String, DecisionId)>,
 }
 
 /// How far the journal is on disk; `failed` once a write has failed.
@@ -66,6 +184,17 @@ pub struct FileJournal {
     shared: Arc<Shared>,
     /// Per module, the sequence number through which a checkpoint holds its outcomes.
     floors: Mutex<HashMap<String, u64>>,
+    /// Per module, how long its decisions stay open: a decision line is kept
+    /// that long unless its outcome settles it.
+    decision_ttls: Mutex<HashMap<String, f64>>,
+    /// The file's size after the last compaction.
+    compacted_len: Mutex<u64>,
+    /// Through which sequence number the decision log has stored what the
+    /// journal holds, once a decision log reads it: compaction keeps every
+    /// later line whole.
+    logged: Mutex<Option<u64>>,
+    /// Bumped when a compaction replaces the file, so readers reopen it.
+    generation: std::sync::atomic::AtomicU64,
     flusher: Option<JoinHandle<()>>,
 }
 
@@ -90,7 +219,110 @@ impl FileJournal {
             let shared = shared.clone();
             std::thread::Builder::new().name("paramopt-journal".into()).spawn(move || flush_loop(&shared))?
         };
-        Ok(FileJournal { dir: dir.to_path_buf(), shared, floors: Mutex::default(), flusher: Some(flusher) })
+        Ok(FileJournal {
+            dir: dir.to_path_buf(),
+            shared,
+            floors: Mutex::default(),
+            decision_ttls: Mutex::default(),
+            compacted_len: Mutex::default(),
+            logged: Mutex::default(),
+            generation: Default::default(),
+            flusher: Some(flusher),
+        })
+    }
+
+    /// How far the journal is on disk.
+    pub fn durable_through(&self) -> u64 {
+        self.shared.state.lock().progress.durable_through
+    }
+
+    /// Makes the journal keep what the decision log has not stored yet, and
+    /// returns how far it had stored before (0 the first time).
+    pub fn track_log(&self) -> std::io::Result<u64> {
+        let through = match std::fs::read_to_string(self.dir.join(LOGGED_FILE)) {
+            Ok(text) => text.trim().parse().unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        *self.logged.lock() = Some(through);
+        Ok(through)
+    }
+
+    /// Records that the decision log has stored everything through `seq`.
+    /// Written without fsync: a stale number after a crash re-logs a few
+    /// entries, which the stores take as the retries they are.
+    pub fn set_logged_through(&self, seq: u64) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!("{LOGGED_FILE}.tmp"));
+        std::fs::write(&tmp, seq.to_string())?;
+        std::fs::rename(&tmp, self.dir.join(LOGGED_FILE))?;
+        let mut logged = self.logged.lock();
+        *logged = Some(logged.unwrap_or(0).max(seq));
+        Ok(())
+    }
+
+    /// A reader of the entries after `after`.
+    pub fn cursor(&self, after: u64) -> Cursor {
+        Cursor { seq: after, generation: u64::MAX, reader: None }
+    }
+
+    /// Up to `max` durable decisions and outcomes after the cursor, in order.
+    pub fn tail(&self, cursor: &mut Cursor, max: usize) -> std::io::Result<Vec<(u64, Logged)>> {
+        use std::sync::atomic::Ordering;
+        let durable = self.durable_through();
+        let generation = self.generation.load(Ordering::Acquire);
+        if cursor.generation != generation || cursor.reader.is_none() {
+            cursor.reader = match File::open(&self.shared.path) {
+                Ok(f) => Some(BufReader::new(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            cursor.generation = generation;
+        }
+        let Some(reader) = cursor.reader.as_mut() else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        let mut line = Vec::new();
+        while out.len() < max {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            // A line still being written, or written but not yet durable, is
+            // read again next time.
+            let whole = line.last() == Some(&b'\n');
+            let entry = if whole { Entry::parse(&line).ok() } else { None };
+            match entry {
+                None if !whole => {
+                    reader.seek_relative(-(n as i64))?;
+                    break;
+                }
+                // Torn by an earlier crash: its outcome was never acknowledged.
+                None => continue,
+                Some(e) if e.seq > durable => {
+                    reader.seek_relative(-(n as i64))?;
+                    break;
+                }
+                Some(e) if e.seq <= cursor.seq => continue,
+                Some(e) => {
+                    cursor.seq = e.seq;
+                    match e.kind {
+                        Kind::Decided(d) => out.push((e.seq, Logged::Decided(d))),
+                        Kind::Settled(s) => out.push((e.seq, Logged::Settled(s))),
+                        Kind::Gone(_) => {}
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// How long each module's decisions stay open (its `pending.ttl_secs`).
+    pub fn set_decision_ttls(&self, ttls: impl IntoIterator<Item = (String, f64)>) {
+        self.decision_ttls.lock().extend(ttls);
+    }
+
+    fn ttl_of(&self, module: &str) -> f64 {
+        self.decision_ttls.lock().get(module).copied().unwrap_or(DEFAULT_DECISION_TTL_SECS)
     }
 
     pub fn dir(&self) -> &Path {
@@ -102,9 +334,51 @@ impl FileJournal {
         let durable = self.shared.state.lock().progress.durable_through;
         Ok(read_entries(&self.shared.path, durable)?
             .into_iter()
-            .filter(|e| e.seq > after && e.settled.decision.module == module)
-            .map(|e| (e.seq, e.settled))
+            .filter(|e| e.seq > after && e.module() == module)
+            .filter_map(|e| match e.kind {
+                Kind::Settled(s) => Some((e.seq, s)),
+                _ => None,
+            })
             .collect())
+    }
+
+    /// The durable decisions with no outcome yet, younger than their TTL at
+    /// `now`, and the ids settled meanwhile: what a restart puts back.
+    pub fn open_decisions(&self, now: f64) -> std::io::Result<OpenDecisions> {
+        let durable = self.shared.state.lock().progress.durable_through;
+        let mut open: Vec<Arc<Decision>> = Vec::new();
+        let mut settled = Vec::new();
+        let mut done = std::collections::HashSet::new();
+        for e in read_entries(&self.shared.path, durable)? {
+            match e.kind {
+                Kind::Decided(d) => open.push(d),
+                Kind::Settled(s) => {
+                    done.insert(s.decision.id);
+                    settled.push((s.decision.module.clone(), s.decision.id));
+                }
+                Kind::Gone(g) => {
+                    done.insert(g.id);
+                    settled.push((g.module, g.id));
+                }
+            }
+        }
+        let open = open
+            .into_iter()
+            .filter(|d| !done.contains(&d.id) && now - d.created_at <= self.ttl_of(&d.module))
+            .map(|d| Arc::try_unwrap(d).unwrap_or_else(|d| (*d).clone()))
+            .collect();
+        Ok(OpenDecisions { open, settled })
+    }
+
+    /// Compacts with the floors already given, when decisions alone have
+    /// grown the file well past its last compacted size.
+    pub fn compact_if_grown(&self) -> std::io::Result<bool> {
+        let len = self.shared.file.lock().metadata()?.len();
+        if len < *self.compacted_len.lock() + REGROW_BYTES {
+            return Ok(false);
+        }
+        self.rewrite(None)?;
+        Ok(true)
     }
 
     /// Drops the entries of `module` up to `through`, which a stored checkpoint
@@ -114,30 +388,65 @@ impl FileJournal {
     /// on meanwhile: the file is held only to copy what was appended during
     /// the copy and to swap the files.
     pub fn compact(&self, module: &str, through: u64) -> std::io::Result<()> {
+        self.rewrite(Some((module, through)))
+    }
+
+    /// What compaction keeps of each line: an outcome above its module's
+    /// floor; below it, a [`Kind::Gone`] id while a retry could still come;
+    /// a decision while it is open and younger than its TTL.
+    fn rewrite(&self, raise: Option<(&str, u64)>) -> std::io::Result<()> {
         // Held throughout: two compactions would share the temporary file.
         let mut floors = self.floors.lock();
-        let floor = floors.entry(module.to_string()).or_insert(0);
-        *floor = (*floor).max(through);
+        if let Some((module, through)) = raise {
+            let floor = floors.entry(module.to_string()).or_insert(0);
+            *floor = (*floor).max(through);
+        }
+        let now = now_secs();
         let path = &self.shared.path;
         let copied_len = self.shared.file.lock().metadata()?.len();
+        // Decisions settled anywhere in the copied part are not open.
+        let mut settled = std::collections::HashSet::new();
+        for_each_line(path, copied_len, |e| {
+            match &e.kind {
+                Kind::Settled(s) => settled.insert(s.decision.id),
+                Kind::Gone(g) => settled.insert(g.id),
+                Kind::Decided(_) => false,
+            };
+        })?;
+        let logged = *self.logged.lock();
         let tmp = path.with_extension("jsonl.tmp");
-        let mut out = File::create(&tmp)?;
-        {
-            let mut reader = BufReader::new(File::open(path)?.take(copied_len));
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                if reader.read_until(b'\n', &mut line)? == 0 {
-                    break;
-                }
-                // Only whole lines reach the file before the length was read.
-                if let Ok(e) = serde_json::from_slice::<Entry>(&line) {
-                    if e.seq > floors.get(&e.settled.decision.module).copied().unwrap_or(0) {
-                        out.write_all(&line)?;
-                    }
+        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        let mut failed = None;
+        for_each_line(path, copied_len, |e| {
+            // Not yet in the decision log: kept as it is.
+            let unlogged = logged.is_some_and(|l| e.seq > l);
+            let floor = floors.get(e.module()).copied().unwrap_or(0);
+            let young = |created_at: f64| now - created_at <= self.ttl_of(e.module());
+            let kept = match &e.kind {
+                Kind::Settled(_) if unlogged || e.seq > floor => Some(e),
+                Kind::Settled(s) if young(s.decision.created_at) => Some(Entry {
+                    seq: e.seq,
+                    kind: Kind::Gone(GoneId {
+                        module: s.decision.module.clone(),
+                        id: s.decision.id,
+                        created_at: s.decision.created_at,
+                    }),
+                }),
+                Kind::Gone(g) if young(g.created_at) => Some(e),
+                Kind::Decided(d) if unlogged || (!settled.contains(&d.id) && young(d.created_at)) => Some(e),
+                _ => None,
+            };
+            if let Some(e) = kept {
+                let written = e.write(&mut out).map_err(std::io::Error::from);
+                if let Err(err) = written.and_then(|()| out.write_all(b"\n")) {
+                    failed.get_or_insert(err);
                 }
             }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
+        let mut out = out.into_inner().map_err(|e| e.into_error())?;
         let mut file = self.shared.file.lock();
         let mut tail = File::open(path)?;
         tail.seek(SeekFrom::Start(copied_len))?;
@@ -146,7 +455,29 @@ impl FileJournal {
         std::fs::rename(&tmp, path)?;
         File::open(&self.dir)?.sync_all()?;
         *file = OpenOptions::new().append(true).open(path)?;
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        *self.compacted_len.lock() = file.metadata()?.len();
         Ok(())
+    }
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Calls `f` with every whole entry in the first `len` bytes of the file.
+/// Only whole lines reach the file before its length is read.
+fn for_each_line(path: &Path, len: u64, mut f: impl FnMut(Entry)) -> std::io::Result<()> {
+    let mut reader = BufReader::new(File::open(path)?.take(len));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        if let Ok(e) = Entry::parse(&line) {
+            f(e);
+        }
     }
 }
 
@@ -164,8 +495,9 @@ fn failed_error(path: &Path, error: &str) -> std::io::Error {
     std::io::Error::other(format!("journal {} failed: {error}", path.display()))
 }
 
-impl Journal for FileJournal {
-    fn append(&self, settled: &Settled, then: &mut dyn FnMut(u64)) -> std::io::Result<u64> {
+impl FileJournal {
+    /// Buffers one entry under the next sequence number; see [`Journal::append`].
+    fn push(&self, kind: KindRef<'_>, then: &mut dyn FnMut(u64)) -> std::io::Result<u64> {
         let shared = &*self.shared;
         let mut st = shared.state.lock();
         if let Some(e) = &st.progress.failed {
@@ -173,7 +505,12 @@ impl Journal for FileJournal {
         }
         let seq = st.next_seq + 1;
         let mark = st.buf.len();
-        if let Err(e) = serde_json::to_writer(&mut st.buf, &Entry { seq, settled: settled.clone() }) {
+        let mut line = LineOut { seq, settled: None, decided: None, gone: None };
+        match kind {
+            KindRef::Settled(s) => line.settled = Some(s),
+            KindRef::Decided(d) => line.decided = Some(d),
+        }
+        if let Err(e) = serde_json::to_writer(&mut st.buf, &line) {
             st.buf.truncate(mark);
             return Err(e.into());
         }
@@ -187,6 +524,16 @@ impl Journal for FileJournal {
             shared.changed.notify_all();
         }
         Ok(seq)
+    }
+}
+
+impl Journal for FileJournal {
+    fn append(&self, settled: &Settled, then: &mut dyn FnMut(u64)) -> std::io::Result<u64> {
+        self.push(KindRef::Settled(settled), then)
+    }
+
+    fn append_decision(&self, decision: &Decision) -> std::io::Result<u64> {
+        self.push(KindRef::Decided(decision), &mut |_| {})
     }
 
     fn wait_durable(&self, seq: u64) -> std::io::Result<()> {
@@ -306,7 +653,7 @@ fn read_entries(path: &Path, through: u64) -> std::io::Result<Vec<Entry>> {
         if line.is_empty() {
             continue;
         }
-        match serde_json::from_slice::<Entry>(&line) {
+        match Entry::parse(&line) {
             Ok(e) if e.seq <= through => out.push(e),
             Ok(_) => {}
             Err(e) => tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping a torn journal line"),
@@ -352,12 +699,11 @@ mod tests {
         });
         agent.shutdown();
         drop(agent);
-        let mut seqs: Vec<u64> = ["crypto", "stocks", "options"]
-            .iter()
-            .flat_map(|m| journal.replay(m, 0).unwrap().into_iter().map(|(seq, _)| seq))
-            .collect();
+        // Each decision and each outcome takes a number.
+        let mut seqs: Vec<u64> =
+            read_entries(&dir.path().join(FILE_NAME), u64::MAX).unwrap().iter().map(|e| e.seq).collect();
         seqs.sort_unstable();
-        assert_eq!(seqs, (1..=600).collect::<Vec<_>>());
+        assert_eq!(seqs, (1..=1200).collect::<Vec<_>>());
         assert_eq!(journal.replay("crypto", 0).unwrap().len(), 300);
         drop(journal);
 
@@ -365,8 +711,8 @@ mod tests {
         let agent = agent_with(&journal);
         report_some(&agent, "stocks", 1);
         agent.shutdown();
-        let last = journal.replay("stocks", 600).unwrap();
-        assert_eq!(last.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![601]);
+        let last = journal.replay("stocks", 1200).unwrap();
+        assert_eq!(last.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![1202]);
     }
 
     #[test]
@@ -379,7 +725,7 @@ mod tests {
         drop((agent, journal));
         let path = dir.path().join(FILE_NAME);
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(br#"{"seq":6,"settled":{"decis"#).unwrap();
+        file.write_all(br#"{"seq":11,"settled":{"decis"#).unwrap();
         drop(file);
 
         let journal = Arc::new(FileJournal::open(dir.path()).unwrap());
@@ -387,7 +733,9 @@ mod tests {
         report_some(&agent, "crypto", 2);
         agent.shutdown();
         let seqs: Vec<u64> = journal.replay("crypto", 0).unwrap().into_iter().map(|(seq, _)| seq).collect();
-        assert_eq!(seqs, (1..=7).collect::<Vec<_>>(), "the torn 6th line is gone, the new ones are whole");
+        // Outcomes take the even numbers (each follows its decision).
+        let expected: Vec<u64> = (1..=7).map(|i| 2 * i).collect();
+        assert_eq!(seqs, expected, "the torn 11th line is gone, the new ones are whole");
     }
 
     #[test]
@@ -400,17 +748,83 @@ mod tests {
         std::thread::scope(|s| {
             let appender = agent.clone();
             s.spawn(move || report_some(&appender, "crypto", 300));
-            for through in [50, 120, 200] {
+            for through in [100, 240, 400] {
                 journal.compact("crypto", through).unwrap();
             }
         });
         agent.shutdown();
         let crypto: Vec<u64> = journal.replay("crypto", 0).unwrap().into_iter().map(|(seq, _)| seq).collect();
-        // Sequence numbers are shared: stocks took 201..=250.
-        assert_eq!(crypto.first(), Some(&251), "entries through 200 are dropped");
+        // Sequence numbers are shared: stocks took 401..=500.
+        assert_eq!(crypto.first(), Some(&502), "outcomes through 400 are dropped");
         let stocks = journal.replay("stocks", 0).unwrap();
         assert_eq!(stocks.len(), 50, "another module's entries are kept until its own checkpoint");
         assert_eq!(crypto.len(), 300, "none appended during the compactions is lost");
         assert!(crypto.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    fn decide_some(agent: &Agent, module: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let ctx = Context::from_index(i % Context::COUNT).unwrap();
+                agent.decide(module, ctx, &[], true).unwrap().id.to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn open_decisions_come_back_after_a_reopen_and_settled_ones_stay_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(FileJournal::open(dir.path()).unwrap());
+        let agent = agent_with(&journal);
+        let ids = decide_some(&agent, "crypto", 10);
+        for id in &ids[..4] {
+            agent.report(id, Outcome::reward(0.01)).unwrap();
+        }
+        agent.shutdown();
+        drop((agent, journal));
+
+        let journal = Arc::new(FileJournal::open(dir.path()).unwrap());
+        let found = journal.open_decisions(now_secs()).unwrap();
+        assert_eq!(found.open.iter().map(|d| d.id.to_string()).collect::<Vec<_>>(), ids[4..].to_vec());
+        let agent = agent_with(&journal);
+        assert_eq!(agent.restore_pending(found.open, &found.settled), 0);
+        assert_eq!(agent.pending_count("crypto").unwrap(), 6);
+        for id in &ids[..4] {
+            let e = agent.report(id, Outcome::reward(0.01)).unwrap_err();
+            assert!(matches!(e, crate::agent::AgentError::DuplicateOutcome(_)), "{e}");
+        }
+        for id in &ids[4..] {
+            agent.report(id, Outcome::reward(0.01)).unwrap();
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_open_decisions_and_the_ids_of_settled_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(FileJournal::open(dir.path()).unwrap());
+        let agent = agent_with(&journal);
+        let ids = decide_some(&agent, "crypto", 20);
+        for id in &ids[..15] {
+            agent.report(id, Outcome::reward(0.01)).unwrap();
+        }
+        agent.shutdown();
+        let before = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        journal.compact("crypto", u64::MAX).unwrap();
+        let after = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        assert!(after * 3 < before, "settled decisions shrink to their ids: {before} -> {after} bytes");
+        assert!(journal.replay("crypto", 0).unwrap().is_empty(), "a checkpoint holds every outcome");
+        let found = journal.open_decisions(now_secs()).unwrap();
+        assert_eq!(found.open.len(), 5);
+        let mut settled: Vec<String> = found.settled.iter().map(|(_, id)| id.to_string()).collect();
+        settled.sort();
+        let mut expected = ids[..15].to_vec();
+        expected.sort();
+        assert_eq!(settled, expected);
+
+        // Past their TTL, decisions and settled ids both go.
+        journal.set_decision_ttls([("crypto".to_string(), 0.0)]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        journal.compact("crypto", u64::MAX).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(), 0);
     }
 }

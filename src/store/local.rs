@@ -333,6 +333,27 @@ impl Inner {
         })?;
         let mut records: Vec<DecisionLogRecord> =
             newest.into_sorted_vec().into_iter().rev().map(|n| n.0.record).collect();
+        // A record written again (the decision log re-reads the journal from
+        // its last note after a crash) is the same decision: keep one, the
+        // settled one when there is one.
+        let mut first: HashMap<String, usize> = HashMap::new();
+        let mut keep = vec![true; records.len()];
+        for i in 0..records.len() {
+            match first.get(&records[i].decision_id) {
+                Some(&j) => {
+                    let later_is_settled = records[i].reward.is_some() && records[j].reward.is_none();
+                    keep[if later_is_settled { j } else { i }] = false;
+                    if later_is_settled {
+                        first.insert(records[i].decision_id.clone(), i);
+                    }
+                }
+                None => {
+                    first.insert(records[i].decision_id.clone(), i);
+                }
+            }
+        }
+        let mut keep = keep.into_iter();
+        records.retain(|_| keep.next().unwrap_or(true));
         let index: HashMap<String, usize> =
             records.iter().enumerate().map(|(i, r)| (r.decision_id.clone(), i)).collect();
         for_each_line(&self.file("decisions", module, "settled.jsonl")?, |s: Settlement| {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::agent::Decision;
+use crate::agent::{Decision, Settled};
 use crate::space::ModuleSpace;
 
 /// A free-form JSON object, as the plan's nested trade fields are.
@@ -272,6 +272,16 @@ impl TradeRecord {
             .get("path")
             .and_then(Value::as_array)
             .map_or_else(Vec::new, |xs| xs.iter().filter_map(Value::as_f64).collect())
+    }
+
+    /// Everything the server adds to a trade its module sent, once its
+    /// outcome is accepted: the decision's parameter context, the reward
+    /// learned, what the alternatives would have earned, and the time.
+    pub fn complete(&mut self, space: &ModuleSpace, settled: &Settled) {
+        self.fill_from_decision(&settled.decision, space);
+        self.reward = Some(settled.reward);
+        self.fill_alternatives(space, &settled.decision, &settled.outcome);
+        self.created_at = settled.settled_at;
     }
 
     /// Fills the parameter context from `decision`: every parameter's value

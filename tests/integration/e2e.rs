@@ -240,6 +240,137 @@ fn kill_9_loses_no_acknowledged_outcome() {
     sigterm(server);
 }
 
+/// What one chaos round's traffic left: decisions answered and not yet
+/// reported, outcomes acknowledged, and the outcome (at most one per
+/// driver) whose answer the kill cut off, which may or may not be in.
+#[derive(Default)]
+struct Traffic {
+    open: Vec<String>,
+    acknowledged: Vec<String>,
+    in_doubt: Vec<String>,
+}
+
+/// An outcome with a trade carrying a field of the module's own.
+fn outcome_body(id: &str) -> String {
+    format!(
+        r#"{{"decision_id": "{id}", "reward": 0.01, "trade": {{"symbol": "BTC-USD", "return_pct": 0.001, "desk_ref": "{id}"}}}}"#
+    )
+}
+
+/// Decides and reports through `url` until the server goes, leaving every
+/// other decision open, from `drivers` threads; returns once `decisions`
+/// decisions have been answered and the server has been killed by `kill`.
+fn chaos_traffic(url: &str, drivers: usize, decisions: usize, kill: impl FnOnce()) -> Traffic {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let answered = AtomicUsize::new(0);
+    let body = r#"{"module": "crypto", "context": {"session": "us_prime", "regime": "volatile"}, "features": {"volatility_score": 0.4}}"#;
+    let traffic = std::sync::Mutex::new(Traffic::default());
+    std::thread::scope(|s| {
+        for driver in 0..drivers {
+            let (answered, traffic) = (&answered, &traffic);
+            s.spawn(move || {
+                for i in 0.. {
+                    let Ok((200, text)) = support::try_http("POST", &format!("{url}/v1/decisions"), body) else {
+                        return;
+                    };
+                    let id = serde_json::from_str::<Value>(&text).unwrap()["decision_id"].as_str().unwrap().to_string();
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    if (i + driver) % 2 == 0 {
+                        traffic.lock().unwrap().open.push(id);
+                        continue;
+                    }
+                    let outcome = outcome_body(&id);
+                    match support::try_http("POST", &format!("{url}/v1/outcomes"), &outcome) {
+                        Ok((200, _)) => traffic.lock().unwrap().acknowledged.push(id),
+                        Ok((status, text)) => panic!("outcome {id}: {status} {text}"),
+                        Err(_) => {
+                            traffic.lock().unwrap().in_doubt.push(id);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        while answered.load(Ordering::Relaxed) < decisions {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        kill();
+    });
+    traffic.into_inner().unwrap()
+}
+
+/// Chaos: traffic that leaves many decisions open, kill -9 in the middle,
+/// restart, three times. After each restart every decision answered before
+/// the kill takes its outcome (200) and every acknowledged outcome retried is
+/// a duplicate (409). At the end every acknowledged outcome is learned
+/// (exactly those), has its trade record with the module's own field, and
+/// its decision-log entry with its reward.
+#[test]
+fn open_decisions_and_acknowledged_outcomes_survive_three_kill_9s() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut open: Vec<String> = Vec::new();
+    let mut in_doubt: Vec<String> = Vec::new();
+    let mut acknowledged: Vec<String> = Vec::new();
+    let mut reopened = 0;
+    for round in 0..4 {
+        let (mut server, url) = serve(dir.path());
+        let report = |id: &str| support::http("POST", &format!("{url}/v1/outcomes"), &outcome_body(id));
+        for id in open.drain(..) {
+            let (status, text) = report(&id);
+            assert_eq!(status, 200, "round {round}: decision {id} open before the kill: {text}");
+            acknowledged.push(id);
+            reopened += 1;
+        }
+        for id in in_doubt.drain(..) {
+            let (status, text) = report(&id);
+            assert!(status == 200 || status == 409, "round {round}: {id}: {status} {text}");
+            acknowledged.push(id);
+        }
+        for id in acknowledged.iter().rev().take(200) {
+            let (status, text) = report(id);
+            assert_eq!(status, 409, "round {round}: a retried outcome of {id}: {text}");
+        }
+        if round == 3 {
+            let made: Value = ureq_post(&format!("{url}/v1/checkpoints/crypto"));
+            assert_eq!(made["outcomes"].as_u64().unwrap(), acknowledged.len() as u64);
+            sigterm(server);
+            break;
+        }
+        let traffic = chaos_traffic(&url, 4, 1_500, || {
+            server.kill().unwrap(); // SIGKILL: no final checkpoint, no flush.
+            server.wait().unwrap();
+        });
+        assert!(traffic.open.len() >= 600, "round {round}: {} left open", traffic.open.len());
+        open = traffic.open;
+        in_doubt = traffic.in_doubt;
+        acknowledged.extend(traffic.acknowledged);
+    }
+    assert!(reopened >= 1_800, "{reopened} decisions reported after a restart");
+
+    let trades = read_store(dir.path(), async |store| store.list_trades("crypto", usize::MAX).await.unwrap());
+    let trades: std::collections::HashMap<String, _> =
+        trades.into_iter().map(|t| (t.decision_id.clone().unwrap(), t)).collect();
+    let log: std::collections::HashMap<String, _> =
+        decision_log(dir.path(), "crypto").into_iter().map(|r| (r.decision_id.clone(), r)).collect();
+    let missing: Vec<usize> =
+        acknowledged.iter().enumerate().filter(|(_, id)| !trades.contains_key(*id)).map(|(i, _)| i).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged outcomes have no trade record, at {:?}",
+        missing.len(),
+        acknowledged.len(),
+        &missing[..missing.len().min(20)]
+    );
+    for id in &acknowledged {
+        let trade = trades.get(id).unwrap_or_else(|| panic!("no trade record for acknowledged outcome {id}"));
+        assert_eq!(trade.module_fields.get("desk_ref"), Some(format!("{id:?}").as_str()), "the module's own field");
+        assert!(!trade.entry_parameters.is_empty(), "the trade of {id} has its parameter context");
+        let record = log.get(id).unwrap_or_else(|| panic!("no decision-log entry for {id}"));
+        assert_eq!(record.reward, Some(0.01), "the decision-log entry of {id} has its reward");
+    }
+    assert_eq!(trades.len(), acknowledged.len(), "one trade record per acknowledged outcome");
+}
+
 /// README's install line into a fresh venv, then the package's tests (sync,
 /// asyncio, retries, fallback, the README example) against a `paramopt
 /// serve` started here; the fallback tests start and stop servers of their

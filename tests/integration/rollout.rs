@@ -61,16 +61,14 @@ fn trade(rt: &Runtime, n: usize, r: &mut Pcg64Mcg, mut reward: impl FnMut(&[f64]
     for _ in 0..n {
         let ctx = Context::from_index(r.random_range(0..Context::COUNT)).unwrap();
         let d = rt.agent.decide(MODULE, ctx, &[], true).unwrap();
-        rt.decision_log.decided(&d, &[]);
         let value = reward(&d.values, r);
-        let settled = rt
-            .agent
+        // The runtime's journal takes both; the decision log stores them from there.
+        rt.agent
             .report(
                 &d.id.to_string(),
                 Outcome { reward: Some(value), traded: true, return_pct: None, evidence: Default::default() },
             )
             .unwrap();
-        rt.decision_log.settled(&d, settled.reward, d.created_at);
     }
     rt.agent.flush();
 }

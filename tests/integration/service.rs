@@ -549,6 +549,59 @@ async fn an_expired_decision_is_404_expired() {
     assert!(r.json["error"].as_str().unwrap().contains("expired"), "{}", r.text);
 }
 
+/// A client that only decides fills its module's open decisions: from then
+/// on it gets 429 naming the capacity, nothing open is evicted (each still
+/// takes its outcome), other modules are untouched, and the refusals are
+/// counted apart from expiries; the decisions free room once they expire.
+#[tokio::test]
+async fn a_decision_flood_gets_429_and_evicts_nothing() {
+    let clock = Arc::new(ManualClock::new(1.7e9));
+    let spaces = Spaces::builtin_with(|s| {
+        if s.name == "crypto" {
+            s.pending.capacity = 50;
+        }
+    });
+    let agent = Agent::new(&spaces, AgentOptions { seed: Some(9), clock: clock.clone(), journal: None });
+    let app = app(state_with(agent, ServiceOptions::default(), Hooks::default()));
+    let stocks = decide(&app, "stocks").await;
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..400 {
+        let r = send(&app, post("/v1/decisions", decision_body("crypto", "asia_prime", "bullish"))).await;
+        match r.status {
+            StatusCode::OK => open.push(r.json["decision_id"].as_str().unwrap().to_string()),
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_contract_error(&r, StatusCode::TOO_MANY_REQUESTS, "\"crypto\"");
+                assert!(r.json["error"].as_str().unwrap().contains("50 open decisions"), "{}", r.text);
+                refused += 1;
+            }
+            other => panic!("{other}: {}", r.text),
+        }
+    }
+    assert_eq!((open.len(), refused), (50, 350));
+    let metrics = send(&app, get("/metrics")).await.text;
+    assert!(metrics.contains("paramopt_decisions_refused_full_total{module=\"crypto\"} 350"), "{metrics}");
+    assert!(metrics.contains("paramopt_decisions_expired_total{module=\"crypto\"} 0"), "{metrics}");
+    // The other module still decides, and its open decision still reports.
+    decide(&app, "stocks").await;
+    let r = send(&app, post("/v1/outcomes", json!({"decision_id": stocks["decision_id"], "reward": 0.0}).to_string()))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // Every open crypto decision, the first one too, still takes its outcome.
+    for id in &open[..25] {
+        let r = send(&app, post("/v1/outcomes", json!({"decision_id": id, "reward": 0.0}).to_string())).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    decide(&app, "crypto").await;
+    // Past the TTL the rest expire, and make room.
+    clock.advance(604_800.0 + 1.0);
+    for _ in 0..50 {
+        decide(&app, "crypto").await;
+    }
+    let metrics = send(&app, get("/metrics")).await.text;
+    assert!(metrics.contains("paramopt_decisions_expired_total{module=\"crypto\"} 26"), "{metrics}");
+}
+
 #[tokio::test]
 async fn checkpoint_routes_validate_then_answer_503_without_a_store() {
     let state = plain_state(10);

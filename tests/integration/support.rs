@@ -206,21 +206,25 @@ pub fn sigterm(mut child: Process) {
 /// A one-shot HTTP/1.1 exchange over std's TcpStream (no client library
 /// needed): the status and the body.
 pub fn http(method: &str, url: &str, body: &str) -> (u16, String) {
+    try_http(method, url, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// [`http`] that returns the error when the server is gone (or goes mid-answer).
+pub fn try_http(method: &str, url: &str, body: &str) -> std::io::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let mut s = std::net::TcpStream::connect(host)?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    )?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other("a torn answer"))?;
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, body.to_string())
+    Ok((status, body.to_string()))
 }
 
 /// [`http`] that must answer 200 with JSON.

@@ -184,7 +184,7 @@ function renderOps(overview) {
       h("td", { class: "num" }, int(m.decisions)),
       h("td", { class: "num pending" }, int(m.pending)),
       h("td", { class: "num" }, int(m.expired)),
-      h("td", { class: "num" }, int(m.overflowed)),
+      h("td", { class: "num" }, int(m.refused_full)),
       h("td", { class: "num" }, int(m.rejected_outcomes)),
       h("td", { class: "num checkpoint-age" }, age(m.checkpoint_age_secs)),
       h("td", { class: "safety", "data-exploring": String(m.safety.exploring) },
@@ -195,7 +195,7 @@ function renderOps(overview) {
   document.getElementById("ops-modules").replaceChildren(
     h("table", {},
       h("thead", {}, h("tr", {}, ["module", "generation", "outcomes learned", "decisions", "pending decisions",
-        "expired", "overflowed", "rejected outcomes", "checkpoint age", "loss budget"].map((t) => h("th", {}, t)))),
+        "expired", "refused (full)", "rejected outcomes", "checkpoint age", "loss budget"].map((t) => h("th", {}, t)))),
       h("tbody", {}, rows))
   );
 }

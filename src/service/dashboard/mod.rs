@@ -183,7 +183,7 @@ async fn overview(State(d): State<Dashboard>, query: QueryPairs) -> Result<Respo
             decisions: load(&counters.decisions),
             pending: agent.pending_count(&space.name)?,
             expired: load(&counters.expired),
-            overflowed: load(&counters.overflowed),
+            refused_full: load(&counters.refused_full),
             rejected_outcomes: load(&counters.rejected_outcomes),
             checkpoint_age_secs: store.and_then(|s| s.checkpoint_age_secs(&space.name)),
             safety: agent.budget(&space.name)?,
