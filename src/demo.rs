@@ -134,9 +134,8 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     outln!("paramopt demo: serving the agent on http://{addr} (embedded store in {})", opts.data_dir.display());
     let lengths: Vec<String> = streams.iter().map(|s| format!("{} {}", s.space.name, s.opportunities.len())).collect();
     outln!(
-        "Market: {label}; seed {}. Decisions: {}. Each module asks for its parameters at every opportunity \
-         and reports the trade's outcome when it closes.",
-        opts.seed,
+        "Decisions: {}. Each module asks for its parameters at every opportunity and reports the trade's \
+         outcome when it closes.",
         lengths.join(", ")
     );
     std::io::stdout().flush()?;

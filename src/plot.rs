@@ -213,14 +213,14 @@ pub fn history_chart(title: &str, points: &[HistoryPoint]) -> Result<Rendered, P
 }
 
 /// A tick's label: the value with no floating-point noise (`0.3`, not
-/// `0.30000000000000004`), thousands separated by commas from 10,000.
+/// `0.30000000000000004`), thousands separated by commas.
 pub fn tick_label(v: f64) -> String {
     let v = if v.abs() < 1e-12 { 0.0 } else { v };
     let fixed = format!("{v:.9}");
     let trimmed = fixed.trim_end_matches('0').trim_end_matches('.');
     let (sign, digits) = trimmed.strip_prefix('-').map_or(("", trimmed), |d| ("-", d));
     let (int, frac) = digits.split_once('.').map_or((digits, None), |(i, f)| (i, Some(f)));
-    let int = if int.len() > 4 {
+    let int = if int.len() > 3 {
         let bytes = int.as_bytes();
         let mut out = String::new();
         for (i, b) in bytes.iter().enumerate() {
@@ -505,12 +505,14 @@ fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), PlotError> {
         .map_err(draw_err)
 }
 
+/// A line's (x, y) points, in data coordinates.
+type Points = Vec<(f64, f64)>;
+
 /// A module's block: cumulative return above, drawdown beneath.
 fn draw_returns(area: &DrawingArea<SvgOrBitmap<'_>, Shift>, panel: &ReturnsPanel) -> Result<(), PlotError> {
     let n = panel.lines.iter().map(|l| l.returns.len()).max().unwrap_or(0);
     let (top, bottom) = area.split_vertically((BLOCK_HEIGHT as f64 * 0.62) as u32);
-    let curves: Vec<(Vec<(f64, f64)>, Vec<(f64, f64)>)> =
-        panel.lines.iter().map(|l| cumulative_and_drawdown(&l.returns)).collect();
+    let curves: Vec<(Points, Points)> = panel.lines.iter().map(|l| cumulative_and_drawdown(&l.returns)).collect();
     let xs = (0.0, n.max(1) as f64);
     let cum_span = span(curves.iter().flat_map(|(c, _)| c.iter().map(|p| p.1)).chain([0.0]));
     let dd_span = span(curves.iter().flat_map(|(_, d)| d.iter().map(|p| p.1)).chain([0.0]));
@@ -547,7 +549,7 @@ fn half_marker(chart: &mut Chart<'_, '_>, x: f64, ys: (f64, f64), named: bool) -
 /// (zero or negative), at most [`MAX_POINTS`] points each: the sum at each
 /// bucket's end, the drawdown's deepest point in each bucket (so thinning
 /// never hides the worst of it).
-fn cumulative_and_drawdown(returns: &[f64]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+fn cumulative_and_drawdown(returns: &[f64]) -> (Points, Points) {
     let step = returns.len().div_ceil(MAX_POINTS).max(1);
     let (mut cum, mut peak) = (0.0f64, 0.0f64);
     let (mut sums, mut drawdowns) = (vec![(0.0, 0.0)], vec![(0.0, 0.0)]);
@@ -587,7 +589,8 @@ mod tests {
         assert_eq!(tick_label(-0.000_5), "-0.0005");
         assert_eq!(tick_label(20_000.0), "20,000");
         assert_eq!(tick_label(1_234_567.0), "1,234,567");
-        assert_eq!(tick_label(5000.0), "5000");
+        assert_eq!(tick_label(5000.0), "5,000");
+        assert_eq!(tick_label(-500.0), "-500");
         assert_eq!(tick_label(-1e-15), "0");
         assert_eq!(tick_label(-12_500.5), "-12,500.5");
     }
