@@ -115,9 +115,11 @@ pub fn returns_chart(panels: &[ReturnsPanel]) -> Result<Rendered, PlotError> {
             policies.push(&l.policy);
         }
     }
+    let entries: Vec<(String, ShapeStyle)> =
+        policies.iter().enumerate().map(|(i, p)| (legend_name(p), line_style(p, i))).collect();
     render((WIDTH, height), |root| {
         let (strip, body) = root.split_vertically(LEGEND_HEIGHT);
-        legend_strip(&strip, &policies)?;
+        legend_strip(&strip, &entries)?;
         for (area, panel) in body.split_evenly((panels.len(), 1)).iter().zip(panels) {
             draw_returns(area, panel)?;
         }
@@ -143,30 +145,29 @@ pub fn posterior_chart(title: &str, arms: &[ArmPoint], incumbent: f64) -> Result
     }
     let xs = span(arms.iter().map(|a| a.value).chain([incumbent]));
     let ys = span(arms.iter().flat_map(|a| [a.lo95, a.hi95]));
-    render((WIDTH, SMALL_HEIGHT), |root| {
-        let mut chart = frame(root, title, xs, ys, "arm value (parameter units)", "mean advantage (reward units)")?;
+    let entries = [
+        ("95% interval".to_string(), BLUE_LINE),
+        ("posterior mean (n = outcomes)".to_string(), BLUE.stroke_width(8)),
+        ("incumbent".to_string(), RED.stroke_width(2)),
+    ];
+    render((WIDTH, SMALL_HEIGHT + LEGEND_HEIGHT), |root| {
+        let (strip, body) = root.split_vertically(LEGEND_HEIGHT);
+        legend_strip(&strip, &entries)?;
+        let x_title = "arm value (parameter units)";
+        let mut chart = frame(&body, title, xs, ys, x_title, "mean advantage (reward units)", 8)?;
         chart
             .draw_series(arms.iter().map(|a| PathElement::new(vec![(a.value, a.lo95), (a.value, a.hi95)], BLUE_LINE)))
-            .map_err(draw_err)?
-            .label("95% interval")
-            .legend(|(x, y)| PathElement::new(vec![(x, y - 6), (x, y + 6)], BLUE_LINE));
+            .map_err(draw_err)?;
+        chart.draw_series(arms.iter().map(|a| Circle::new((a.value, a.mean), 4, BLUE.filled()))).map_err(draw_err)?;
         chart
-            .draw_series(arms.iter().map(|a| Circle::new((a.value, a.mean), 4, BLUE.filled())))
-            .map_err(draw_err)?
-            .label("posterior mean (n = outcomes)")
-            .legend(|(x, y)| Circle::new((x + 8, y), 4, BLUE.filled()));
-        chart
-            .draw_series(
-                arms.iter()
-                    .map(|a| Text::new(format!("n={:.0}", a.samples), (a.value, a.hi95), text(12).color(&GREY_TEXT))),
-            )
+            .draw_series(arms.iter().map(|a| {
+                Text::new(format!(" n={:.0}", a.samples), (a.value, a.hi95), text(12).color(&GREY_TEXT))
+            }))
             .map_err(draw_err)?;
         chart
             .draw_series(DashedLineSeries::new([(incumbent, ys.0), (incumbent, ys.1)], 6, 4, RED.stroke_width(2)))
-            .map_err(draw_err)?
-            .label("incumbent")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-        legend(&mut chart)
+            .map_err(draw_err)?;
+        Ok(())
     })
 }
 
@@ -186,29 +187,27 @@ pub fn history_chart(title: &str, points: &[HistoryPoint]) -> Result<Rendered, P
     }
     let xs = span(points.iter().map(|p| p.generation as f64));
     let ys = span(points.iter().map(|p| p.incumbent));
-    render((WIDTH, SMALL_HEIGHT), |root| {
-        let mut chart = frame(root, title, xs, ys, "generation (checkpoint number)", "incumbent (parameter units)")?;
+    let marked: Vec<&HistoryPoint> = points.iter().filter(|p| p.kind != "checkpoint").collect();
+    let mut entries = vec![("incumbent".to_string(), BLUE_LINE)];
+    if !marked.is_empty() {
+        entries.push(("rollback or promotion".to_string(), RED.stroke_width(1)));
+    }
+    // Generations are whole numbers: no more ticks than generations, so
+    // that no tick falls between two.
+    let generations = (points[points.len() - 1].generation - points[0].generation + 1).clamp(2, 8) as usize;
+    render((WIDTH, SMALL_HEIGHT + LEGEND_HEIGHT), |root| {
+        let (strip, body) = root.split_vertically(LEGEND_HEIGHT);
+        legend_strip(&strip, &entries)?;
+        let x_title = "generation (checkpoint number)";
+        let mut chart = frame(&body, title, xs, ys, x_title, "incumbent (parameter units)", generations)?;
         let line: Vec<(f64, f64)> = points.iter().map(|p| (p.generation as f64, p.incumbent)).collect();
-        chart
-            .draw_series(LineSeries::new(line.clone(), BLUE_LINE).point_size(3))
-            .map_err(draw_err)?
-            .label("incumbent")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE_LINE));
-        let marked: Vec<&HistoryPoint> = points.iter().filter(|p| p.kind != "checkpoint").collect();
+        chart.draw_series(LineSeries::new(line, BLUE_LINE).point_size(3)).map_err(draw_err)?;
         for p in &marked {
             let x = p.generation as f64;
             chart.draw_series(DashedLineSeries::new([(x, ys.0), (x, ys.1)], 5, 4, RED.into())).map_err(draw_err)?;
             chart.draw_series([Text::new(p.kind.clone(), (x, ys.1), text(12).color(&RED))]).map_err(draw_err)?;
         }
-        if !marked.is_empty() {
-            // One legend entry for every marked generation.
-            chart
-                .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
-                .map_err(draw_err)?
-                .label("rollback or promotion")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-        }
-        legend(&mut chart)
+        Ok(())
     })
 }
 
@@ -276,16 +275,15 @@ fn drawing_order(lines: &[Line]) -> Vec<(usize, &Line)> {
     order
 }
 
-/// One legend for the whole returns chart, in a strip above its panels
-/// (inside a panel it would hide some of the lines).
-fn legend_strip(area: &DrawingArea<SvgOrBitmap<'_>, Shift>, policies: &[&str]) -> Result<(), PlotError> {
+/// A chart's legend, in a strip above it (inside the plotting area it would
+/// hide some of what is drawn): each entry's line style and name.
+fn legend_strip(area: &DrawingArea<SvgOrBitmap<'_>, Shift>, entries: &[(String, ShapeStyle)]) -> Result<(), PlotError> {
     let style = text(14).pos(Pos::new(HPos::Left, VPos::Center));
     let (mut x, y) = (110, LEGEND_HEIGHT as i32 / 2);
-    for (i, policy) in policies.iter().enumerate() {
-        let name = legend_name(policy);
-        area.draw(&PathElement::new(vec![(x, y), (x + 30, y)], line_style(policy, i))).map_err(draw_err)?;
+    for (name, line) in entries {
+        area.draw(&PathElement::new(vec![(x, y), (x + 30, y)], *line)).map_err(draw_err)?;
         area.draw(&Text::new(name.clone(), (x + 38, y), style.clone())).map_err(draw_err)?;
-        let (w, _) = area.estimate_text_size(&name, &style).map_err(draw_err)?;
+        let (w, _) = area.estimate_text_size(name, &style).map_err(draw_err)?;
         x += 38 + w as i32 + 36;
     }
     Ok(())
@@ -468,6 +466,7 @@ fn frame<'a, 'b>(
     ys: (f64, f64),
     x_title: &str,
     y_title: &str,
+    x_ticks: usize,
 ) -> Result<Chart<'a, 'b>, PlotError> {
     let mut chart = ChartBuilder::on(area)
         .caption(title, text(18))
@@ -480,7 +479,7 @@ fn frame<'a, 'b>(
         .configure_mesh()
         .light_line_style(WHITE)
         .bold_line_style(RGBColor(0xe4, 0xe4, 0xe4))
-        .x_labels(8)
+        .x_labels(x_ticks)
         .y_labels(6)
         .x_label_formatter(&|v| tick_label(*v))
         .y_label_formatter(&|v| tick_label(*v))
@@ -494,16 +493,6 @@ fn frame<'a, 'b>(
     Ok(chart)
 }
 
-fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), PlotError> {
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(text(13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(0xaa, 0xaa, 0xaa))
-        .draw()
-        .map_err(draw_err)
-}
 
 /// A line's (x, y) points, in data coordinates.
 type Points = Vec<(f64, f64)>;
@@ -520,14 +509,14 @@ fn draw_returns(area: &DrawingArea<SvgOrBitmap<'_>, Shift>, panel: &ReturnsPanel
 
     let title = format!("{}: cumulative return, the sum of per-decision returns", panel.module);
     let order = drawing_order(&panel.lines);
-    let mut chart = frame(&top, &title, xs, cum_span, DECISIONS, CUMULATIVE)?;
+    let mut chart = frame(&top, &title, xs, cum_span, DECISIONS, CUMULATIVE, 8)?;
     for &(i, line) in &order {
         chart.draw_series(LineSeries::new(curves[i].0.clone(), line_style(&line.policy, i))).map_err(draw_err)?;
     }
     half_marker(&mut chart, half, cum_span, true)?;
 
     let title = format!("{}: drawdown below the running peak of that sum", panel.module);
-    let mut chart = frame(&bottom, &title, xs, dd_span, DECISIONS, DRAWDOWN)?;
+    let mut chart = frame(&bottom, &title, xs, dd_span, DECISIONS, DRAWDOWN, 8)?;
     for &(i, line) in &order {
         chart.draw_series(LineSeries::new(curves[i].1.clone(), line_style(&line.policy, i))).map_err(draw_err)?;
     }

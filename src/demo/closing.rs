@@ -56,7 +56,7 @@ pub fn table(report: &BacktestReport, budgets: &[BudgetStatus]) -> String {
 /// A loss budget's state in words and figures.
 fn budget_line(b: &BudgetStatus) -> String {
     format!(
-        "{:.3} of capital, {:.3} remaining (realised shortfall against the defaults, lower bound {:+.3}); \
+        "{:.3} of capital, {:.3} remaining (realised reward minus the defaults', lower bound {:+.3}); \
          {}; exploring decisions held at the incumbents: {}; exploring trades open: {}",
         b.budget,
         b.remaining,
