@@ -160,9 +160,10 @@ pub fn posterior_chart(title: &str, arms: &[ArmPoint], incumbent: f64) -> Result
             .map_err(draw_err)?;
         chart.draw_series(arms.iter().map(|a| Circle::new((a.value, a.mean), 4, BLUE.filled()))).map_err(draw_err)?;
         chart
-            .draw_series(arms.iter().map(|a| {
-                Text::new(format!(" n={:.0}", a.samples), (a.value, a.hi95), text(12).color(&GREY_TEXT))
-            }))
+            .draw_series(
+                arms.iter()
+                    .map(|a| Text::new(format!(" n={:.0}", a.samples), (a.value, a.hi95), text(12).color(&GREY_TEXT))),
+            )
             .map_err(draw_err)?;
         chart
             .draw_series(DashedLineSeries::new([(incumbent, ys.0), (incumbent, ys.1)], 6, 4, RED.stroke_width(2)))
@@ -492,7 +493,6 @@ fn frame<'a, 'b>(
         .map_err(draw_err)?;
     Ok(chart)
 }
-
 
 /// A line's (x, y) points, in data coordinates.
 type Points = Vec<(f64, f64)>;

@@ -201,8 +201,10 @@ fn a_thousand_outcomes_survive_a_restart_and_inspect_shows_them() {
         std::fs::read_dir(&plots).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     let stem = "crypto-analysis_weights_momentum-us_prime_volatile";
-    let want: Vec<String> =
-        ["history.png", "history.svg", "posterior.png", "posterior.svg"].iter().map(|s| format!("{stem}-{s}")).collect();
+    let want: Vec<String> = ["history.png", "history.svg", "posterior.png", "posterior.svg"]
+        .iter()
+        .map(|s| format!("{stem}-{s}"))
+        .collect();
     assert_eq!(names, want);
     for name in &names {
         let bytes = std::fs::read(plots.join(name)).unwrap();
