@@ -2,23 +2,30 @@
 //!
 //! It serves the agent exactly as `paramopt serve` does (the same runtime,
 //! router and embedded local store, in a data directory of its own, on
-//! 127.0.0.1 with a port the OS picks) and drives the three simulated trading
-//! modules against it over HTTP, concurrently, one thread each, as a real
-//! module would: `POST /v1/decisions` with the bar's context and features,
-//! then `POST /v1/outcomes` when the simulated trade closes, bars later. The
-//! market, the trading rules and the bar-order walk with delayed outcomes are
-//! `paramopt backtest`'s (`eval::market`, `eval::trading`,
-//! `eval::backtest::drive`). At the end it checkpoints, stops the server,
-//! scores the served agent's decisions against the seed defaults and the
-//! hindsight oracle on the same bars (`eval::backtest::compare_served`),
-//! prints the backtest table, writes the learning curves as SVG and prints
-//! the `paramopt inspect` commands that show what was learned.
+//! 127.0.0.1 with a port the OS picks) and drives the three trading modules
+//! against it over HTTP, concurrently, one thread each, as a real module
+//! would: `POST /v1/decisions` with the opportunity's context and features,
+//! then `POST /v1/outcomes` when the trade closes, bars later. The markets
+//! are `paramopt backtest`'s, built by `eval::backtest::streams`: by default
+//! the real prices the project ships (crypto on BTC/USD hours, stocks on
+//! nine daily US stocks, options priced on them), or with `--synthetic` the
+//! seeded synthetic market; the trading rules and the bar-order walk with
+//! delayed outcomes are the backtest's too (`eval::trading`,
+//! `eval::backtest::drive`). At the end it stops the server, scores the
+//! served agent's decisions against the seed defaults and the out-of-sample
+//! oracle on the same opportunities (`eval::backtest::compare_served`),
+//! prints the closing table (the second half: return, Sharpe, maximum
+//! drawdown; each module's loss budget) with one sentence per module on
+//! whether the agent beat the defaults, draws the cumulative returns and
+//! drawdowns (`crate::plot`, SVG and PNG) and prints the `paramopt inspect`
+//! commands that show what was learned.
 //!
 //! Each run starts from a cold agent: it deletes the data directory a
 //! previous demo wrote (marked by a `.paramopt-demo` file) and refuses any
-//! other non-empty directory. The seed fixes the market and the agent's
-//! random draws; served decisions also depend on when the writer publishes
-//! what it learned, so two runs with one seed agree closely, not exactly.
+//! other non-empty directory. The seed fixes the agent's random draws (and
+//! the synthetic market); served decisions also depend on when the writer
+//! publishes what it learned, so two runs with one seed agree closely, not
+//! exactly.
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal as _, Write as _};
@@ -36,13 +43,17 @@ use hyper::{header, Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::runtime::Handle;
 
-use paramopt::eval::backtest::{self, BacktestOptions, BacktestReport, Driver, ModuleBacktest, Pass, Stream};
-use paramopt::eval::market::SyntheticMarket;
+use paramopt::agent::BudgetStatus;
+use paramopt::eval::backtest::{
+    self, BacktestOptions, BacktestReport, Driver, MarketSource, ModuleBacktest, Pass, Stream,
+};
 use paramopt::eval::trading::{Opportunity, Trade};
 use paramopt::runtime::{Runtime, RuntimeOptions};
 use paramopt::service::persist::RuntimeHooks;
 use paramopt::service::{server, AppState, Hooks, ServiceOptions};
 use paramopt::space::{Context, ModuleSpace, Spaces};
+
+mod closing;
 
 /// The file that marks a data directory as the demo's own, safe to clear.
 const MARKER: &str = ".paramopt-demo";
@@ -52,10 +63,18 @@ const MARKER: &str = ".paramopt-demo";
 const REPORTERS: usize = 4;
 /// Decisions in the progress bars' moving averages.
 const WINDOW: usize = 2_000;
+/// Hourly bars of the synthetic market unless `--bars` says otherwise.
+pub const SYNTHETIC_BARS: usize = 20_000;
 
 pub struct DemoOptions {
     pub seed: u64,
-    pub bars: usize,
+    /// The synthetic market instead of the real prices.
+    pub synthetic: bool,
+    /// Synthetic: hourly bars (default [`SYNTHETIC_BARS`]). Real: at most
+    /// this many decisions per module, the first of its stream (default: all).
+    pub bars: Option<usize>,
+    /// Also write the chart's PNG here (README's picture: `docs/demo.png`).
+    pub png: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub addr: SocketAddr,
     /// The `--models` the command was given, repeated in the printed commands.
@@ -66,12 +85,24 @@ pub struct DemoOptions {
 pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     let started = Instant::now();
     prepare_data_dir(&opts.data_dir)?;
-    let market = SyntheticMarket::new(opts.seed, opts.bars).generate();
-    let streams: Vec<Arc<Stream>> = spaces
-        .iter()
-        .map(|space| Stream::new(space.clone(), &market).map(Arc::new))
-        .collect::<Result<_, _>>()
-        .context("building the modules' decision streams")?;
+    let market = if opts.synthetic {
+        MarketSource::Synthetic { bars: opts.bars.unwrap_or(SYNTHETIC_BARS) }
+    } else {
+        MarketSource::Real
+    };
+    let bt = BacktestOptions { market, seed: opts.seed, ..Default::default() };
+    let selected: Vec<Arc<ModuleSpace>> = spaces.iter().cloned().collect();
+    let (label, market_bars, mut streams, _) =
+        backtest::streams(&selected, &bt).context("building the modules' decision streams")?;
+    if let (false, Some(n)) = (opts.synthetic, opts.bars) {
+        // A shorter run on the same prices: each module's first n decisions.
+        // Their trades still close inside the data, which goes on after them.
+        for s in &mut streams {
+            s.opportunities.truncate(n.max(2));
+        }
+    }
+    let streams: Vec<Arc<Stream>> = streams.into_iter().map(Arc::new).collect();
+    let decisions = streams.iter().map(|s| s.opportunities.len()).max().unwrap_or(0);
     let store = format!("{}/", opts.data_dir.display());
 
     let tokio_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
@@ -80,7 +111,7 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
         data_dir: opts.data_dir.clone(),
         seed: Some(opts.seed),
         // About four generations per module, for `inspect list`, `diff` and `history`.
-        checkpoint_every_outcomes: (opts.bars as u64 / 4).max(250),
+        checkpoint_every_outcomes: (decisions as u64 / 4).max(250),
         ..Default::default()
     };
     let learning = tokio_rt
@@ -98,14 +129,14 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     let serving = tokio_rt.spawn(server::serve(listener, state.clone(), async {
         let _ = stopped.await;
     }));
-    tracing::info!(%addr, store = %store, bars = opts.bars, seed = opts.seed, "demo serving");
+    tracing::info!(%addr, store = %store, decisions, seed = opts.seed, "demo serving");
 
     outln!("paramopt demo: serving the agent on http://{addr} (embedded store in {})", opts.data_dir.display());
+    let lengths: Vec<String> = streams.iter().map(|s| format!("{} {}", s.space.name, s.opportunities.len())).collect();
     outln!(
-        "Synthetic market: {} hourly bars, seed {}. Each module asks for its parameters at every bar \
-         and reports the trade's outcome when it closes.",
-        opts.bars,
-        opts.seed
+        "Decisions: {}. Each module asks for its parameters at every opportunity and reports the trade's \
+         outcome when it closes.",
+        lengths.join(", ")
     );
     std::io::stdout().flush()?;
 
@@ -150,14 +181,16 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     // The final checkpoint waits on the store through this runtime's handle.
     learning.status.tasks.stop();
     let errors = std::thread::scope(|s| s.spawn(|| server::finish(&state)).join().expect("shutdown thread"));
+    // Each module's loss budget once every outcome is learned, as `/healthz` shows it.
+    let budgets: Vec<BudgetStatus> =
+        streams.iter().map(|s| learning.agent.budget(&s.space.name)).collect::<Result<_, _>>()?;
     drop(tokio_rt);
     let passes = passes?;
     let greedy = greedy.expect("passes succeeded")?;
     served.context("the server task")?.context("serving")?;
     anyhow::ensure!(errors.is_empty(), "shutdown hooks failed: {errors:?}");
 
-    eprintln!("Scoring the same bars with the seed defaults and the oracle (best fixed parameters in hindsight)...");
-    let bt = BacktestOptions { seed: opts.seed, ..Default::default() };
+    eprintln!("Scoring the same opportunities with the seed defaults and the out-of-sample oracle...");
     let modules: Vec<ModuleBacktest> = std::thread::scope(|scope| {
         let threads: Vec<_> = streams
             .iter()
@@ -170,34 +203,27 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
             .collect();
         threads.into_iter().map(|t| t.join().expect("scoring thread panicked")).collect::<Result<_, _>>()
     })?;
-    let report =
-        BacktestReport { market: market.source.clone(), bars: market.len(), seed: opts.seed, modules, notes: vec![] };
+    let report = BacktestReport { market: label, bars: market_bars, seed: opts.seed, modules, notes: vec![] };
 
     outln!();
-    out!("{}", backtest::table(&report));
+    out!("{}", closing::table(&report, &budgets));
     outln!();
-    for m in &report.modules {
-        if let (Some(agent), Some(defaults), Some(oracle)) =
-            (m.policy("agent"), m.policy("defaults"), m.policy("oracle"))
-        {
-            outln!(
-                "{:<8} second half: agent {:+.5} per decision (Sharpe {:.2}) against the defaults' {:+.5} ({:.2}); \
-                 {:.0}% of the way to the oracle's {:+.5}",
-                m.module,
-                agent.second_half.mean_return,
-                agent.second_half.sharpe,
-                defaults.second_half.mean_return,
-                defaults.second_half.sharpe,
-                100.0 * agent.gap_closed,
-                oracle.second_half.mean_return
-            );
-        }
+    for (m, budget) in report.modules.iter().zip(&budgets) {
+        outln!("{}", closing::verdict(m, budget));
     }
 
-    let svg = opts.data_dir.join("learning-curves.svg");
-    std::fs::write(&svg, backtest::cumulative_svg(&report.modules))
-        .with_context(|| format!("writing {}", svg.display()))?;
-    outln!("\nLearning curves (cumulative return: agent, defaults, oracle): {}", svg.display());
+    let panels: Vec<_> = report.modules.iter().map(backtest::returns_panel).collect();
+    let chart = paramopt::plot::returns_chart(&panels)?;
+    let [svg, png] = chart.write(&opts.data_dir, "returns")?;
+    outln!(
+        "\nCumulative return and drawdown (the agent, the defaults, the out-of-sample oracle): {} and {}",
+        svg.display(),
+        png.display()
+    );
+    if let Some(copy) = &opts.png {
+        std::fs::write(copy, &chart.png).with_context(|| format!("writing {}", copy.display()))?;
+        outln!("The PNG copied to {}", copy.display());
+    }
     outln!("Served, learned and scored in {:.0} s.", started.elapsed().as_secs_f64());
 
     let exe = shell_word(&program());

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::agent::ModuleLearner;
 use crate::eval::simulate::align;
+use crate::plot::{self, ArmPoint, Rendered};
 use crate::space::{Context, ModuleSpace};
 use crate::store::{Checkpoint, CheckpointMeta, Store};
 
@@ -285,143 +286,26 @@ pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String> {
     Ok(out)
 }
 
-pub(crate) const W: f64 = 720.0;
-pub(crate) const H: f64 = 360.0;
-pub(crate) const PAD: f64 = 56.0;
-
-pub(crate) fn svg_frame(
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    (x0, x1): (f64, f64),
-    (y0, y1): (f64, f64),
-) -> String {
-    let mut s = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>
-<line x1="{PAD}" y1="{}" x2="{}" y2="{}" stroke="black"/>
-<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{}" stroke="black"/>
-<text x="{}" y="{}" text-anchor="middle">{}</text>
-<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">{}</text>
-"##,
-        W / 2.0,
-        escape(title),
-        H - PAD,
-        W - PAD,
-        H - PAD,
-        H - PAD,
-        W / 2.0,
-        H - 12.0,
-        escape(x_label),
-        H / 2.0,
-        H / 2.0,
-        escape(y_label),
-    );
-    for (i, t) in [0.0, 0.5, 1.0].iter().enumerate() {
-        let (xv, yv) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.3}</text><text x="{}" y="{:.1}" text-anchor="end">{:.4}</text>"#,
-            PAD + t * (W - 2.0 * PAD),
-            H - PAD + 16.0,
-            xv,
-            PAD - 6.0,
-            H - PAD - t * (H - 2.0 * PAD) + 4.0,
-            yv
-        );
-        let _ = i;
-    }
-    s
-}
-
-pub(crate) fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-pub(crate) fn scale(v: f64, (lo, hi): (f64, f64), from: f64, to: f64) -> f64 {
-    if hi > lo {
-        from + (v - lo) / (hi - lo) * (to - from)
-    } else {
-        (from + to) / 2.0
-    }
-}
-
-pub(crate) fn padded(lo: f64, hi: f64) -> (f64, f64) {
-    let pad = ((hi - lo) * 0.1).max(1e-6);
-    (lo - pad, hi + pad)
-}
-
 /// Each arm's posterior mean with its 95% interval, and the incumbent, for
-/// one parameter in one context.
-pub fn posterior_svg(rows: &[ArmRow]) -> Result<String> {
+/// one parameter in one context (`crate::plot`, SVG and PNG).
+pub fn posterior_chart(rows: &[ArmRow]) -> Result<Rendered> {
     let first = rows.first().context("no arms to plot")?;
-    let xs = padded(
-        rows.iter().map(|r| r.value).fold(f64::INFINITY, f64::min),
-        rows.iter().map(|r| r.value).fold(f64::NEG_INFINITY, f64::max),
-    );
-    let ys = padded(
-        rows.iter().map(|r| r.lo95).fold(f64::INFINITY, f64::min),
-        rows.iter().map(|r| r.hi95).fold(f64::NEG_INFINITY, f64::max),
-    );
-    let mut s = svg_frame(
-        &format!("{} in {}: posterior per arm (95%)", first.parameter, first.context),
-        "arm value",
-        "mean advantage",
-        xs,
-        ys,
-    );
-    for r in rows {
-        let x = scale(r.value, xs, PAD, W - PAD);
-        let (ylo, yhi, ym) =
-            (scale(r.lo95, ys, H - PAD, PAD), scale(r.hi95, ys, H - PAD, PAD), scale(r.mean, ys, H - PAD, PAD));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{ylo:.1}" x2="{x:.1}" y2="{yhi:.1}" stroke="#3366cc" stroke-width="2"/><circle cx="{x:.1}" cy="{ym:.1}" r="4" fill="#3366cc"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="#555">n={:.0}</text>"##,
-            yhi - 6.0,
-            r.samples
-        );
-    }
-    let xi = scale(first.incumbent, xs, PAD, W - PAD);
-    let _ = writeln!(
-        s,
-        r##"<line x1="{xi:.1}" y1="{PAD}" x2="{xi:.1}" y2="{}" stroke="#cc3333" stroke-dasharray="5,4"/><text x="{xi:.1}" y="{}" fill="#cc3333" text-anchor="middle">incumbent</text>"##,
-        H - PAD,
-        PAD - 4.0
-    );
-    s.push_str("</svg>\n");
-    Ok(s)
+    let arms: Vec<ArmPoint> = rows
+        .iter()
+        .map(|r| ArmPoint { value: r.value, mean: r.mean, lo95: r.lo95, hi95: r.hi95, samples: r.samples })
+        .collect();
+    let title = format!("{} in {}: posterior per arm (95%)", first.parameter, first.context);
+    Ok(plot::posterior_chart(&title, &arms, first.incumbent)?)
 }
 
-/// The incumbent over generations; rollbacks marked.
-pub fn history_svg(parameter: &str, context: Context, points: &[HistoryPoint]) -> Result<String> {
+/// The incumbent over generations, rollbacks and promotions marked (`crate::plot`, SVG and PNG).
+pub fn history_chart(parameter: &str, context: Context, points: &[HistoryPoint]) -> Result<Rendered> {
     if points.is_empty() {
         bail!("no generations to plot");
     }
-    let xs = padded(points[0].generation as f64, points[points.len() - 1].generation as f64);
-    let ys = padded(
-        points.iter().map(|p| p.incumbent).fold(f64::INFINITY, f64::min),
-        points.iter().map(|p| p.incumbent).fold(f64::NEG_INFINITY, f64::max),
-    );
-    let mut s =
-        svg_frame(&format!("{parameter} in {context}: incumbent by generation"), "generation", "incumbent", xs, ys);
-    let path: Vec<String> = points
+    let points: Vec<plot::HistoryPoint> = points
         .iter()
-        .map(|p| {
-            format!("{:.1},{:.1}", scale(p.generation as f64, xs, PAD, W - PAD), scale(p.incumbent, ys, H - PAD, PAD))
-        })
+        .map(|p| plot::HistoryPoint { generation: p.generation, incumbent: p.incumbent, kind: p.kind.clone() })
         .collect();
-    let _ = writeln!(s, r##"<polyline points="{}" fill="none" stroke="#3366cc" stroke-width="2"/>"##, path.join(" "));
-    for p in points.iter().filter(|p| p.kind != "checkpoint") {
-        let x = scale(p.generation as f64, xs, PAD, W - PAD);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x:.1}" y1="{PAD}" x2="{x:.1}" y2="{}" stroke="#cc3333" stroke-dasharray="4,3"/><text x="{x:.1}" y="{}" fill="#cc3333" text-anchor="middle">{}</text>"##,
-            H - PAD,
-            PAD - 4.0,
-            p.kind
-        );
-    }
-    s.push_str("</svg>\n");
-    Ok(s)
+    Ok(plot::history_chart(&format!("{parameter} in {context}: incumbent by generation"), &points)?)
 }

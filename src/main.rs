@@ -87,19 +87,27 @@ enum Command {
         what: ModelsCommand,
     },
     /// The first command to run: serve the agent on a local store, drive the three
-    /// simulated modules against it over HTTP, then compare it with the seed
-    /// defaults and the oracle and show how to inspect what it learned.
+    /// trading modules against it over HTTP on the shipped real prices, then compare it
+    /// with the seed defaults and the out-of-sample oracle, draw the returns and show how
+    /// to inspect what it learned.
     Demo {
-        /// Seeds the synthetic market and the agent.
+        /// Seeds the agent (and the synthetic market).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Hourly bars of the synthetic market: each module decides once per bar
-        /// (after a 200-bar warm-up); fewer bars make a shorter demo.
-        #[arg(long, default_value_t = 20_000)]
-        bars: usize,
-        /// Where the demo's store and learning curves go; a rerun clears it.
+        /// The seeded synthetic market instead of the real prices.
+        #[arg(long)]
+        synthetic: bool,
+        /// Real prices: at most this many decisions per module, the first of each
+        /// stream (default: the whole stream). Synthetic: hourly bars [default: 20000],
+        /// each module deciding once per bar after a 200-bar warm-up.
+        #[arg(long)]
+        bars: Option<usize>,
+        /// Where the demo's store and charts go; a rerun clears it.
         #[arg(long, default_value = "demo-data")]
         data_dir: PathBuf,
+        /// Also write the chart's PNG here (the README's picture: `--png docs/demo.png`).
+        #[arg(long)]
+        png: Option<PathBuf>,
         /// Address to serve on; by default a free port on 127.0.0.1.
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: std::net::SocketAddr,
@@ -200,7 +208,7 @@ enum InspectCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// SVG plots: each arm's posterior, and the incumbent over generations.
+    /// Plots, SVG and PNG: each arm's posterior, and the incumbent over generations.
     Plot {
         module: String,
         /// `group.name`.
@@ -210,7 +218,7 @@ enum InspectCmd {
         context: String,
         #[arg(long)]
         generation: Option<u64>,
-        /// Directory for the SVG files.
+        /// Directory for the SVG and PNG files.
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
@@ -373,9 +381,16 @@ fn run() -> Result<()> {
                 out!("{}", simulate::table(&report));
             }
         }
-        Command::Demo { seed, bars, data_dir, addr } => {
-            let models = cli.models.clone();
-            let opts = demo::DemoOptions { seed: *seed, bars: *bars, data_dir: data_dir.clone(), addr: *addr, models };
+        Command::Demo { seed, synthetic, bars, data_dir, png, addr } => {
+            let opts = demo::DemoOptions {
+                seed: *seed,
+                synthetic: *synthetic,
+                bars: *bars,
+                png: png.clone(),
+                data_dir: data_dir.clone(),
+                addr: *addr,
+                models: cli.models.clone(),
+            };
             demo::run(spaces()?, &opts)?;
         }
         Command::Backtest(args) => backtest(&spaces()?, args)?,
@@ -547,7 +562,8 @@ struct BacktestCli {
     /// The peers' venv (made by scripts/peers/setup).
     #[arg(long, env = "PARAMOPT_PEERS_VENV")]
     peers_venv: Option<PathBuf>,
-    /// Write each module's learning curve here as `backtest-<module>.svg` (the last seed's).
+    /// Write each module's cumulative return and drawdown (the agent, the defaults, the
+    /// out-of-sample oracle) here as `backtest-<module>.svg` and `.png` (the last seed's).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// The report as JSON (with `--seeds`: every run and the means).
@@ -602,9 +618,10 @@ fn backtest(spaces: &Spaces, args: &BacktestCli) -> Result<()> {
     if let (Some(dir), Some(report)) = (&args.plot, reports.last()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for m in &report.modules {
-            let path = dir.join(format!("backtest-{}.svg", m.module));
-            std::fs::write(&path, backtest::curve_svg(m)).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
+            let chart = paramopt::plot::returns_chart(&[backtest::returns_panel(m)])?;
+            for path in chart.write(dir, &format!("backtest-{}", m.module))? {
+                eprintln!("wrote {}", path.display());
+            }
         }
     }
     let summary = (reports.len() > 1).then(|| seeds::summarise(&reports));
@@ -733,13 +750,13 @@ async fn inspect(spaces: &Spaces, url: &str, what: &InspectCmd) -> Result<()> {
             let points = inspect::history(store.as_ref(), module, parameter, ctx).await?;
             std::fs::create_dir_all(out)?;
             let stem = format!("{module}-{}-{}", parameter.replace('.', "_"), context.replace('/', "_"));
-            for (name, svg) in [
-                (format!("{stem}-posterior.svg"), inspect::posterior_svg(&rows)?),
-                (format!("{stem}-history.svg"), inspect::history_svg(parameter, ctx, &points)?),
+            for (name, chart) in [
+                (format!("{stem}-posterior"), inspect::posterior_chart(&rows)?),
+                (format!("{stem}-history"), inspect::history_chart(parameter, ctx, &points)?),
             ] {
-                let path = out.join(name);
-                std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
-                outln!("{}", path.display());
+                for path in chart.write(out, &name)? {
+                    outln!("{}", path.display());
+                }
             }
         }
     }

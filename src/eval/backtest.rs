@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::agent::{Agent, AgentError, AgentOptions, Evidence, ModuleView, Outcome};
 use crate::eval::simulate::align;
-use crate::inspect::{escape, padded, scale, svg_frame, H, PAD, W};
+use crate::plot::{Line, ReturnsPanel};
 use crate::space::{Context, ModuleSpace, Spaces};
 
 use super::baselines::{self, arm_values, Baseline, EpsilonGreedy, Fixed, Thompson, Ucb1, UniformRandom};
@@ -143,6 +143,10 @@ pub struct PolicyResult {
     pub vs_defaults: Paired,
     /// Mean return per decision in consecutive windows, for the learning curve.
     pub curve: Vec<f64>,
+    /// Every decision's return over the whole stream (for `oracle-oos`: the
+    /// first half in sample, the second out of it), for the plots.
+    #[serde(skip)]
+    pub returns: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -158,7 +162,7 @@ pub struct ModuleBacktest {
     /// searched on the first half, scored on the second; its `full` figures
     /// are in-sample on the first half) and the hindsight oracle (`oracle`,
     /// searched on the stretch it is scored on), in that order; the demo's
-    /// has the agent, the defaults and the hindsight oracle.
+    /// has the agent, the defaults and both oracles.
     pub policies: Vec<PolicyResult>,
     /// The oracle's search run on the first half and scored on the second:
     /// how much of the hindsight edge could be known in advance.
@@ -444,8 +448,9 @@ pub fn run(spaces: &Spaces, opts: &BacktestOptions) -> Result<BacktestReport, Ba
 }
 
 /// Each module's stream on the chosen market, the market's name, its bars
-/// and what was skipped (a note per module that has no market there).
-fn streams(
+/// and what was skipped (a note per module that has no market there): what
+/// [`run`] and `paramopt demo` trade.
+pub fn streams(
     selected: &[Arc<ModuleSpace>],
     opts: &BacktestOptions,
 ) -> Result<(String, usize, Vec<Stream>, Vec<String>), BacktestError> {
@@ -594,8 +599,9 @@ pub fn compare_served(
     let mut driver = BaselineDriver { policy: &mut defaults, space: &space, rng };
     let defaults_pass = drive(&stream, &mut driver, &|_| {})?;
     let passes = vec![("agent".to_string(), agent), ("defaults".to_string(), defaults_pass)];
-    // The demo's table keeps the agent, the defaults and the hindsight oracle.
-    Ok(assemble(stream, passes, greedy, (Vec::new(), None), opts, &|_| {}, false))
+    // The demo compares the agent with the defaults and the out-of-sample
+    // oracle, the best fixed choice that could have been known at half time.
+    Ok(assemble(stream, passes, greedy, (Vec::new(), None), opts, &|_| {}, true))
 }
 
 /// The oracle and every figure of a module's result from its policies'
@@ -662,15 +668,15 @@ fn assemble(
     let ppy = stream.periods_per_year;
     let oracle_second = Metrics::of(&half_returns, &oracle_half_traded, ppy);
     // Per policy: its name, whole-stream figures, second-half figures and
-    // returns, and learning curve.
-    type Row = (String, Metrics, Metrics, Vec<f64>, Vec<f64>);
+    // returns, learning curve and whole-stream returns.
+    type Row = (String, Metrics, Metrics, Vec<f64>, Vec<f64>, Vec<f64>);
     let mut rows: Vec<Row> = passes
         .into_iter()
         .map(|(name, p)| {
             let full = Metrics::of(&p.returns, &p.traded, ppy);
             let second = Metrics::of(&p.returns[half..], &p.traded[half..], ppy);
             let curve = curve(&p.returns, curve_points);
-            (name, full, second, p.returns[half..].to_vec(), curve)
+            (name, full, second, p.returns[half..].to_vec(), curve, p.returns)
         })
         .collect();
     if out_of_sample {
@@ -680,6 +686,7 @@ fn assemble(
             first_half_fit,
             oos_returns[half..].to_vec(),
             curve(&oos_returns, curve_points),
+            oos_returns,
         ));
     }
     rows.push((
@@ -688,11 +695,12 @@ fn assemble(
         oracle_second,
         half_returns,
         curve(&full_returns, curve_points),
+        full_returns,
     ));
     let defaults_second = rows.get(1).map(|r| r.3.clone()).unwrap_or_default();
     let defaults_mean = rows.get(1).map_or(0.0, |r| r.2.mean_return);
     let mut policies: Vec<PolicyResult> = Vec::with_capacity(rows.len());
-    for (name, full, second_half, second, curve) in rows {
+    for (name, full, second_half, second, curve, returns) in rows {
         policies.push(PolicyResult {
             policy: name,
             full,
@@ -702,6 +710,7 @@ fn assemble(
             vs_defaults: Paired::of(&second, &defaults_second, opts.block),
             second_half,
             curve,
+            returns,
         });
     }
     let oracle_values = Context::all()
@@ -802,99 +811,17 @@ pub fn table(report: &BacktestReport) -> String {
     out
 }
 
-const COLOURS: [&str; 10] =
-    ["#cc3333", "#888888", "#bbbb33", "#33aa55", "#3366cc", "#aa55cc", "#ee8833", "#33bbbb", "#777722", "#222222"];
+/// The policies the return charts draw: the agent, the defaults and the
+/// out-of-sample oracle (the best fixed choice the first half revealed).
+pub const PLOTTED: [&str; 3] = ["agent", "defaults", "oracle-oos"];
 
-/// The learning curve of one module: each policy's mean return per window.
-pub fn curve_svg(m: &ModuleBacktest) -> String {
-    let points = m.policies.iter().map(|p| p.curve.len()).max().unwrap_or(0);
-    let series: Vec<(&str, Vec<f64>)> = m.policies.iter().map(|p| (p.policy.as_str(), p.curve.clone())).collect();
-    let title = format!("{}: mean return per decision, in {} windows", m.module, points);
-    let mut s = panel(m, &title, "mean return", &series);
-    s.push_str("</svg>\n");
-    s
-}
-
-/// Every module's cumulative return per policy (`paramopt demo`'s learning
-/// curves): one panel per module, stacked, in one SVG document.
-pub fn cumulative_svg(modules: &[ModuleBacktest]) -> String {
-    let total = H * modules.len().max(1) as f64;
-    let mut s = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{total}" viewBox="0 0 {W} {total}">
-"##
-    );
-    for (i, m) in modules.iter().enumerate() {
-        let step = m.decisions as f64 / m.policies.iter().map(|p| p.curve.len()).max().unwrap_or(0).max(1) as f64;
-        let series: Vec<(&str, Vec<f64>)> = m
-            .policies
-            .iter()
-            .map(|p| {
-                let cum = p
-                    .curve
-                    .iter()
-                    .scan(0.0, |acc, v| {
-                        *acc += v * step;
-                        Some(*acc)
-                    })
-                    .collect();
-                (p.policy.as_str(), cum)
-            })
-            .collect();
-        let title = format!("{}: cumulative return (sum of per-decision returns)", m.module);
-        let panel = panel(m, &title, "cumulative return", &series);
-        s.push_str(&panel.replacen("<svg ", &format!(r#"<svg y="{}" "#, H * i as f64), 1));
-        s.push_str("</svg>\n");
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-/// One module's frame with a line per series (points at window centres), a
-/// legend and the second half's start; the caller closes the `<svg>`.
-fn panel(m: &ModuleBacktest, title: &str, y_label: &str, series: &[(&str, Vec<f64>)]) -> String {
-    let points = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
-    let xs = (0.0, m.decisions as f64);
-    let (lo, hi) = series
+/// A module's block of a return chart ([`crate::plot::returns_chart`]): the
+/// [`PLOTTED`] policies it has, per decision over the whole stream.
+pub fn returns_panel(m: &ModuleBacktest) -> ReturnsPanel {
+    let lines = PLOTTED
         .iter()
-        .flat_map(|(_, v)| v.iter())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let ys = if lo.is_finite() { padded(lo, hi) } else { (0.0, 1.0) };
-    let mut s = svg_frame(title, "decision", y_label, xs, ys);
-    let step = m.decisions as f64 / points.max(1) as f64;
-    for (i, (name, values)) in series.iter().enumerate() {
-        let colour = colour_of(name, i);
-        let path: Vec<String> = values
-            .iter()
-            .enumerate()
-            .map(|(k, &v)| {
-                format!("{:.1},{:.1}", scale((k as f64 + 0.5) * step, xs, PAD, W - PAD), scale(v, ys, H - PAD, PAD))
-            })
-            .collect();
-        let _ = writeln!(
-            s,
-            r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.5"/>"##,
-            path.join(" ")
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{:.1}" y="{:.1}" fill="{colour}">{}</text>"##,
-            W - PAD - 90.0,
-            PAD + 14.0 * i as f64,
-            escape(name)
-        );
-    }
-    let half_x = scale(m.second_half_from as f64, xs, PAD, W - PAD);
-    let _ = writeln!(
-        s,
-        r##"<line x1="{half_x:.1}" y1="{PAD}" x2="{half_x:.1}" y2="{}" stroke="#999" stroke-dasharray="4,3"/>"##,
-        H - PAD
-    );
-    s
-}
-
-/// Each policy keeps its colour whichever policies a report holds.
-fn colour_of(policy: &str, i: usize) -> &'static str {
-    const NAMED: [&str; 10] =
-        ["agent", "defaults", "random", "epsilon-greedy", "ucb1", "thompson", "vw", "mabwiser", "oracle-oos", "oracle"];
-    NAMED.iter().position(|n| *n == policy).map_or(COLOURS[i % COLOURS.len()], |k| COLOURS[k])
+        .filter_map(|name| m.policy(name))
+        .map(|p| Line { policy: p.policy.clone(), returns: p.returns.clone() })
+        .collect();
+    ReturnsPanel { module: m.module.clone(), second_half_from: m.second_half_from, lines }
 }

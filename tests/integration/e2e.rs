@@ -196,11 +196,26 @@ fn a_thousand_outcomes_survive_a_restart_and_inspect_shows_them() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for entry in std::fs::read_dir(&plots).unwrap() {
-        let svg = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("analysis_weights.momentum"), "{svg}");
+    // Each plot as SVG (which parses and names the parameter) and as PNG.
+    let mut names: Vec<String> =
+        std::fs::read_dir(&plots).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let stem = "crypto-analysis_weights_momentum-us_prime_volatile";
+    let want: Vec<String> = ["history.png", "history.svg", "posterior.png", "posterior.svg"]
+        .iter()
+        .map(|s| format!("{stem}-{s}"))
+        .collect();
+    assert_eq!(names, want);
+    for name in &names {
+        let bytes = std::fs::read(plots.join(name)).unwrap();
+        if name.ends_with(".png") {
+            assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{name}");
+        } else {
+            let svg = String::from_utf8(bytes).unwrap();
+            roxmltree::Document::parse(&svg).unwrap();
+            assert!(svg.contains("analysis_weights.momentum"), "{name}: {svg}");
+        }
     }
-    assert_eq!(std::fs::read_dir(&plots).unwrap().count(), 2);
 }
 
 /// kill -9 while outcomes stream in: after a restart, every acknowledged

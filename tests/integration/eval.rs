@@ -447,8 +447,16 @@ fn csv_good_file_backtests_with_progress_and_plots() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["modules"][0]["module"], "options");
     assert_eq!(json["modules"][0]["policies"].as_array().unwrap().len(), 8);
+    // The chart: the agent, the defaults and the out-of-sample oracle, as SVG and PNG.
     let svg = std::fs::read_to_string(dir.path().join("backtest-options.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 8, "{svg}");
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let texts: Vec<&str> = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).collect();
+    for legend in ["agent", "defaults (the seed values)", "out-of-sample oracle (fitted on the first half)"] {
+        assert!(texts.iter().any(|t| t.trim() == legend), "{legend}: {texts:?}");
+    }
+    assert!(texts.iter().any(|t| t.trim() == paramopt::plot::DRAWDOWN), "{texts:?}");
+    let png = std::fs::read(dir.path().join("backtest-options.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
 }
 
 /// The held-out market (`--market sp500`: twenty S&P 500 stocks' daily
