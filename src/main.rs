@@ -24,6 +24,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use paramopt::store::retention::{Retention, RetentionArgs};
 
 use paramopt::eval::backtest::{self, BacktestOptions, MarketSource};
 use paramopt::eval::simulate::{self, SimulateOptions};
@@ -284,6 +285,16 @@ struct ServeCli {
     /// While the store is down, the longest wait between checkpoint attempts (doubling from 1 s).
     #[arg(long, env = "PARAMOPT_STORE_RETRY_MAX_SECS", default_value_t = 60.0)]
     store_retry_max_secs: f64,
+    /// Periodic checkpoints kept per module, besides every rollback, promotion
+    /// and rollback target (those are always kept).
+    #[arg(long, env = "PARAMOPT_KEEP_CHECKPOINTS", default_value_t = 500)]
+    keep_checkpoints: usize,
+    /// Days the decision log keeps a decision; 0 keeps them forever.
+    #[arg(long, env = "PARAMOPT_DECISION_LOG_DAYS", default_value_t = 30.0)]
+    decision_log_days: f64,
+    /// Days the store keeps a trade record; 0 (the default) keeps them forever.
+    #[arg(long, env = "PARAMOPT_TRADE_DAYS", default_value_t = 0.0)]
+    trade_days: f64,
 }
 
 fn init_logging(default_filter: &str, json: bool) {
@@ -479,6 +490,11 @@ fn serve(models: Option<&std::path::Path>, cli: &ServeCli) -> Result<()> {
         checkpoint_every_secs: cli.checkpoint_every_secs,
         sync_every_secs: cli.sync_every_secs,
         store_retry_max_secs: cli.store_retry_max_secs,
+        retention: Retention::try_from(RetentionArgs {
+            keep_checkpoints: cli.keep_checkpoints,
+            decision_log_days: cli.decision_log_days,
+            trade_days: cli.trade_days,
+        })?,
     };
     let learning = tokio_rt
         .block_on(Runtime::start(spaces.clone(), options))

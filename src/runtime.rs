@@ -25,6 +25,7 @@ use crate::eval::ab::{ab_verdict, degraded, estimate_se, stratified, AbSettings,
 use crate::eval::effectiveness::effectiveness;
 use crate::eval::ope::{doubly_robust, Estimate, LoggedDecision, TargetPolicy};
 use crate::space::{Context, ModuleSpace, ParamKind, Spaces};
+use crate::store::retention::Retention;
 use crate::store::{
     now_secs, open_store, rfc3339, Checkpoint, CheckpointKind, CheckpointMeta, FileJournal, LearningEvent,
     LearningEventKind, OptimizationData, PerformancePoint, Store, StoreError,
@@ -141,6 +142,8 @@ pub struct RuntimeOptions {
     /// The longest wait between checkpoint attempts while the store is down
     /// (the wait doubles from 1 s up to this).
     pub store_retry_max_secs: f64,
+    /// What the store keeps of checkpoints, decisions and trades.
+    pub retention: Retention,
 }
 
 impl Default for RuntimeOptions {
@@ -153,6 +156,7 @@ impl Default for RuntimeOptions {
             checkpoint_every_secs: 60.0,
             sync_every_secs: None,
             store_retry_max_secs: 60.0,
+            retention: Retention::default(),
         }
     }
 }
@@ -216,6 +220,8 @@ pub const EFFECTIVENESS_WINDOW: usize = 50_000;
 /// Parameter effectiveness is recomputed at most this often per module (it
 /// reads the decision log), after a checkpoint and at shutdown.
 const EFFECTIVENESS_EVERY_SECS: f64 = 60.0;
+/// How often retention prunes the decision log and trades of a module.
+const PRUNE_LOGS_EVERY_SECS: f64 = 3600.0;
 
 pub struct Runtime {
     pub agent: Agent,
@@ -1056,6 +1062,8 @@ impl Runtime {
         let mut analysed: HashMap<String, f64> = HashMap::new();
         let mut analysing: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut compacting: Option<tokio::task::JoinHandle<()>> = None;
+        let mut pruned_logs: HashMap<String, f64> = HashMap::new();
+        let mut pruning: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             // Decisions alone grow the journal; checkpoints compact it only
@@ -1076,6 +1084,10 @@ impl Runtime {
                 if let Err(e) = self.record_moves(&module).await {
                     tracing::warn!(module, error = %e, "could not collect the counterfactual moves; retried at the next tick");
                 }
+                if pruned_logs.get(&module).is_none_or(|&t| now - t >= PRUNE_LOGS_EVERY_SECS) {
+                    pruned_logs.insert(module.clone(), now);
+                    self.spawn_pruning(&mut pruning, &module, true);
+                }
                 if backoff_until.get(&module).is_some_and(|&t| now < t) {
                     continue;
                 }
@@ -1092,6 +1104,7 @@ impl Runtime {
                     Ok(Some(meta)) => {
                         backoff.remove(&module);
                         backoff_until.remove(&module);
+                        self.spawn_pruning(&mut pruning, &module, false);
                         tracing::info!(
                             module,
                             generation = meta.generation,
@@ -1124,6 +1137,49 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Applies retention to `module` in a task of its own (one at a time per
+    /// module): its checkpoints, and with `logs` its decisions and trades.
+    fn spawn_pruning(
+        self: &Arc<Self>,
+        tasks: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+        module: &str,
+        logs: bool,
+    ) {
+        if tasks.get(module).is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let runtime = self.clone();
+        let m = module.to_string();
+        let task = tokio::spawn(async move {
+            let retention = runtime.options.retention;
+            let store = &*runtime.store;
+            match retention.prune_checkpoints(store, &m).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(module = m, deleted = n, "retention: deleted old periodic checkpoints"),
+                Err(e) => {
+                    tracing::warn!(module = m, error = %e, "retention: could not prune checkpoints; retried later")
+                }
+            }
+            if logs {
+                match retention.prune_logs(store, &m, now_secs()).await {
+                    Ok(p) if p.decisions + p.trades > 0 => {
+                        tracing::info!(
+                            module = m,
+                            decisions = p.decisions,
+                            trades = p.trades,
+                            "retention: deleted old records"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(module = m, error = %e, "retention: could not prune the decision log or trades")
+                    }
+                }
+            }
+        });
+        tasks.insert(module.to_string(), task);
     }
 
     /// At shutdown: everything queued for the decision log is written, every

@@ -384,6 +384,40 @@ impl FirestoreStore {
         Ok(())
     }
 
+    /// Deletes, a page at a time, the documents `page` finds (it is called
+    /// until it finds none), and returns how many went.
+    async fn delete_pages<F, Fut>(
+        &self,
+        what: &str,
+        collection: &str,
+        parent: Option<&str>,
+        mut page: F,
+    ) -> StoreResult<u64>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<
+            Output = FirestoreResult<Vec<::firestore::gcloud_sdk::google::firestore::v1::Document>>,
+        >,
+    {
+        let mut deleted = 0;
+        loop {
+            let docs = page().await.map_err(fs_err(format!("find {what}")))?;
+            if docs.is_empty() {
+                return Ok(deleted);
+            }
+            let ids: Vec<String> = docs.iter().filter_map(|d| d.name.rsplit('/').next().map(str::to_string)).collect();
+            self.commit_in_groups(&format!("delete {what}"), &ids, WRITES_PER_COMMIT, |db, id, tx| {
+                let delete = db.fluent().delete().from(collection);
+                match parent {
+                    Some(p) => delete.parent(p).document_id(id).add_to_transaction(tx).map(|_| ()),
+                    None => delete.document_id(id).add_to_transaction(tx).map(|_| ()),
+                }
+            })
+            .await?;
+            deleted += ids.len() as u64;
+        }
+    }
+
     /// Filters by `module_name`, orders by `created_at` descending.
     async fn newest<T>(&self, collection: &str, module: &str, limit: usize) -> StoreResult<Vec<T>>
     where
@@ -705,6 +739,74 @@ impl Store for FirestoreStore {
                 records
             })
             .map_err(fs_err(format!("list decisions of {module:?}")))
+    }
+
+    async fn delete_checkpoint(&self, module: &str, generation: u64) -> StoreResult<bool> {
+        validate_module(module)?;
+        if self.manifests(module, Some(1)).await?.first().is_some_and(|m| m.generation == generation) {
+            return Err(StoreError::Invalid {
+                what: "generation",
+                value: generation.to_string(),
+                reason: "the newest generation is never deleted".into(),
+            });
+        }
+        let Some(manifest) = self.read_manifest(module, generation).await? else { return Ok(false) };
+        // The manifest first: from then on no reader looks for the chunks.
+        let parent = self.parent(CHECKPOINTS, module)?;
+        self.db
+            .fluent()
+            .delete()
+            .from(GENERATIONS)
+            .parent(&parent)
+            .document_id(generation_id(generation))
+            .execute()
+            .await
+            .map_err(fs_err(format!("delete checkpoint manifest {module}/{generation}")))?;
+        let chunks: Vec<String> = (0..manifest.chunks).map(|i| chunk_id(module, generation, i)).collect();
+        self.commit_in_groups(
+            &format!("delete chunks of {module}/{generation}"),
+            &chunks,
+            WRITES_PER_COMMIT,
+            |db, id, tx| db.fluent().delete().from(CHUNKS).document_id(id).add_to_transaction(tx).map(|_| ()),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Settlements live in their decisions' documents and go with them.
+    async fn prune_decisions(&self, module: &str, before: f64) -> StoreResult<u64> {
+        validate_module(module)?;
+        let parent = self.parent(DECISIONS, module)?;
+        let parent_path = parent.to_string();
+        let what = format!("decisions of {module:?} before {before}");
+        self.delete_pages(&what, DECISION_LOG, Some(&parent_path), || {
+            self.db
+                .fluent()
+                .select()
+                .from(DECISION_LOG)
+                .parent(&parent)
+                .filter(|q| q.for_all([q.field("created_at").less_than(before)]))
+                .limit(WRITES_PER_COMMIT as u32)
+                .query()
+        })
+        .await
+    }
+
+    async fn prune_trades(&self, module: &str, before: f64) -> StoreResult<u64> {
+        validate_module(module)?;
+        let what = format!("trades of {module:?} before {before}");
+        self.delete_pages(&what, TRADES, None, || {
+            self.db
+                .fluent()
+                .select()
+                .from(TRADES)
+                .filter(|q| {
+                    q.for_all([q.field("module_name").eq(module.to_string()), q.field("created_at").less_than(before)])
+                })
+                .limit(WRITES_PER_COMMIT as u32)
+                .query()
+        })
+        .await
     }
 
     async fn merge_increment(&self, module: &str, increment: &ModuleStats) -> StoreResult<ModuleStats> {

@@ -239,6 +239,65 @@ impl Inner {
         Ok(out)
     }
 
+    /// Deletes one generation's files; never the newest, whose number the
+    /// next checkpoint's is counted from.
+    fn delete_checkpoint(&self, module: &str, generation: u64) -> StoreResult<bool> {
+        let dir = self.checkpoint_dir(module)?;
+        let _lock = self.lock()?;
+        if self.generations(module)?.last() == Some(&generation) {
+            return Err(StoreError::Invalid {
+                what: "generation",
+                value: generation.to_string(),
+                reason: "the newest generation is never deleted".into(),
+            });
+        }
+        let mut found = false;
+        for name in [format!("{generation:020}.json"), format!("{generation:020}.meta.json")] {
+            match fs::remove_file(dir.join(&name)) {
+                Ok(()) => found = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("delete", &dir.join(name), e)),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Rewrites an append-only file keeping the lines whose `field` (a time)
+    /// is at or after `before`, under the lock appends take; returns how many
+    /// went. Lines it cannot read are kept.
+    fn prune_lines(&self, path: &Path, field: &str, before: f64) -> StoreResult<u64> {
+        use std::io::BufRead;
+        let _lock = self.lock()?;
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io("open", path, e)),
+        };
+        let tmp = path.with_extension(format!("jsonl{TMP_MARK}prune"));
+        let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(|e| io("create", &tmp, e))?);
+        let mut dropped = 0;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(|e| io("read", path, e))? == 0 {
+                break;
+            }
+            let time = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&line)
+                .ok()
+                .and_then(|m| m.get(field).and_then(serde_json::Value::as_f64));
+            if time.is_some_and(|t| t < before) {
+                dropped += 1;
+                continue;
+            }
+            out.write_all(&line).map_err(|e| io("write", &tmp, e))?;
+        }
+        let out = out.into_inner().map_err(|e| io("write", &tmp, e.into_error()))?;
+        out.sync_all().map_err(|e| io("fsync", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| io("rename", path, e))?;
+        Ok(dropped)
+    }
+
     // ----- append-only logs -----
 
     fn append<T: Serialize>(&self, path: &Path, records: &[T]) -> StoreResult<()> {
@@ -771,6 +830,28 @@ impl Store for LocalStore {
     async fn list_decisions(&self, module: &str, since: f64, limit: usize) -> StoreResult<Vec<DecisionLogRecord>> {
         let module = module.to_string();
         self.run(move |inner| inner.list_decisions(&module, since, limit)).await
+    }
+
+    async fn delete_checkpoint(&self, module: &str, generation: u64) -> StoreResult<bool> {
+        let module = module.to_string();
+        self.run(move |inner| inner.delete_checkpoint(&module, generation)).await
+    }
+
+    async fn prune_decisions(&self, module: &str, before: f64) -> StoreResult<u64> {
+        let module = module.to_string();
+        self.run(move |inner| {
+            let dropped = inner.prune_lines(&inner.file("decisions", &module, "jsonl")?, "created_at", before)?;
+            inner.prune_lines(&inner.file("decisions", &module, "settled.jsonl")?, "settled_at", before)?;
+            // What `is_logged` has read is at other offsets now.
+            inner.logged.lock().remove(&module);
+            Ok(dropped)
+        })
+        .await
+    }
+
+    async fn prune_trades(&self, module: &str, before: f64) -> StoreResult<u64> {
+        let module = module.to_string();
+        self.run(move |inner| inner.prune_lines(&inner.file("trades", &module, "jsonl")?, "created_at", before)).await
     }
 
     async fn merge_increment(&self, module: &str, increment: &ModuleStats) -> StoreResult<ModuleStats> {

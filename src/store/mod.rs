@@ -19,6 +19,7 @@ pub mod firestore;
 pub mod journal;
 pub mod local;
 pub mod records;
+pub mod retention;
 pub mod trade;
 
 use std::fmt;
@@ -133,6 +134,30 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn latest_checkpoint(&self, module: &str) -> StoreResult<Option<Checkpoint>>;
     /// Every generation of `module`, newest first, without the bulky state.
     async fn list_checkpoints(&self, module: &str) -> StoreResult<Vec<CheckpointMeta>>;
+    /// One page of that list: at most `limit` generations older than
+    /// `before` (all when `None`), newest first.
+    async fn list_checkpoints_page(
+        &self,
+        module: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<CheckpointMeta>> {
+        let mut metas = self.list_checkpoints(module).await?;
+        metas.retain(|m| before.is_none_or(|b| m.generation < b));
+        metas.truncate(limit);
+        Ok(metas)
+    }
+    /// Deletes one generation, state and header: true if it was there. The
+    /// newest generation is never deleted (generation numbers are never
+    /// reused). Only retention calls it ([`retention`]), which keeps every
+    /// generation a rollback or promotion made or pointed at.
+    async fn delete_checkpoint(&self, module: &str, generation: u64) -> StoreResult<bool>;
+    /// Deletes the decision-log records of `module` created before `before`
+    /// (epoch seconds), and the settlements made before it; returns how many
+    /// records went.
+    async fn prune_decisions(&self, module: &str, before: f64) -> StoreResult<u64>;
+    /// Deletes the trades of `module` created before `before`; returns how many.
+    async fn prune_trades(&self, module: &str, before: f64) -> StoreResult<u64>;
 
     /// Stores one trade. With a `decision_id` the write is idempotent (a retry
     /// replaces rather than duplicates).

@@ -287,6 +287,7 @@ conformance!(
     concurrent_merges_lose_no_increment,
     health_reports_the_backend,
     crypto_checkpoint_timings,
+    retention_keeps_the_newest_and_marked_checkpoints_and_recent_records,
 );
 
 fn crypto_learner(outcomes: usize, seed: u64) -> ModuleLearner {
@@ -969,4 +970,68 @@ async fn firestore_emulator_enforces_the_document_limit() {
     // Live stats are one document: too large a payload is refused before sending.
     let err = store.merge_increment("huge", &ModuleStats::new(12, &[400; 20])).await.unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { .. }) && err.to_string().contains("huge"), "{err}");
+}
+
+/// Retention on both backends: periodic checkpoints beyond the newest N go,
+/// rollbacks, promotions and rollback targets stay, the newest is never
+/// deleted, pages of the listing follow `before`, and decisions and trades
+/// older than their cutoff go while newer ones (and their rewards) stay.
+async fn retention_keeps_the_newest_and_marked_checkpoints_and_recent_records(b: Backend) {
+    use paramopt::store::retention::{Retention, RetentionArgs};
+    let s = &*b.store;
+    let base = crypto_checkpoint(20, 1);
+    for g in 1..=8u64 {
+        let mut cp = base.clone();
+        (cp.kind, cp.rollback_to) = match g {
+            6 => (CheckpointKind::Rollback, Some(2)),
+            4 => (CheckpointKind::Promotion, None),
+            _ => (CheckpointKind::Checkpoint, None),
+        };
+        assert_eq!(s.put_checkpoint(&cp).await.unwrap(), g);
+    }
+    let page: Vec<u64> =
+        s.list_checkpoints_page("crypto", Some(7), 3).await.unwrap().iter().map(|m| m.generation).collect();
+    assert_eq!(page, vec![6, 5, 4]);
+    let err = s.delete_checkpoint("crypto", 8).await.unwrap_err();
+    assert!(err.to_string().contains("newest"), "{err}");
+    let retention =
+        Retention::try_from(RetentionArgs { keep_checkpoints: 2, decision_log_days: 1.0, trade_days: 1.0 }).unwrap();
+    assert_eq!(retention.prune_checkpoints(s, "crypto").await.unwrap(), 3);
+    let kept: Vec<u64> = s.list_checkpoints("crypto").await.unwrap().iter().map(|m| m.generation).collect();
+    assert_eq!(kept, vec![8, 7, 6, 4, 2], "the newest two, the rollback, the promotion and the rollback's target");
+    assert!(s.get_checkpoint("crypto", 3).await.unwrap().is_none());
+    assert_eq!(s.get_checkpoint("crypto", 2).await.unwrap().unwrap().generation, 2);
+    assert_eq!(s.put_checkpoint(&base).await.unwrap(), 9, "numbers are never reused");
+
+    let now = 1_760_000_000.0;
+    let agent = support::agent(4);
+    let space = agent.space("crypto").unwrap().clone();
+    let mut records = Vec::new();
+    let mut trades = Vec::new();
+    for (i, age_days) in [3.0, 2.0, 0.5, 0.1].into_iter().enumerate() {
+        let d = agent.decide("crypto", Context::from_index(i).unwrap(), &[], true).unwrap();
+        let mut r = DecisionLogRecord::new(&d, &space);
+        r.created_at = now - age_days * 86_400.0;
+        records.push(r);
+        trades.push(TradeRecord {
+            module_name: "crypto".into(),
+            decision_id: Some(d.id.to_string()),
+            created_at: now - age_days * 86_400.0,
+            ..TradeRecord::default()
+        });
+    }
+    s.append_decisions(&records).await.unwrap();
+    s.settle_decision("crypto", &records[3].decision_id, 0.02, now - 3600.0).await.unwrap();
+    s.put_trades(&trades).await.unwrap();
+    let pruned = retention.prune_logs(s, "crypto", now).await.unwrap();
+    assert_eq!((pruned.decisions, pruned.trades), (2, 2));
+    let left = s.list_decisions("crypto", 0.0, 100).await.unwrap();
+    assert_eq!(
+        left.iter().map(|r| r.decision_id.clone()).collect::<Vec<_>>(),
+        vec![records[2].decision_id.clone(), records[3].decision_id.clone()]
+    );
+    assert_eq!(left[1].reward, Some(0.02), "a kept decision keeps its reward");
+    let left: Vec<f64> = s.list_trades("crypto", 100).await.unwrap().iter().map(|t| t.created_at).collect();
+    assert_eq!(left, vec![trades[3].created_at, trades[2].created_at]);
+    assert_eq!(retention.prune_logs(s, "crypto", now).await.unwrap().decisions, 0, "a second pass finds nothing");
 }
