@@ -846,7 +846,7 @@ fn release_exploring(counters: &ModuleCounters, closed: u64) {
 
 /// A module's safety state: its loss budget, as `/metrics`, `/healthz` and
 /// the dashboard show it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct BudgetStatus {
     /// `safety.loss_budget` (reward units).
     pub budget: f64,

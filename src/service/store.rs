@@ -64,7 +64,7 @@ impl StoreError {
 
 /// One line of `GET /v1/checkpoints?module=…`, and the answer of
 /// `POST /v1/checkpoints/{module}` and `POST /v1/rollback`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CheckpointSummary {
     pub module: String,
     pub generation: u64,
