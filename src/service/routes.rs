@@ -31,8 +31,7 @@ fn json<T: Serialize>(value: &T) -> Result<Response, ApiError> {
 /// [`json`] through a `serde_json::Value`, whose keys are sorted: the answers
 /// that were built as `Value`s keep the order they always had.
 fn json_sorted<T: Serialize>(value: &T) -> Result<Response, ApiError> {
-    let value =
-        serde_json::to_value(value).map_err(|e| ApiError::Internal(format!("serialising the answer: {e}")))?;
+    let value = serde_json::to_value(value).map_err(|e| ApiError::Internal(format!("serialising the answer: {e}")))?;
     json(&value)
 }
 
