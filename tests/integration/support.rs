@@ -204,7 +204,8 @@ pub fn sigterm(mut child: Process) {
 }
 
 /// A one-shot HTTP/1.1 exchange over std's TcpStream (no client library
-/// needed): the status and the body.
+/// needed): the status and the body, which must match the OpenAPI document
+/// ([`check_openapi`]).
 pub fn http(method: &str, url: &str, body: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap();
@@ -220,6 +221,11 @@ pub fn http(method: &str, url: &str, body: &str) -> (u16, String) {
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let content_type = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-type").then(|| value.trim())
+    });
+    check_openapi(method, &path, status, content_type, body.as_bytes());
     (status, body.to_string())
 }
 
