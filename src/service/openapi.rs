@@ -26,15 +26,28 @@ use crate::service::store::CheckpointSummary;
 pub enum In {
     Path,
     Query,
+    Header,
 }
 
-/// One path or query parameter: all of them are strings on the wire.
-#[derive(Debug, Clone, Copy)]
+impl In {
+    fn as_str(self) -> &'static str {
+        match self {
+            In::Path => "path",
+            In::Query => "query",
+            In::Header => "header",
+        }
+    }
+}
+
+/// One path, query or header parameter.
+#[derive(Clone, Copy)]
 pub struct Param {
     pub name: &'static str,
     pub location: In,
     pub required: bool,
     pub description: &'static str,
+    /// Its values' schema: a string, or the type the handler resolves it to.
+    pub schema: fn(&mut SchemaGenerator) -> Value,
 }
 
 /// What a successful (200) answer holds.
@@ -102,25 +115,33 @@ fn openapi_document(_: &mut SchemaGenerator) -> Value {
     json!({"type": "object", "required": ["openapi", "info", "paths"], "additionalProperties": true})
 }
 
-const MODULE: Param =
-    Param { name: "module", location: In::Path, required: true, description: "`crypto`, `options` or `stocks`." };
+const MODULE: Param = Param {
+    name: "module",
+    location: In::Path,
+    required: true,
+    description: "A module of the models files (`crypto`, `options`, `stocks` as shipped).",
+    schema: schema::<String>,
+};
 const SESSION: Param = Param {
     name: "session",
     location: In::Query,
     required: true,
-    description: "`asia_prime`, `europe_prime` or `us_prime`.",
+    description: "The context's session.",
+    schema: schema::<crate::space::Session>,
 };
 const REGIME: Param = Param {
     name: "regime",
     location: In::Query,
     required: true,
-    description: "`bullish`, `bearish`, `sideways` or `volatile`.",
+    description: "The context's regime.",
+    schema: schema::<crate::space::Regime>,
 };
 const POINTS: Param = Param {
     name: "points",
     location: In::Query,
     required: false,
     description: "About how many generations to show, from 2 to 5000 (400).",
+    schema: schema::<String>,
 };
 
 /// Every operation the router serves: the service tests check this table
@@ -182,6 +203,7 @@ pub const OPERATIONS: &[Operation] = &[
                 location: In::Path,
                 required: true,
                 description: "A generation number (a non-negative integer).",
+                schema: schema::<String>,
             },
         ],
         body: None,
@@ -201,7 +223,14 @@ pub const OPERATIONS: &[Operation] = &[
         method: "POST",
         path: "/v1/rollback",
         summary: "A new generation equal to a stored one or to the defaults (`Idempotency-Key` makes a retry safe).",
-        params: &[],
+        params: &[Param {
+            name: "Idempotency-Key",
+            location: In::Header,
+            required: false,
+            description: "1 to 200 printable ASCII characters: a retry with the same key gets the first answer \
+                          and makes no second generation.",
+            schema: schema::<String>,
+        }],
         body: Some(schema::<wire::RollbackRequest>),
         answer: Answer::Json(schema::<wire::RollbackResponse>),
         errors: &[404, 503],
@@ -311,7 +340,13 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "One parameter's incumbent over the generations.",
         params: &[
             MODULE,
-            Param { name: "parameter", location: In::Query, required: true, description: "`group.name`." },
+            Param {
+                name: "parameter",
+                location: In::Query,
+                required: true,
+                description: "`group.name`.",
+                schema: schema::<String>,
+            },
             SESSION,
             REGIME,
             POINTS,
@@ -388,10 +423,10 @@ pub fn document() -> Value {
             .map(|p| {
                 json!({
                     "name": p.name,
-                    "in": if p.location == In::Path { "path" } else { "query" },
+                    "in": p.location.as_str(),
                     "required": p.required,
                     "description": p.description,
-                    "schema": {"type": "string"},
+                    "schema": (p.schema)(&mut requests),
                 })
             })
             .collect();

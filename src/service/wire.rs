@@ -30,9 +30,12 @@ use super::store::{CheckpointSummary, RollbackTarget};
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContextBody {
-    /// `asia_prime`, `europe_prime` or `us_prime`; any other value is a 422.
+    /// Read as an optional string, so that a missing or unknown value is a
+    /// 422 saying what was expected; the schema gives what is accepted.
+    #[schemars(with = "Session")]
     pub session: Option<String>,
-    /// `bullish`, `bearish`, `sideways` or `volatile`; any other value is a 422.
+    /// As `session`.
+    #[schemars(with = "Regime")]
     pub regime: Option<String>,
 }
 
@@ -61,6 +64,8 @@ fn resolve_one<'a>(prefix: &str, field: &str, value: Option<&'a str>, allowed: &
 #[serde(deny_unknown_fields)]
 pub struct DecisionRequest {
     pub module: String,
+    /// Optional to serde so that its absence is a 422 naming it; required by the schema.
+    #[schemars(with = "ContextBody")]
     pub context: Option<ContextBody>,
     #[serde(default)]
     pub features: Option<BTreeMap<String, f64>>,
@@ -360,7 +365,9 @@ pub fn context_json(ctx: Context) -> ContextOut {
 
 #[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
 pub struct ContextOut {
+    #[schemars(with = "Session")]
     pub session: &'static str,
+    #[schemars(with = "Regime")]
     pub regime: &'static str,
 }
 
