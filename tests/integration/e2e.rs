@@ -244,7 +244,7 @@ fn kill_9_loses_no_acknowledged_outcome() {
 /// asyncio, retries, fallback, the README example) against a `paramopt
 /// serve` started here; the fallback tests start and stop servers of their
 /// own from the same binary. Then, in the same venv, `openapi-spec-validator`
-/// (pinned) validates docs/openapi.json as OpenAPI 3.1.
+/// (pinned with its dependencies) validates docs/openapi.json as OpenAPI 3.1.
 #[test]
 fn python_package_tests_pass_in_a_fresh_venv() {
     const TOKEN: &str = "venv-test-token";
@@ -308,7 +308,7 @@ fn python_package_tests_pass_in_a_fresh_venv() {
     // document to a validator of its own, not only to the Rust tests.
     run(
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", OPENAPI_SPEC_VALIDATOR])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", OPENAPI_SPEC_VALIDATOR])
             .current_dir(env!("CARGO_MANIFEST_DIR")),
         "pip install openapi-spec-validator",
     );
@@ -325,8 +325,9 @@ fn python_package_tests_pass_in_a_fresh_venv() {
     assert!(said.starts_with("3.1.0 ") && said.trim_end().ends_with("paths valid"), "{said}");
 }
 
-/// Pinned: a newer validator may judge the same document differently.
-const OPENAPI_SPEC_VALIDATOR: &str = "openapi-spec-validator==0.9.0";
+/// openapi-spec-validator 0.9.0 and its dependencies, pinned: a newer
+/// release may judge the same document differently.
+const OPENAPI_SPEC_VALIDATOR: &str = "tests/integration/openapi-spec-validator.txt";
 
 /// Runs `cmd` to success; its output.
 fn run(cmd: &mut Command, what: &str) -> std::process::Output {
