@@ -177,7 +177,7 @@ pub fn diff_table(a: &Checkpoint, b: &Checkpoint, rows: &[DiffRow]) -> String {
     out
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct HistoryPoint {
     pub generation: u64,
     pub kind: String,

@@ -63,6 +63,9 @@ enum ModelsCommand {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the OpenAPI 3.1 document of the HTTP API (`GET /v1/openapi.json`);
+    /// `paramopt openapi > docs/openapi.json` regenerates the checked-in copy.
+    Openapi,
     /// Print every module's parameter space (`--json`: the same document as `GET /v1/modules`).
     Spaces {
         /// Machine-readable JSON instead of a table.
@@ -374,6 +377,7 @@ fn run() -> Result<()> {
                 outln!("{}", path.display());
             }
         }
+        Command::Openapi => out!("{}", paramopt::service::openapi::text()),
         Command::Spaces { json } => {
             let spaces = spaces()?;
             if *json {

@@ -72,7 +72,7 @@ pub enum Challenger {
 }
 
 /// How an A/B test ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct AbResult {
     pub test: u64,
     pub challenger: String,

@@ -1002,13 +1002,16 @@ fn release_exploring(counters: &ModuleCounters, closed: u64) {
 
 /// A module's safety state: its loss budget, as `/metrics`, `/healthz` and
 /// the dashboard show it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct BudgetStatus {
-    /// `safety.loss_budget` (reward units).
+    /// `safety.loss_budget` (reward units). Infinite for a module without
+    /// declared roles (no budget binds it), which JSON writes as null.
+    #[schemars(with = "Option<f64>")]
     pub budget: f64,
     /// Lower confidence bound on the realised reward minus the defaults' over closed decisions.
     pub shortfall_lower: f64,
-    /// `budget + shortfall_lower`.
+    /// `budget + shortfall_lower`: infinite (null in JSON) with the budget.
+    #[schemars(with = "Option<f64>")]
     pub remaining: f64,
     pub reserve_per_open_trade: f64,
     pub open_exploring: u64,

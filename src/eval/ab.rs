@@ -25,7 +25,7 @@ pub const MIN_OUTCOMES: u64 = 30;
 const Z95: f64 = 1.959_963_984_540_054;
 
 /// Welch's comparison of a candidate's mean reward with a reference's.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Comparison {
     /// Candidate mean minus reference mean.
     pub difference: f64,
@@ -68,7 +68,7 @@ pub fn compare_samples(candidate: &Stats, reference: &Stats, margin: f64) -> Opt
 /// The settings of one A/B test, validated: also when read back from a
 /// checkpoint, which goes through [`AbSettings::new`] like a request does
 /// (a stored `min_outcomes: 0` would otherwise plan looks for ever).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "RawAbSettings")]
 pub struct AbSettings {
     /// Share of decisions the challenger serves, in (0, 1).
@@ -84,7 +84,7 @@ pub struct AbSettings {
 }
 
 /// [`AbSettings`] as stored, before validation.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAbSettings {
     split: f64,

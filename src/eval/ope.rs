@@ -55,7 +55,7 @@ impl LoggedDecision {
 }
 
 /// An estimate of a policy's mean reward per decision.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Estimate {
     pub value: f64,
     pub ci_low: f64,

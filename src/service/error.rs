@@ -63,9 +63,12 @@ mod tests {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
+/// Every 4xx and 5xx body; nothing else is in it.
+#[derive(Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ErrorBody<'a> {
+    /// What was wrong, naming the bad value.
+    pub error: &'a str,
 }
 
 impl ApiError {

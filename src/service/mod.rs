@@ -19,6 +19,7 @@ pub mod extract;
 mod idempotency;
 pub mod metrics;
 mod middleware;
+pub mod openapi;
 pub mod persist;
 mod routes;
 pub mod server;
@@ -160,6 +161,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollback", post(routes::rollback))
         .route("/v1/ab-tests", post(routes::start_ab_test))
         .route("/v1/ab-tests/{module}", get(routes::ab_test_status).delete(routes::stop_ab_test))
+        .route("/v1/openapi.json", get(routes::openapi))
         .route("/healthz", get(routes::healthz))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)

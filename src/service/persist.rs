@@ -76,8 +76,9 @@ impl CheckpointStore for RuntimeHooks {
         self.runtime.status.tasks.failures()
     }
 
-    fn list(&self, module: &str) -> Result<Vec<CheckpointSummary>, StoreError> {
-        let metas = self.handle.block_on(self.runtime.store.list_checkpoints(module)).map_err(backend)?;
+    fn list(&self, module: &str, before: Option<u64>, limit: usize) -> Result<Vec<CheckpointSummary>, StoreError> {
+        let metas =
+            self.handle.block_on(self.runtime.store.list_checkpoints_page(module, before, limit)).map_err(backend)?;
         Ok(metas.iter().map(summary).collect())
     }
 

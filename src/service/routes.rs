@@ -16,8 +16,9 @@ use super::error::ApiError;
 use super::extract::{JsonBody, PathParams, QueryPairs};
 use super::store::{CheckpointStore, OutcomeRecord, StoreError};
 use super::wire::{
-    ab_test_json, context_json, AbTestRequest, ContextBody, DecisionRequest, DecisionResponse, NamedValues,
-    OutcomeRequest, OutcomeResponse, ParametersResponse, RollbackRequest,
+    ab_test_json, context_json, AbTestRequest, AbTestStarted, AbTestStatus, AbTestStopped, CheckpointList, ContextBody,
+    DecisionRequest, DecisionResponse, Health, NamedValues, OutcomeRequest, OutcomeResponse, ParametersResponse,
+    RollbackRequest, RollbackResponse,
 };
 use super::AppState;
 
@@ -25,6 +26,13 @@ use super::AppState;
 fn json<T: Serialize>(value: &T) -> Result<Response, ApiError> {
     let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("serialising the answer: {e}")))?;
     Ok(json_bytes(body))
+}
+
+/// [`json`] through a `serde_json::Value`, whose keys are sorted: the answers
+/// that were built as `Value`s keep the order they always had.
+fn json_sorted<T: Serialize>(value: &T) -> Result<Response, ApiError> {
+    let value = serde_json::to_value(value).map_err(|e| ApiError::Internal(format!("serialising the answer: {e}")))?;
+    json(&value)
 }
 
 fn json_bytes(body: impl Into<axum::body::Body>) -> Response {
@@ -180,13 +188,36 @@ async fn on_store<T: Send + 'static>(
 
 /// `GET /v1/checkpoints?module=…`.
 pub async fn list_checkpoints(State(state): State<AppState>, query: QueryPairs) -> Result<Response, ApiError> {
-    let [module] = query.take(["module"])?;
+    let [module, limit, before] = query.take(["module", "limit", "before"])?;
     let module = module.ok_or_else(|| ApiError::Invalid("query parameter module is missing".into()))?;
     state.agent().space(&module)?;
+    let limit = match limit {
+        None => CHECKPOINT_PAGE,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n @ 1..=MAX_CHECKPOINT_PAGE) => n,
+            _ => return Err(ApiError::Invalid(format!("limit {text:?} is not a number from 1 to {MAX_CHECKPOINT_PAGE}"))),
+        },
+    };
+    let before = before
+        .map(|text| {
+            text.parse::<u64>().map_err(|_| {
+                ApiError::Invalid(format!("before {text:?} is not a generation number (a non-negative integer)"))
+            })
+        })
+        .transpose()?;
     let m = module.clone();
-    let list = on_store(&state, move |s| s.list(&m)).await?;
-    json(&serde_json::json!({ "module": module, "checkpoints": list }))
+    // One more than asked says whether there is a next page.
+    let mut list = on_store(&state, move |s| s.list(&m, before, limit + 1)).await?;
+    let next_before = (list.len() > limit).then(|| {
+        list.truncate(limit);
+        list.last().map(|c| c.generation)
+    });
+    json_sorted(&CheckpointList { module, checkpoints: list, next_before: next_before.flatten() })
 }
+
+/// Generations listed per page unless `limit` says otherwise, and at most.
+const CHECKPOINT_PAGE: usize = 100;
+const MAX_CHECKPOINT_PAGE: usize = 1000;
 
 /// `GET /v1/checkpoints/{module}/{generation}`.
 pub async fn get_checkpoint(
@@ -228,7 +259,7 @@ pub async fn rollback(
             let answer = async {
                 let summary = on_store(&state, move |s| s.rollback(&module, to)).await?;
                 tracing::info!(module = %summary.module, generation = summary.generation, ?to, "rolled back");
-                json(&serde_json::json!({ "rolled_back_to": to, "checkpoint": summary }))
+                json_sorted(&RollbackResponse { rolled_back_to: to, checkpoint: summary })
             };
             let response = answer.await.unwrap_or_else(IntoResponse::into_response);
             let status = response.status();
@@ -266,7 +297,7 @@ pub async fn start_ab_test(
     let settings = req.settings().map_err(|e| ApiError::Invalid(e.to_string()))?;
     let AbTestRequest { module, challenger, .. } = req;
     let test = on_store(&state, move |s| s.start_ab(&module, challenger, settings)).await?;
-    json(&serde_json::json!({ "ab_test": test }))
+    json_sorted(&AbTestStarted { ab_test: test })
 }
 
 /// `GET /v1/ab-tests/{module}`: the running test, and how the last one ended.
@@ -276,11 +307,7 @@ pub async fn ab_test_status(
 ) -> Result<Response, ApiError> {
     let view = state.agent().view(&module)?;
     let last = state.hooks().checkpoints.as_ref().and_then(|s| s.last_ab_result(&module));
-    json(&serde_json::json!({
-        "module": module,
-        "running": view.ab.as_deref().map(ab_test_json),
-        "last": last,
-    }))
+    json_sorted(&AbTestStatus { module, running: view.ab.as_deref().map(ab_test_json), last })
 }
 
 /// `DELETE /v1/ab-tests/{module}`: ends the running test without a verdict.
@@ -290,7 +317,7 @@ pub async fn stop_ab_test(
 ) -> Result<Response, ApiError> {
     state.agent().space(&module)?;
     let result = on_store(&state, move |s| s.stop_ab(&module)).await?;
-    json(&serde_json::json!({ "stopped": result }))
+    json_sorted(&AbTestStopped { stopped: result })
 }
 
 /// `GET /healthz`: 200 while every part works; 503 naming what died (a
@@ -309,12 +336,11 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError
     }
     // The safety state is a detail, not a failure: a module whose loss
     // budget is spent still serves (its incumbents) and learns.
-    let mut safety = serde_json::Map::new();
+    let mut safety = std::collections::BTreeMap::new();
     for space in state.agent().modules() {
-        let b = state.agent().budget(&space.name)?;
-        safety.insert(space.name.clone(), serde_json::to_value(b).unwrap_or_default());
+        safety.insert(space.name.clone(), state.agent().budget(&space.name)?);
     }
-    json(&serde_json::json!({ "status": "ok", "store": kind, "store_healthy": healthy, "safety": safety }))
+    json_sorted(&Health { status: "ok", store: kind, store_healthy: healthy, safety })
 }
 
 /// `GET /metrics`.
@@ -325,6 +351,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
+}
+
+/// `GET /v1/openapi.json`: the document of this contract (`super::openapi`).
+pub async fn openapi() -> Response {
+    json_bytes(super::openapi::json())
 }
 
 /// Anything the router does not know.

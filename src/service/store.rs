@@ -64,7 +64,7 @@ impl StoreError {
 
 /// One line of `GET /v1/checkpoints?module=…`, and the answer of
 /// `POST /v1/checkpoints/{module}` and `POST /v1/rollback`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CheckpointSummary {
     pub module: String,
     pub generation: u64,
@@ -110,8 +110,9 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Whether the store answered its last operation; `/healthz` reports it.
     fn healthy(&self) -> bool;
-    /// Every generation of `module`, newest first.
-    fn list(&self, module: &str) -> Result<Vec<CheckpointSummary>, StoreError>;
+    /// At most `limit` generations of `module` older than `before` (all
+    /// when `None`), newest first.
+    fn list(&self, module: &str, before: Option<u64>, limit: usize) -> Result<Vec<CheckpointSummary>, StoreError>;
     /// One whole checkpoint in readable JSON; [`StoreError::NotFound`] for an unknown generation.
     fn get(&self, module: &str, generation: u64) -> Result<serde_json::Value, StoreError>;
     /// Checkpoints `module` now.

@@ -44,7 +44,7 @@ pub enum SpaceError {
     DuplicateModule { module: String, first: String, second: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamKind {
     Continuous,

@@ -47,6 +47,12 @@ fn serve(dir: &Path, token: Option<&str>) -> (Process, String) {
 /// One HTTP/1.1 exchange over std's TcpStream (`Connection: close`, so the
 /// body ends at EOF; chunked bodies are decoded). Returns status and body.
 fn http(method: &str, url: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let (status, _, body) = exchange(method, url, body, headers);
+    (status, body)
+}
+
+/// [`http`], with the answer's Content-Type.
+fn exchange(method: &str, url: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Option<String>, Vec<u8>) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connecting to {host}: {e}"));
@@ -92,7 +98,11 @@ fn http(method: &str, url: &str, body: Option<&Value>, headers: &[(&str, &str)])
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    (status, body)
+    let content_type = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-type").then(|| value.trim().to_string())
+    });
+    (status, content_type, body)
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
@@ -109,9 +119,12 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A JSON call that must answer 200.
+/// A JSON call to the served binary that must answer 200, held to the
+/// OpenAPI document like the service tests' answers.
 fn call(method: &str, url: &str, body: Option<Value>) -> Value {
-    let (status, bytes) = http(method, url, body.as_ref(), &[]);
+    let (status, content_type, bytes) = exchange(method, url, body.as_ref(), &[]);
+    let path = url.strip_prefix("http://").and_then(|rest| rest.find('/').map(|i| &rest[i..])).unwrap_or("/");
+    crate::support::check_openapi(method, path, status, content_type.as_deref(), &bytes);
     let text = String::from_utf8_lossy(&bytes);
     assert_eq!(status, 200, "{method} {url}: {text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {url}: {e}: {text}"))

@@ -389,7 +389,8 @@ fn open_decisions_and_acknowledged_outcomes_survive_three_kill_9s() {
 /// README's install line into a fresh venv, then the package's tests (sync,
 /// asyncio, retries, fallback, the README example) against a `paramopt
 /// serve` started here; the fallback tests start and stop servers of their
-/// own from the same binary.
+/// own from the same binary. Then, in the same venv, `openapi-spec-validator`
+/// (pinned with its dependencies) validates docs/openapi.json as OpenAPI 3.1.
 #[test]
 fn python_package_tests_pass_in_a_fresh_venv() {
     const TOKEN: &str = "venv-test-token";
@@ -422,7 +423,7 @@ fn python_package_tests_pass_in_a_fresh_venv() {
     args.push("--data-dir".into());
     args.push(dir.path().into());
     let (server, url) = support::serve(args, &[]);
-    let out = Command::new(python)
+    let out = Command::new(&python)
         .args(["-m", "unittest", "-v"])
         .current_dir(tests)
         .env_remove("PARAMOPT_TOKEN")
@@ -447,7 +448,32 @@ fn python_package_tests_pass_in_a_fresh_venv() {
     assert!(skipped.len() <= 4, "{skipped:#?}");
     println!("{report}");
     sigterm(server);
+
+    // The same venv, after the package's tests (which must pass with the
+    // standard library alone): docs/openapi.json is a valid OpenAPI 3.1
+    // document to a validator of its own, not only to the Rust tests.
+    run(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", OPENAPI_SPEC_VALIDATOR])
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        "pip install openapi-spec-validator",
+    );
+    let script = "import json, sys\n\
+                  from openapi_spec_validator import OpenAPIV31SpecValidator, validate\n\
+                  spec = json.load(open(sys.argv[1]))\n\
+                  validate(spec, cls=OpenAPIV31SpecValidator)\n\
+                  print(spec['openapi'], len(spec['paths']), 'paths valid')\n";
+    let out = run(
+        Command::new(&python).args(["-c", script, "docs/openapi.json"]).current_dir(env!("CARGO_MANIFEST_DIR")),
+        "openapi-spec-validator on docs/openapi.json as OpenAPI 3.1",
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("3.1.0 ") && said.trim_end().ends_with("paths valid"), "{said}");
 }
+
+/// openapi-spec-validator 0.9.0 and its dependencies, pinned: a newer
+/// release may judge the same document differently.
+const OPENAPI_SPEC_VALIDATOR: &str = "tests/integration/openapi-spec-validator.txt";
 
 /// Runs `cmd` to success; its output.
 fn run(cmd: &mut Command, what: &str) -> std::process::Output {

@@ -42,11 +42,17 @@ struct Reply {
     text: String,
 }
 
+/// One request through the whole service. Every answer is held to the
+/// OpenAPI document: a status it does not document for the route, or a body
+/// off its schema, fails the test that sent it.
 async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let (method, uri) = (req.method().clone(), req.uri().to_string());
     let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
     let headers = res.headers().clone();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap());
+    support::check_openapi(method.as_str(), &uri, status.as_u16(), content_type, &bytes);
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Reply { status, headers, json, text }
@@ -126,13 +132,20 @@ impl CheckpointStore for MemoryStore {
     fn healthy(&self) -> bool {
         true
     }
-    fn list(&self, module: &str) -> Result<Vec<CheckpointSummary>, StoreError> {
+    fn list(&self, module: &str, before: Option<u64>, limit: usize) -> Result<Vec<CheckpointSummary>, StoreError> {
         if let Some(d) = self.delay {
             std::thread::sleep(d);
         }
         assert!(!self.panic, "the store blew up");
-        let mut list: Vec<_> = self.generations.lock().iter().filter(|c| c.module == module).cloned().collect();
+        let mut list: Vec<_> = self
+            .generations
+            .lock()
+            .iter()
+            .filter(|c| c.module == module && before.is_none_or(|b| c.generation < b))
+            .cloned()
+            .collect();
         list.reverse();
+        list.truncate(limit);
         Ok(list)
     }
     fn get(&self, module: &str, generation: u64) -> Result<Value, StoreError> {
@@ -648,8 +661,29 @@ async fn checkpoint_routes_reach_a_configured_store() {
     let gens: Vec<u64> =
         list.json["checkpoints"].as_array().unwrap().iter().map(|c| c["generation"].as_u64().unwrap()).collect();
     assert_eq!(gens, [2, 1], "newest first");
+    assert_eq!(list.json["next_before"], Value::Null, "one page holds them all");
     for field in ["created_at", "parent", "outcomes", "mean_reward"] {
         assert!(list.json["checkpoints"][0].get(field).is_some(), "{field}");
+    }
+    // A page at a time: each page's next_before leads to the next.
+    for _ in 0..3 {
+        send(&app, post("/v1/checkpoints/crypto", "")).await;
+    }
+    let mut pages = Vec::new();
+    let mut path = "/v1/checkpoints?module=crypto&limit=2".to_string();
+    loop {
+        let page = send(&app, get(&path)).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        pages.push(page.json["checkpoints"].as_array().unwrap().iter().map(|c| c["generation"].as_u64().unwrap()).collect::<Vec<_>>());
+        match page.json["next_before"].as_u64() {
+            Some(before) => path = format!("/v1/checkpoints?module=crypto&limit=2&before={before}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, vec![vec![5, 4], vec![3, 2], vec![1]]);
+    for bad in ["limit=0", "limit=1001", "limit=x", "before=-1"] {
+        let r = send(&app, get(&format!("/v1/checkpoints?module=crypto&{bad}"))).await;
+        assert_contract_error(&r, StatusCode::UNPROCESSABLE_ENTITY, bad.split('=').nth(1).unwrap());
     }
     let one = send(&app, get("/v1/checkpoints/crypto/1")).await;
     assert_eq!(one.status, StatusCode::OK);
@@ -659,7 +693,7 @@ async fn checkpoint_routes_reach_a_configured_store() {
     let rb = send(&app, post("/v1/rollback", r#"{"module": "crypto", "to": 1}"#)).await;
     assert_eq!(rb.status, StatusCode::OK, "{}", rb.text);
     assert_eq!(rb.json["rolled_back_to"], 1);
-    assert_eq!(rb.json["checkpoint"]["generation"], 3);
+    assert_eq!(rb.json["checkpoint"]["generation"], 6);
     let rb = send(&app, post("/v1/rollback", r#"{"module": "crypto", "to": "defaults"}"#)).await;
     assert_eq!(rb.json["rolled_back_to"], "defaults");
     let rb = send(&app, post("/v1/rollback", r#"{"module": "crypto", "to": 42}"#)).await;
@@ -1432,6 +1466,19 @@ fn docs_api_md_holds_the_shared_contract_and_every_route() {
     if let Ok(shared) = std::fs::read_to_string(root.join("../shared/API.md")) {
         assert!(doc.starts_with(&shared), "docs/api.md must begin with ../shared/API.md unchanged");
     }
+    let routes = router_routes();
+    for (method, path) in &routes {
+        assert!(
+            doc.contains(&format!("{method} {path}")) || doc.contains(&format!("`{method} {path}")),
+            "docs/api.md does not document {method} {path}"
+        );
+    }
+}
+
+/// Every (method, path) the router serves, read from the router's own source
+/// (`.route("path", get(…).delete(…))`), upper-case methods.
+fn router_routes() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut routes = Vec::new();
     for file in ["src/service/mod.rs", "src/service/dashboard/mod.rs"] {
         let source = std::fs::read_to_string(root.join(file)).unwrap();
@@ -1446,12 +1493,99 @@ fn docs_api_md_holds_the_shared_contract_and_every_route() {
         }
     }
     assert!(routes.len() >= 20, "{routes:?}");
+    routes
+}
+
+// ---------------------------------------------------------------- the OpenAPI document
+
+/// No route is missing from the OpenAPI document, and it has no operation the
+/// router does not serve.
+#[test]
+fn the_openapi_document_has_every_route_of_the_router_with_its_methods() {
+    let doc = support::openapi();
+    let mut routes = router_routes();
     for (method, path) in &routes {
-        assert!(
-            doc.contains(&format!("{method} {path}")) || doc.contains(&format!("`{method} {path}")),
-            "docs/api.md does not document {method} {path}"
-        );
+        let item = doc["paths"].get(path).unwrap_or_else(|| panic!("docs/openapi.json has no path {path}"));
+        assert!(item.get(method.to_lowercase()).is_some(), "docs/openapi.json has no {method} {path}");
     }
+    let mut documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| item.as_object().unwrap().keys().map(|m| (m.to_uppercase(), path.clone())))
+        .collect();
+    routes.sort();
+    documented.sort();
+    assert_eq!(documented, routes, "the document's operations are the router's routes");
+    // Every operation documents its success, the contract's error body for
+    // the errors, and, on `/v1`, the token's 401.
+    for (method, path) in &documented {
+        let responses = &doc["paths"][path][method.to_lowercase()]["responses"];
+        assert!(responses.get("200").is_some(), "{method} {path}");
+        assert_eq!(path.starts_with("/v1/"), responses.get("401").is_some(), "{method} {path}");
+        for (status, response) in responses.as_object().unwrap() {
+            if status != "200" {
+                let schema = &response["content"]["application/json"]["schema"];
+                assert_eq!(schema["$ref"], "#/components/schemas/ErrorBody", "{method} {path} {status}");
+            }
+        }
+    }
+}
+
+/// docs/openapi.json is what the code generates; the message says how to regenerate it.
+#[test]
+fn docs_openapi_json_is_what_the_code_generates() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = paramopt::service::openapi::text();
+    assert!(
+        checked_in == generated,
+        "docs/openapi.json differs from the document the code generates; regenerate it with\n    \
+         cargo run --release --locked -- openapi > docs/openapi.json"
+    );
+    // And the binary prints the same document.
+    let out = std::process::Command::new(support::BIN).arg("openapi").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == generated.as_bytes(), "paramopt openapi prints another document");
+}
+
+#[tokio::test]
+async fn get_v1_openapi_json_serves_the_document_behind_the_token() {
+    let options = ServiceOptions { token: Some(TOKEN.into()), ..Default::default() };
+    let app = app(state_with(support::agent(31), options, Hooks::default()));
+    let r = send(&app, get("/v1/openapi.json")).await;
+    assert_contract_error(&r, StatusCode::UNAUTHORIZED, "Authorization");
+    let mut req = get("/v1/openapi.json");
+    req.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {TOKEN}").parse().unwrap());
+    let r = send(&app, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(&r.json, support::openapi());
+    assert_eq!(r.json["openapi"], "3.1.0");
+    let r = send(&app, post("/v1/openapi.json", "{}")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "auth comes before routing's 405: {}", r.text);
+}
+
+/// The check every answer above goes through refuses what it must: a status
+/// the route does not document, a body off its schema, a wrong media type,
+/// and a 404 that is not the router's.
+#[test]
+fn the_openapi_check_refuses_an_undocumented_status_a_body_off_its_schema_and_a_wrong_media_type() {
+    let json = Some("application/json");
+    let refused =
+        |method: &'static str, uri: &'static str, status: u16, media: Option<&'static str>, body: &'static str| {
+            std::panic::catch_unwind(|| support::check_openapi(method, uri, status, media, body.as_bytes())).is_err()
+        };
+    let outcome = r#"{"accepted": true, "decision_id": "d", "reward": 0.5}"#;
+    assert!(!refused("POST", "/v1/outcomes", 200, json, outcome), "a documented answer passes");
+    assert!(refused("POST", "/v1/outcomes", 200, json, r#"{"accepted": "yes", "decision_id": "d", "reward": 0.5}"#));
+    assert!(refused("POST", "/v1/outcomes", 200, json, r#"{"accepted": true}"#), "a required field is missing");
+    assert!(refused("POST", "/v1/outcomes", 200, Some("text/plain"), outcome));
+    assert!(refused("GET", "/v1/modules", 409, json, r#"{"error": "conflict"}"#), "409 is not documented there");
+    assert!(refused("POST", "/v1/outcomes", 404, json, r#"{"error": "x", "detail": 1}"#), "only `error`");
+    assert!(!refused("GET", "/v1/parameters/crypto?session=x", 422, json, r#"{"error": "unknown session"}"#));
+    assert!(!refused("GET", "/v1/nowhere", 404, json, r#"{"error": "no route"}"#));
+    assert!(refused("GET", "/v1/nowhere", 200, json, "{}"), "an unknown path only answers 404");
+    assert!(!refused("PUT", "/v1/outcomes", 405, json, r#"{"error": "method"}"#));
 }
 
 /// A server on a real socket with `options`, stopped when the sender is dropped.

@@ -204,7 +204,8 @@ pub fn sigterm(mut child: Process) {
 }
 
 /// A one-shot HTTP/1.1 exchange over std's TcpStream (no client library
-/// needed): the status and the body.
+/// needed): the status and the body, which must match the OpenAPI document
+/// ([`check_openapi`]).
 pub fn http(method: &str, url: &str, body: &str) -> (u16, String) {
     try_http(method, url, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
@@ -224,6 +225,11 @@ pub fn try_http(method: &str, url: &str, body: &str) -> std::io::Result<(u16, St
     s.read_to_string(&mut out)?;
     let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other("a torn answer"))?;
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let content_type = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-type").then(|| value.trim())
+    });
+    check_openapi(method, &path, status, content_type, body.as_bytes());
     Ok((status, body.to_string()))
 }
 
@@ -257,7 +263,7 @@ pub fn served(rt: &std::sync::Arc<paramopt::runtime::Runtime>) -> axum::Router {
 }
 
 /// One JSON request through `router`; the reply's status and JSON body
-/// (`Null` when it has none).
+/// (`Null` when it has none). The reply must match docs/openapi.json ([`check_openapi`]).
 pub async fn send(
     router: &axum::Router,
     method: &str,
@@ -275,6 +281,103 @@ pub async fn send(
         .unwrap();
     let res = router.clone().oneshot(req).await.unwrap();
     let status = res.status();
+    let content_type = res.headers().get(axum::http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string());
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    check_openapi(method, path, status.as_u16(), content_type.as_deref(), &bytes);
     (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+/// The service's OpenAPI document, built once.
+pub fn openapi() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(paramopt::service::openapi::document)
+}
+
+/// The document's path template that `path` (no query) matches: `{name}` is
+/// one non-empty segment, as in the router.
+pub fn openapi_path(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    openapi()["paths"].as_object().unwrap().keys().map(String::as_str).find(|template| {
+        let parts: Vec<&str> = template.split('/').collect();
+        parts.len() == segments.len()
+            && parts.iter().zip(&segments).all(|(p, s)| p == s || (p.starts_with('{') && !s.is_empty()))
+    })
+}
+
+/// Holds one answer of the service to the OpenAPI document: its status must
+/// be documented for the route's method (an unknown path answers 404, a
+/// known path with another method 405), its media type must be the
+/// documented one, and a JSON body must be valid against the documented
+/// schema. Panics naming the route, the status and every violation.
+pub fn check_openapi(method: &str, uri: &str, status: u16, content_type: Option<&str>, body: &[u8]) {
+    let path = uri.split('?').next().unwrap_or(uri);
+    let doc = openapi();
+    let route = openapi_path(path);
+    let operation = route.and_then(|r| doc["paths"][r].get(method.to_ascii_lowercase()));
+    let (what, schema, media) = match (route, operation) {
+        (Some(route), Some(op)) => {
+            let response = op["responses"].get(status.to_string()).unwrap_or_else(|| {
+                panic!(
+                    "{method} {route} answered {status}, which docs/openapi.json does not document for it \
+                     (documented: {:?}); body: {}",
+                    op["responses"].as_object().unwrap().keys().collect::<Vec<_>>(),
+                    String::from_utf8_lossy(body)
+                )
+            });
+            let (media, content) = response["content"].as_object().unwrap().iter().next().unwrap();
+            (format!("{method} {route} {status}"), content["schema"].clone(), media.as_str())
+        }
+        // Not a route: the router's 404 and 405 answers (after the token's
+        // 401 on `/v1`), in the contract's error body.
+        (None, _) | (Some(_), None) => {
+            let routed = if route.is_none() { 404 } else { 405 };
+            assert!(
+                status == routed || (status == 401 && path.starts_with("/v1/")),
+                "{method} {path} is not in docs/openapi.json and answered {status}: {}",
+                String::from_utf8_lossy(body)
+            );
+            (
+                format!("{method} {path} {status}"),
+                serde_json::json!({"$ref": "#/components/schemas/ErrorBody"}),
+                "application/json",
+            )
+        }
+    };
+    let sent = content_type.unwrap_or("");
+    assert!(sent.starts_with(media), "{what}: Content-Type {sent:?}, documented {media}");
+    if media != "application/json" {
+        return;
+    }
+    let instance: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{what}: the body is not JSON ({e}): {}", String::from_utf8_lossy(body)));
+    let validator = openapi_validator(&schema);
+    let errors: Vec<String> =
+        validator.iter_errors(&instance).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(
+        errors.is_empty(),
+        "{what}: the body does not match docs/openapi.json:\n{}\nbody: {instance}",
+        errors.join("\n")
+    );
+}
+
+/// A compiled validator of `schema` (a response's schema from the document,
+/// usually a `$ref` into its components), cached: the document's components
+/// go with it so its references resolve.
+fn openapi_validator(schema: &serde_json::Value) -> std::sync::Arc<jsonschema::Validator> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let key = schema.to_string();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
+    cache
+        .entry(key)
+        .or_insert_with(|| {
+            let root = serde_json::json!({
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "components": openapi()["components"],
+                "allOf": [schema],
+            });
+            Arc::new(jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("{schema}: {e}")))
+        })
+        .clone()
 }

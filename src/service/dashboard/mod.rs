@@ -519,7 +519,9 @@ fn generations(
             return Ok(list);
         }
     }
-    let mut list = store.list(module)?;
+    // The newest thousand: enough for the history chart, bounded whatever
+    // retention keeps.
+    let mut list = store.list(module, None, 1000)?;
     list.reverse();
     let list = Arc::new(list);
     cache.lock().entry(module.to_string()).or_default().generations = Some((live, list.clone()));
