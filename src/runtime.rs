@@ -28,7 +28,7 @@ use crate::space::{Context, ModuleSpace, ParamKind, Spaces};
 use crate::store::retention::Retention;
 use crate::store::{
     now_secs, open_store, rfc3339, Checkpoint, CheckpointKind, CheckpointMeta, FileJournal, LearningEvent,
-    LearningEventKind, OptimizationData, PerformancePoint, Store, StoreError,
+    LearningEventKind, OptimizationData, ParameterEffectiveness, PerformancePoint, Store, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +220,36 @@ pub const EFFECTIVENESS_WINDOW: usize = 50_000;
 /// Parameter effectiveness is recomputed at most this often per module (it
 /// reads the decision log), after a checkpoint and at shutdown.
 const EFFECTIVENESS_EVERY_SECS: f64 = 60.0;
+/// What the newest window of a module's decision log says: its parameter
+/// effectiveness rows and the seed defaults' off-policy estimate.
+pub struct LogAnalysis {
+    pub decisions: usize,
+    pub rows: Vec<ParameterEffectiveness>,
+    pub defaults: Result<Estimate, crate::eval::ope::OpeError>,
+}
+
+/// Reads the newest [`EFFECTIVENESS_WINDOW`] decisions of the last 7 days
+/// (streamed by the store, so memory follows the window, not the log) and
+/// analyses them; `None` when there are none.
+pub async fn analyse_decision_log(
+    store: &dyn Store,
+    space: &ModuleSpace,
+    now: f64,
+) -> Result<Option<LogAnalysis>, RuntimeError> {
+    let records = store.list_decisions(&space.name, now - 7.0 * 86_400.0, EFFECTIVENESS_WINDOW).await?;
+    let logs: Vec<LoggedDecision> = records.iter().filter_map(LoggedDecision::from_record).collect();
+    drop(records);
+    if logs.is_empty() {
+        return Ok(None);
+    }
+    // Doubly robust: the agent seldom serves every default at once, so
+    // importance weights alone have almost no support; the reward model
+    // (additive arm effects per context) carries the estimate then.
+    let defaults = doubly_robust(&logs, &TargetPolicy::defaults(space));
+    let rows = effectiveness(space, &logs, &rfc3339(now));
+    Ok(Some(LogAnalysis { decisions: logs.len(), rows, defaults }))
+}
+
 /// How often retention prunes the decision log and trades of a module.
 const PRUNE_LOGS_EVERY_SECS: f64 = 3600.0;
 
@@ -839,26 +869,22 @@ impl Runtime {
     /// off-policy estimate from the same decisions. Returns the rows written.
     pub async fn refresh_effectiveness(&self, module: &str) -> Result<usize, RuntimeError> {
         let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
-        let now = now_secs();
-        let records = self.store.list_decisions(module, now - 7.0 * 86_400.0, EFFECTIVENESS_WINDOW).await?;
-        let logs: Vec<LoggedDecision> = records.iter().filter_map(LoggedDecision::from_record).collect();
-        if logs.is_empty() {
-            return Ok(0);
-        }
-        // Doubly robust: the agent seldom serves every default at once, so
-        // importance weights alone have almost no support; the reward model
-        // (additive arm effects per context) carries the estimate then.
-        match doubly_robust(&logs, &TargetPolicy::defaults(&space)) {
+        let Some(analysis) = analyse_decision_log(&*self.store, &space, now_secs()).await? else { return Ok(0) };
+        match analysis.defaults {
             Ok(e) if e.value.is_finite() && e.ci_low.is_finite() && e.ci_high.is_finite() => {
                 self.status.defaults_estimates.lock().insert(module.to_string(), e);
             }
             Ok(e) => tracing::debug!(module, estimate = ?e, "no usable off-policy estimate of the defaults"),
             Err(e) => tracing::debug!(module, error = %e, "no off-policy estimate of the defaults"),
         }
-        let rows = effectiveness(&space, &logs, &rfc3339(now));
-        self.store.put_parameter_effectiveness(&rows).await?;
-        tracing::debug!(module, decisions = logs.len(), rows = rows.len(), "parameter effectiveness refreshed");
-        Ok(rows.len())
+        self.store.put_parameter_effectiveness(&analysis.rows).await?;
+        tracing::debug!(
+            module,
+            decisions = analysis.decisions,
+            rows = analysis.rows.len(),
+            "parameter effectiveness refreshed"
+        );
+        Ok(analysis.rows.len())
     }
 
     /// Syncs every module every `sync_every_secs`, forever, when this process

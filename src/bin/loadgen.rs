@@ -343,6 +343,9 @@ fn spawn_server(args: &Args) -> Result<(Spawned, SocketAddr)> {
     // The embedded store and the outcome journal, as in production, but
     // somewhere that is cleaned up afterwards.
     let data = std::env::temp_dir().join(format!("paramopt-loadgen-{}", std::process::id()));
+    std::fs::create_dir_all(&data)?;
+    // Its log goes to a file, so the run can say how much it wrote.
+    let log = std::fs::File::create(data.join("server.log"))?;
     let mut command = Command::new(&bin);
     command.args(["serve", "--addr", "127.0.0.1:0", "--models"]).arg(&args.models);
     command.arg("--store").arg(data.join("store")).arg("--data-dir").arg(&data);
@@ -353,7 +356,7 @@ fn spawn_server(args: &Args) -> Result<(Spawned, SocketAddr)> {
         .env_remove("PARAMOPT_TOKEN")
         .env_remove("PARAMOPT_CONFIG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut line = String::new();
@@ -427,6 +430,20 @@ fn main() -> Result<()> {
             cpu_seconds(&pids)
         }
     };
+    // The started server's resident memory, once a second from the start of
+    // the measurement: a soak shows whether it stays bounded.
+    let server_pid = _spawned.as_ref().map(|s: &Spawned| s.0.id());
+    let memory = rt.spawn(async move {
+        let mut samples = Vec::new();
+        let Some(pid) = server_pid else { return samples };
+        tokio::time::sleep_until(measure_from.into()).await;
+        while Instant::now() < until {
+            samples.extend(rss_kib(pid));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        samples.extend(rss_kib(pid));
+        samples
+    });
     let (tallies, cpu_start, cpu_end) = rt.block_on(async {
         let cpu_start = tokio::spawn(cpu_at(measure_from));
         let cpu_end = tokio::spawn(cpu_at(until));
@@ -454,6 +471,12 @@ fn main() -> Result<()> {
         anyhow::Ok((out, cpu_start.await?, cpu_end.await?))
     })?;
     let measured = (Instant::now().min(until) - measure_from).as_secs_f64().max(1e-9);
+    let rss = rt.block_on(memory)?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let (rss_first, rss_peak, rss_last) =
+        (rss.first().map(|&k| mib(k)), rss.iter().max().map(|&k| mib(k)), rss.last().map(|&k| mib(k)));
+    let log_bytes =
+        _spawned.as_ref().and_then(|s: &Spawned| std::fs::metadata(s.1.join("server.log")).ok()).map(|m| m.len());
 
     let errors: u64 = tallies.iter().map(|t| t.errors).sum();
     let first_error = tallies.iter().find_map(|t| t.first_error.clone());
@@ -484,6 +507,8 @@ fn main() -> Result<()> {
                 "decisions_per_sec": decisions / measured, "requests_per_sec": requests / measured,
                 "errors": errors, "cpu_cores_used": ours_cores, "cpu_cores_used_by_others": others_cores,
                 "decide": s(&d), "outcome": s(&o), "all": s(&a),
+                "server_rss_mib": {"first": rss_first, "peak": rss_peak, "last": rss_last},
+                "server_log_bytes": log_bytes,
             })
         );
     } else {
@@ -506,6 +531,15 @@ fn main() -> Result<()> {
         for (name, s) in [("decide", &d), ("outcome", &o), ("all", &a)] {
             println!("{name:<9} {:>8.3} {:>8.3} {:>8.3} {:>8.3}", s.p50, s.p99, s.p999, s.max);
         }
+        if let (Some(first), Some(peak), Some(last)) = (rss_first, rss_peak, rss_last) {
+            println!(
+                "server rss: {first:.0} MiB when measuring began, {peak:.0} MiB at most, {last:.0} MiB at the end ({} samples)",
+                rss.len()
+            );
+        }
+        if let Some(bytes) = log_bytes {
+            println!("server log: {bytes} bytes");
+        }
     }
     if let Some(e) = first_error {
         eprintln!("first error: {e}");
@@ -514,6 +548,12 @@ fn main() -> Result<()> {
         bail!("{errors} requests failed");
     }
     Ok(())
+}
+
+/// A process's resident set, from `/proc` (Linux).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
 fn outcome_count(tallies: &[Tally]) -> usize {

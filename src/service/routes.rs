@@ -195,7 +195,11 @@ pub async fn list_checkpoints(State(state): State<AppState>, query: QueryPairs) 
         None => CHECKPOINT_PAGE,
         Some(text) => match text.parse::<usize>() {
             Ok(n @ 1..=MAX_CHECKPOINT_PAGE) => n,
-            _ => return Err(ApiError::Invalid(format!("limit {text:?} is not a number from 1 to {MAX_CHECKPOINT_PAGE}"))),
+            _ => {
+                return Err(ApiError::Invalid(format!(
+                    "limit {text:?} is not a number from 1 to {MAX_CHECKPOINT_PAGE}"
+                )))
+            }
         },
     };
     let before = before

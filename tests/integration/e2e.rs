@@ -386,6 +386,57 @@ fn open_decisions_and_acknowledged_outcomes_survive_three_kill_9s() {
     assert_eq!(trades.len(), acknowledged.len(), "one trade record per acknowledged outcome");
 }
 
+/// Abuse: a client that only decides gets 429 once its module's open
+/// decisions are full, and one with a wrong token gets 401; thousands of
+/// each write a few lines to the log (one per doubling), not one apiece.
+#[test]
+fn floods_of_refused_and_unauthorised_requests_keep_the_log_small() {
+    const TOKEN: &str = "flood-test-token";
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for (origin, text) in paramopt::space::Spaces::builtin_files() {
+        let name = Path::new(origin).file_name().unwrap();
+        std::fs::write(models.join(name), text.replace("capacity = 100000", "capacity = 20")).unwrap();
+    }
+    let log_path = dir.path().join("server.log");
+    let mut child = Process(
+        Command::new(BIN)
+            .arg("--models")
+            .arg(&models)
+            .args(["serve", "--addr", "127.0.0.1:0", "--store"])
+            .arg(dir.path().join("store"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("PARAMOPT_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().last().unwrap().to_string();
+    let body = r#"{"module": "crypto", "context": {"session": "us_prime", "regime": "volatile"}}"#;
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..3_000 {
+        let (status, _) = support::try_http_as(Some(TOKEN), "POST", &format!("{url}/v1/decisions"), body).unwrap();
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    for _ in 0..2_000 {
+        let (status, _) = support::try_http_as(Some("wrong"), "POST", &format!("{url}/v1/decisions"), body).unwrap();
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(200, 20), (401, 2_000), (429, 2_980)].into());
+    sigterm(child);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert!(lines("refusing new ones") <= 12, "{} lines of refusals", lines("refusing new ones"));
+    assert!(lines("unauthori") <= 12, "{} lines of unauthorised requests", lines("unauthori"));
+    assert!(log.len() < 16 * 1024, "the log grew to {} bytes:\n{log}", log.len());
+}
+
 /// README's install line into a fresh venv, then the package's tests (sync,
 /// asyncio, retries, fallback, the README example) against a `paramopt
 /// serve` started here; the fallback tests start and stop servers of their

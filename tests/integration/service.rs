@@ -674,7 +674,14 @@ async fn checkpoint_routes_reach_a_configured_store() {
     loop {
         let page = send(&app, get(&path)).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.text);
-        pages.push(page.json["checkpoints"].as_array().unwrap().iter().map(|c| c["generation"].as_u64().unwrap()).collect::<Vec<_>>());
+        pages.push(
+            page.json["checkpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["generation"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+        );
         match page.json["next_before"].as_u64() {
             Some(before) => path = format!("/v1/checkpoints?module=crypto&limit=2&before={before}"),
             None => break,

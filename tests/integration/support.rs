@@ -212,12 +212,18 @@ pub fn http(method: &str, url: &str, body: &str) -> (u16, String) {
 
 /// [`http`] that returns the error when the server is gone (or goes mid-answer).
 pub fn try_http(method: &str, url: &str, body: &str) -> std::io::Result<(u16, String)> {
+    try_http_as(None, method, url, body)
+}
+
+/// [`try_http`] with a bearer token.
+pub fn try_http_as(token: Option<&str>, method: &str, url: &str, body: &str) -> std::io::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap();
     let mut s = std::net::TcpStream::connect(host)?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;

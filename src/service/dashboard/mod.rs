@@ -519,9 +519,9 @@ fn generations(
             return Ok(list);
         }
     }
-    // The newest thousand: enough for the history chart, bounded whatever
-    // retention keeps.
-    let mut list = store.list(module, None, 1000)?;
+    // Every generation (retention bounds how many there are); the chart
+    // downsamples them.
+    let mut list = store.list(module, None, usize::MAX)?;
     list.reverse();
     let list = Arc::new(list);
     cache.lock().entry(module.to_string()).or_default().generations = Some((live, list.clone()));
