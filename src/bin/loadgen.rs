@@ -536,6 +536,8 @@ fn main() -> Result<()> {
                 "server rss: {first:.0} MiB when measuring began, {peak:.0} MiB at most, {last:.0} MiB at the end ({} samples)",
                 rss.len()
             );
+            let every: Vec<String> = rss.iter().step_by(10).map(|&k| format!("{:.0}", mib(k))).collect();
+            println!("server rss every 10 s (MiB): {}", every.join(" "));
         }
         if let Some(bytes) = log_bytes {
             println!("server log: {bytes} bytes");

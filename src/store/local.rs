@@ -56,7 +56,10 @@ struct Inner {
     root: PathBuf,
     /// Per module: decision ids already seen in its log, and how many bytes of
     /// the log they cover, so settling need not rescan the whole log.
-    logged: Mutex<HashMap<String, (u64, HashSet<String>)>>,
+    /// Per module: how far `is_logged` has read the decision log, and the ids
+    /// it found, as numbers (a third of their text's memory; retention
+    /// bounds how many there are).
+    logged: Mutex<HashMap<String, (u64, HashSet<LoggedId>)>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,6 +70,23 @@ struct Settlement {
 }
 
 const CHECKPOINTS: &str = "checkpoints";
+
+/// A logged decision id: the service's are 32 hex digits, kept as a number;
+/// anything else as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum LoggedId {
+    Hex(u128),
+    Text(String),
+}
+
+impl LoggedId {
+    fn of(id: &str) -> LoggedId {
+        match u128::from_str_radix(id, 16) {
+            Ok(n) if id.len() == 32 => LoggedId::Hex(n),
+            _ => LoggedId::Text(id.to_string()),
+        }
+    }
+}
 const TMP_MARK: &str = ".tmp-";
 
 impl LocalStore {
@@ -346,7 +366,8 @@ impl Inner {
         let path = self.file("decisions", module, "jsonl")?;
         let mut logged = self.logged.lock();
         let (seen, ids) = logged.entry(module.to_string()).or_default();
-        if ids.contains(decision_id) {
+        let wanted = LoggedId::of(decision_id);
+        if ids.contains(&wanted) {
             return Ok(true);
         }
         let mut file = match File::open(&path) {
@@ -364,11 +385,11 @@ impl Inner {
         let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         for line in tail[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             if let Ok(r) = serde_json::from_slice::<Id>(line) {
-                ids.insert(r.decision_id);
+                ids.insert(LoggedId::of(&r.decision_id));
             }
         }
         *seen += complete as u64;
-        Ok(ids.contains(decision_id))
+        Ok(ids.contains(&wanted))
     }
 
     /// The newest `limit` decisions made at or after `since`, oldest first,
