@@ -307,6 +307,11 @@ impl Runtime {
             let replayed = replay.len();
             for (seq, settled) in replay {
                 learner.mark_journaled(seq);
+                if let Err(why) = settled.decision.fits(space) {
+                    // Journaled under an older space of the module: skipped, not learned wrongly.
+                    tracing::warn!(module, seq, why, "a journaled outcome no longer fits its module; skipped");
+                    continue;
+                }
                 learner.apply_settled(&settled).map_err(|e| restore(e.to_string()))?;
             }
             status.last.lock().entry(module.clone()).or_insert((now_secs(), learner.outcomes));

@@ -231,6 +231,30 @@ impl Outcome {
     }
 }
 
+impl Decision {
+    /// Whether this decision (read back from a journal, say) has the shape
+    /// of `space`: a value, arm and propensity per parameter, each arm one
+    /// of its parameter's, finite values, a feature slot per feature.
+    pub fn fits(&self, space: &ModuleSpace) -> Result<(), String> {
+        let n = space.params.len();
+        let lens = [self.values.len(), self.arms.len(), self.propensities.len(), self.offsets.len()];
+        if lens.iter().any(|&l| l != n) {
+            return Err(format!(
+                "values, arms, propensities and offsets have {lens:?} entries, the space {n} parameters"
+            ));
+        }
+        if self.features.len() != space.features.len() {
+            return Err(format!("{} feature slots, the space declares {}", self.features.len(), space.features.len()));
+        }
+        for (p, (&arm, &value)) in space.params.iter().zip(self.arms.iter().zip(&self.values)) {
+            if arm >= p.arms.len() || !value.is_finite() {
+                return Err(format!("{}: arm {arm} of {}, value {value}", p.full_name, p.arms.len()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A decision just made, and its entry in the journal (when there is one).
 #[derive(Debug, Clone)]
 pub struct Decided {
@@ -682,6 +706,12 @@ impl Agent {
                 skipped += 1;
                 continue;
             };
+            if let Err(why) = d.fits(&handle.space) {
+                // Its module's space changed since: learning from it would index the wrong arms.
+                tracing::warn!(decision = %d.id, module = %d.module, why, "an open decision no longer fits its module; not reopened");
+                skipped += 1;
+                continue;
+            }
             if d.explored() {
                 handle.counters.open_exploring.fetch_add(1, Ordering::Relaxed);
             }

@@ -263,3 +263,19 @@ fn outcomes_move_only_their_own_cell_and_widen_its_trust_region() {
     let untouched: Vec<f64> = after.cells[other].params.iter().map(|p| p.incumbent).collect();
     assert_eq!(untouched, space.defaults());
 }
+
+#[test]
+fn a_restored_decision_that_no_longer_fits_its_space_is_not_reopened() {
+    let (agent, _) = agent_with_clock(3);
+    let good = (*agent.decide("crypto", ctx(), &[], true).unwrap()).clone();
+    let mut bad_arm = good.clone();
+    bad_arm.id = DecisionId::generate(0, 1.0);
+    bad_arm.arms[0] = 999;
+    let mut short = good.clone();
+    short.id = DecisionId::generate(0, 2.0);
+    short.values.pop();
+    let (other, _) = agent_with_clock(4);
+    assert_eq!(other.restore_pending(vec![good.clone(), bad_arm, short], &[]), 2);
+    assert_eq!(other.pending_count("crypto").unwrap(), 1);
+    other.report(&good.id.to_string(), reward(0.01)).unwrap();
+}

@@ -68,11 +68,21 @@ pub mod emulator {
         Ok(host)
     }
 
+    /// A free port below the kernel's ephemeral range. The emulator is
+    /// restarted on its port while clients keep retrying it, and a port in
+    /// that range can meanwhile be taken as the local end of an outgoing
+    /// connection (a retry can even connect to itself), so the restart would
+    /// find it in use.
     fn free_port() -> Result<u16, String> {
-        Ok(TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("finding a free port: {e}"))?
-            .port())
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let start = 10_000 + (std::process::id() as u16 % 1000) * 7;
+        (start..low)
+            .chain(10_000..start)
+            .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+            .ok_or_else(|| format!("finding a free port: none below {low}"))
     }
 
     /// Starts an emulator on `port` and waits until it answers. Returns the
