@@ -204,7 +204,8 @@ impl FileJournal {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
         drop_torn_tail(&path)?;
-        let last = read_entries(&path, u64::MAX)?.last().map(|e| e.seq).unwrap_or(0);
+        let mut last = 0;
+        each_entry(&path, u64::MAX, u64::MAX, |e| last = e.seq)?;
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let progress = Progress { durable_through: last, failed: None };
         let state = State { next_seq: last, buffered_through: last, progress: progress.clone(), ..State::default() };
@@ -331,37 +332,34 @@ impl FileJournal {
 
     /// The durable outcomes of `module` after sequence number `after`, in order.
     pub fn replay(&self, module: &str, after: u64) -> std::io::Result<Vec<(u64, Settled)>> {
-        let durable = self.shared.state.lock().progress.durable_through;
-        Ok(read_entries(&self.shared.path, durable)?
-            .into_iter()
-            .filter(|e| e.seq > after && e.module() == module)
-            .filter_map(|e| match e.kind {
-                Kind::Settled(s) => Some((e.seq, s)),
-                _ => None,
-            })
-            .collect())
+        let durable = self.durable_through();
+        let mut out = Vec::new();
+        each_entry(&self.shared.path, u64::MAX, durable, |e| {
+            if let (true, Kind::Settled(s)) = (e.seq > after && e.module() == module, e.kind) {
+                out.push((e.seq, s));
+            }
+        })?;
+        Ok(out)
     }
 
     /// The durable decisions with no outcome yet, younger than their TTL at
     /// `now`, and the ids settled meanwhile: what a restart puts back.
     pub fn open_decisions(&self, now: f64) -> std::io::Result<OpenDecisions> {
-        let durable = self.shared.state.lock().progress.durable_through;
+        let durable = self.durable_through();
         let mut open: Vec<Arc<Decision>> = Vec::new();
         let mut settled = Vec::new();
         let mut done = std::collections::HashSet::new();
-        for e in read_entries(&self.shared.path, durable)? {
-            match e.kind {
-                Kind::Decided(d) => open.push(d),
-                Kind::Settled(s) => {
-                    done.insert(s.decision.id);
-                    settled.push((s.decision.module.clone(), s.decision.id));
-                }
-                Kind::Gone(g) => {
-                    done.insert(g.id);
-                    settled.push((g.module, g.id));
-                }
+        each_entry(&self.shared.path, u64::MAX, durable, |e| match e.kind {
+            Kind::Decided(d) => open.push(d),
+            Kind::Settled(s) => {
+                done.insert(s.decision.id);
+                settled.push((s.decision.module.clone(), s.decision.id));
             }
-        }
+            Kind::Gone(g) => {
+                done.insert(g.id);
+                settled.push((g.module, g.id));
+            }
+        })?;
         let open = open
             .into_iter()
             .filter(|d| !done.contains(&d.id) && now - d.created_at <= self.ttl_of(&d.module))
@@ -406,7 +404,7 @@ impl FileJournal {
         let copied_len = self.shared.file.lock().metadata()?.len();
         // Decisions settled anywhere in the copied part are not open.
         let mut settled = std::collections::HashSet::new();
-        for_each_line(path, copied_len, |e| {
+        each_entry(path, copied_len, u64::MAX, |e| {
             match &e.kind {
                 Kind::Settled(s) => settled.insert(s.decision.id),
                 Kind::Gone(g) => settled.insert(g.id),
@@ -417,7 +415,7 @@ impl FileJournal {
         let tmp = path.with_extension("jsonl.tmp");
         let mut out = std::io::BufWriter::new(File::create(&tmp)?);
         let mut failed = None;
-        for_each_line(path, copied_len, |e| {
+        each_entry(path, copied_len, u64::MAX, |e| {
             // Not yet in the decision log: kept as it is.
             let unlogged = logged.is_some_and(|l| e.seq > l);
             let floor = floors.get(e.module()).copied().unwrap_or(0);
@@ -465,20 +463,34 @@ fn now_secs() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// Calls `f` with every whole entry in the first `len` bytes of the file.
-/// Only whole lines reach the file before its length is read.
-fn for_each_line(path: &Path, len: u64, mut f: impl FnMut(Entry)) -> std::io::Result<()> {
-    let mut reader = BufReader::new(File::open(path)?.take(len));
+/// Calls `f` with every entry numbered up to `through` in the first `len`
+/// bytes of the file (`u64::MAX` for all of it), in file order, streaming;
+/// nothing when there is no file. Only whole lines reach the file before its
+/// length is read. A line that does not parse (a write torn by a crash) is
+/// skipped with a warning: its outcome was never acknowledged.
+fn each_entry(path: &Path, len: u64, through: u64, mut f: impl FnMut(Entry)) -> std::io::Result<()> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut reader = BufReader::new(file.take(len));
     let mut line = Vec::new();
-    loop {
+    for n in 1.. {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
+            break;
         }
-        if let Ok(e) = Entry::parse(&line) {
-            f(e);
+        if line == b"\n" {
+            continue;
+        }
+        match Entry::parse(&line) {
+            Ok(e) if e.seq <= through => f(e),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(path = %path.display(), line = n, error = %e, "skipping a torn journal line"),
         }
     }
+    Ok(())
 }
 
 impl Drop for FileJournal {
@@ -638,30 +650,6 @@ fn drop_torn_tail(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The whole entries in the file with sequence numbers up to `through`. A line
-/// that does not parse (a write torn by a crash) is skipped: its outcome was
-/// never acknowledged.
-fn read_entries(path: &Path, through: u64) -> std::io::Result<Vec<Entry>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line?;
-        if line.is_empty() {
-            continue;
-        }
-        match Entry::parse(&line) {
-            Ok(e) if e.seq <= through => out.push(e),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(path = %path.display(), line = n + 1, error = %e, "skipping a torn journal line"),
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,8 +688,8 @@ mod tests {
         agent.shutdown();
         drop(agent);
         // Each decision and each outcome takes a number.
-        let mut seqs: Vec<u64> =
-            read_entries(&dir.path().join(FILE_NAME), u64::MAX).unwrap().iter().map(|e| e.seq).collect();
+        let mut seqs: Vec<u64> = Vec::new();
+        each_entry(&dir.path().join(FILE_NAME), u64::MAX, u64::MAX, |e| seqs.push(e.seq)).unwrap();
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=1200).collect::<Vec<_>>());
         assert_eq!(journal.replay("crypto", 0).unwrap().len(), 300);
