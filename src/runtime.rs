@@ -27,8 +27,9 @@ use crate::eval::ope::{doubly_robust, Estimate, LoggedDecision, TargetPolicy};
 use crate::space::{Context, ModuleSpace, ParamKind, Spaces};
 use crate::store::retention::Retention;
 use crate::store::{
-    now_secs, open_store, rfc3339, Checkpoint, CheckpointKind, CheckpointMeta, FileJournal, LearningEvent,
-    LearningEventKind, OptimizationData, ParameterEffectiveness, PerformancePoint, Store, StoreError,
+    now_secs, open_store, rfc3339, Checkpoint, CheckpointKind, CheckpointMeta, DecisionLimits, FileJournal,
+    LearningEvent, LearningEventKind, MoveEvidence, OptimizationData, ParameterEffectiveness, PerformancePoint, Store,
+    StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +279,10 @@ impl Runtime {
         let journal_dir = options.data_dir.join("journal");
         let journal = FileJournal::open(&journal_dir)
             .map_err(|source| RuntimeError::Journal { dir: journal_dir.clone(), source })?;
-        journal.set_decision_ttls(spaces.iter().map(|s| (s.name.clone(), s.pending.ttl_secs)));
+        journal.set_decision_limits(spaces.iter().map(|s| {
+            let settled_ids = crate::agent::tombstones_for(s.pending.capacity);
+            (s.name.clone(), DecisionLimits { ttl_secs: s.pending.ttl_secs, settled_ids })
+        }));
         let journal = Arc::new(journal);
         let seed = options.seed.unwrap_or_else(rand::random);
         let status = Arc::new(RuntimeStatus { store_healthy: AtomicBool::new(true), ..Default::default() });
@@ -456,7 +460,12 @@ impl Runtime {
         }
         // Copying and fsyncing the journal is blocking file work: off the async workers.
         let (journal, name, through) = (self.journal.clone(), module.to_string(), cp.journal_seq);
-        let compacted = tokio::task::spawn_blocking(move || journal.compact(&name, through)).await;
+        let compacted = tokio::task::spawn_blocking(move || {
+            let compacted = journal.compact(&name, through);
+            release_freed_memory();
+            compacted
+        })
+        .await;
         match compacted {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -974,6 +983,7 @@ impl Runtime {
             created_at: now,
             generation: Some(cp.generation),
             reason,
+            evidence: None,
         };
         if let Err(e) = self.store.put_learning_event(&event).await {
             tracing::warn!(module = %cp.module, error = %e, "could not record the learning event");
@@ -1022,6 +1032,7 @@ impl Runtime {
             created_at: now,
             generation: None,
             reason: Some(reason),
+            evidence: None,
         };
         if let Err(e) = self.store.put_learning_event(&event).await {
             tracing::warn!(module, error = %e, "could not record the learning event");
@@ -1051,12 +1062,14 @@ impl Runtime {
                 serde_json::json!({ "context": e.context.to_string(), "values": map })
             };
             let cf = space.counterfactual.as_ref();
+            let paired =
+                if e.kind == crate::agent::MoveKind::ChangeDetected { "defaults - served" } else { "table - defaults" };
             let reason = format!(
                 "{}: context {}, paired {} per opportunity, estimate {:.6}, confidence-sequence lower bound {:.6}, n {}; \
                  normal-mixture confidence sequence at alpha {}, margin {}",
                 e.kind.event_name(),
                 e.context,
-                if e.kind == crate::agent::MoveKind::ChangeDetected { "defaults - served" } else { "table - defaults" },
+                paired,
                 e.verdict.estimate,
                 e.verdict.lower,
                 e.verdict.n,
@@ -1078,6 +1091,15 @@ impl Runtime {
                 created_at: now,
                 generation: None,
                 reason: Some(reason),
+                evidence: Some(MoveEvidence {
+                    context: e.context.to_string(),
+                    paired: paired.to_string(),
+                    estimate: e.verdict.estimate,
+                    lower_bound: e.verdict.lower,
+                    n: e.verdict.n,
+                    alpha: cf.map_or(0.0, |c| c.alpha),
+                    margin: cf.map_or(0.0, |c| c.margin),
+                }),
             };
             if let Err(err) = self.store.put_learning_event(&event).await {
                 tracing::warn!(module, error = %err, "could not record the counterfactual move");
@@ -1101,10 +1123,10 @@ impl Runtime {
             // when outcomes arrive.
             if compacting.as_ref().is_none_or(|t| t.is_finished()) {
                 let journal = self.journal.clone();
-                compacting = Some(tokio::task::spawn_blocking(move || {
-                    if let Err(e) = journal.compact_if_grown() {
-                        tracing::warn!(error = %e, "journal compaction failed; retried at the next tick");
-                    }
+                compacting = Some(tokio::task::spawn_blocking(move || match journal.compact_if_grown() {
+                    Ok(true) => release_freed_memory(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "journal compaction failed; retried at the next tick"),
                 }));
             }
             for module in self.spaces.names().map(String::from).collect::<Vec<_>>() {
@@ -1142,7 +1164,10 @@ impl Runtime {
                             outcomes = meta.outcome_count,
                             "checkpoint"
                         );
-                        let idle = analysing.get(&module).is_none_or(|task| task.is_finished());
+                        // One module's analysis at a time: each holds up to
+                        // `EFFECTIVENESS_WINDOW` records, and the peak of all
+                        // modules at once is what sets the service's RSS.
+                        let idle = analysing.values().all(|task| task.is_finished());
                         if idle && analysed.get(&module).is_none_or(|&t| now - t >= EFFECTIVENESS_EVERY_SECS) {
                             analysed.insert(module.clone(), now);
                             // In a task of its own: reading and analysing the decision
@@ -1154,6 +1179,7 @@ impl Runtime {
                                 if let Err(e) = runtime.refresh_effectiveness(&m).await {
                                     tracing::warn!(module = m, error = %e, "could not refresh parameter effectiveness");
                                 }
+                                release_freed_memory();
                             });
                             analysing.insert(module.clone(), task);
                         }
@@ -1271,4 +1297,17 @@ fn incumbents_map(cp: &Checkpoint) -> BTreeMap<String, BTreeMap<String, f64>> {
 
 fn incumbents_json(cp: &Checkpoint) -> serde_json::Value {
     json!(incumbents_map(cp))
+}
+
+/// Hands the memory freed after an analysis or a compaction back to the
+/// system. Both allocate tens of megabytes for a moment; glibc keeps freed
+/// memory in its per-thread arenas, so without this the service's RSS settles
+/// at the sum of every arena's peak rather than at what it holds.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the kernel; it takes
+    // the allocator's own locks and touches no memory the program holds.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

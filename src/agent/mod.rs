@@ -44,7 +44,7 @@ pub use counterfactual::{
 pub use evidence::{exit_on_path, Evidence};
 pub use joint::{Joint, JointCounts, JointState, MoveEvent, MoveKind};
 pub use learner::{eligible_arms, Applied, ModuleLearner, ReplicaState};
-pub use pending::{Evictions, Tombstone};
+pub use pending::{tombstones_for, Evictions, Tombstone};
 pub use rollout::{AbArm, AbAssignment, AbServing, AbTest, RewardWindow};
 pub use serve::max_score_weights;
 pub use view::{CellView, Choice, ModuleView, ParamView};
@@ -125,6 +125,11 @@ impl DecisionId {
 
     pub fn module_index(self) -> usize {
         ((self.0 >> Self::RANDOM_BITS) & 0xff) as usize
+    }
+
+    /// When the decision was made, to the millisecond.
+    pub fn unix_secs(self) -> f64 {
+        (self.0 >> 80) as f64 / 1000.0
     }
 }
 

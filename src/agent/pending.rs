@@ -42,6 +42,11 @@ struct Shard {
     tombstone_order: VecDeque<u128>,
 }
 
+/// How many settled and expired ids a table of `capacity` remembers.
+pub fn tombstones_for(capacity: usize) -> usize {
+    PendingTable::tombstones_per_shard(capacity) * SHARDS
+}
+
 pub struct PendingTable {
     shards: Vec<Mutex<Shard>>,
     capacity: usize,
@@ -82,9 +87,13 @@ impl PendingTable {
             shards,
             capacity,
             open: AtomicUsize::new(0),
-            tombstones_per_shard: capacity.div_ceil(SHARDS).max(MIN_TOMBSTONES_PER_SHARD),
+            tombstones_per_shard: Self::tombstones_per_shard(capacity),
             ttl_secs,
         }
+    }
+
+    fn tombstones_per_shard(capacity: usize) -> usize {
+        capacity.div_ceil(SHARDS).max(MIN_TOMBSTONES_PER_SHARD)
     }
 
     fn shard(&self, id: u128) -> &Mutex<Shard> {

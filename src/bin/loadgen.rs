@@ -432,16 +432,19 @@ fn main() -> Result<()> {
     };
     // The started server's resident memory, once a second from the start of
     // the measurement: a soak shows whether it stays bounded.
+    // With it, the bytes its data directory (journal and store) holds.
     let server_pid = _spawned.as_ref().map(|s: &Spawned| s.0.id());
+    let server_data = _spawned.as_ref().map(|s: &Spawned| s.1.clone());
     let memory = rt.spawn(async move {
         let mut samples = Vec::new();
-        let Some(pid) = server_pid else { return samples };
+        let (Some(pid), Some(data)) = (server_pid, server_data) else { return samples };
+        let sample = move || Some((rss_kib(pid)?, dir_bytes(&data)));
         tokio::time::sleep_until(measure_from.into()).await;
         while Instant::now() < until {
-            samples.extend(rss_kib(pid));
+            samples.extend(sample());
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        samples.extend(rss_kib(pid));
+        samples.extend(sample());
         samples
     });
     let (tallies, cpu_start, cpu_end) = rt.block_on(async {
@@ -471,8 +474,9 @@ fn main() -> Result<()> {
         anyhow::Ok((out, cpu_start.await?, cpu_end.await?))
     })?;
     let measured = (Instant::now().min(until) - measure_from).as_secs_f64().max(1e-9);
-    let rss = rt.block_on(memory)?;
+    let (rss, disk): (Vec<u64>, Vec<u64>) = rt.block_on(memory)?.into_iter().unzip();
     let mib = |kib: u64| kib as f64 / 1024.0;
+    let disk_mb = |bytes: u64| bytes as f64 / 1e6;
     let (rss_first, rss_peak, rss_last) =
         (rss.first().map(|&k| mib(k)), rss.iter().max().map(|&k| mib(k)), rss.last().map(|&k| mib(k)));
     let log_bytes =
@@ -508,6 +512,7 @@ fn main() -> Result<()> {
                 "errors": errors, "cpu_cores_used": ours_cores, "cpu_cores_used_by_others": others_cores,
                 "decide": s(&d), "outcome": s(&o), "all": s(&a),
                 "server_rss_mib": {"first": rss_first, "peak": rss_peak, "last": rss_last},
+                "server_disk_mb": {"peak": disk.iter().max().map(|&b| disk_mb(b)), "last": disk.last().map(|&b| disk_mb(b))},
                 "server_log_bytes": log_bytes,
             })
         );
@@ -538,6 +543,8 @@ fn main() -> Result<()> {
             );
             let every: Vec<String> = rss.iter().step_by(10).map(|&k| format!("{:.0}", mib(k))).collect();
             println!("server rss every 10 s (MiB): {}", every.join(" "));
+            let every: Vec<String> = disk.iter().step_by(10).map(|&b| format!("{:.0}", disk_mb(b))).collect();
+            println!("server data directory every 10 s (MB): {}", every.join(" "));
         }
         if let Some(bytes) = log_bytes {
             println!("server log: {bytes} bytes");
@@ -550,6 +557,20 @@ fn main() -> Result<()> {
         bail!("{errors} requests failed");
     }
     Ok(())
+}
+
+/// Bytes of the files under `dir`, recursively; files that vanish while
+/// being counted (a compaction's temporary file) count as nothing.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// A process's resident set, from `/proc` (Linux).

@@ -389,6 +389,24 @@ pub const OPERATIONS: &[Operation] = &[
         answer: Answer::Json(schema::<wire::DashboardEffectiveness>),
         errors: &[422, 503],
     },
+    Operation {
+        method: "GET",
+        path: "/v1/dashboard/modules/{module}/moves",
+        summary: "The moves made on evidence (promotions, replacements, change detected, budget spent), newest first.",
+        params: &[
+            MODULE,
+            Param {
+                name: "limit",
+                location: In::Query,
+                required: false,
+                description: "Moves to show, 1 to 500; 50 unless given.",
+                schema: schema::<u32>,
+            },
+        ],
+        body: None,
+        answer: Answer::Json(schema::<crate::service::dashboard::DashboardMoves>),
+        errors: &[422, 503],
+    },
 ];
 
 fn settings() -> SchemaSettings {

@@ -152,6 +152,23 @@ pub struct OpenDecisions {
     pub settled: Vec<(String, DecisionId)>,
 }
 
+/// What compaction keeps of a module's decisions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecisionLimits {
+    /// A decision line is kept this long unless its outcome settles it, and
+    /// a settled id as long, for a retry to meet 409.
+    pub ttl_secs: f64,
+    /// Settled ids kept at most: the newest, as many as the agent's table
+    /// remembers after a restart (more would be read and then dropped).
+    pub settled_ids: usize,
+}
+
+impl Default for DecisionLimits {
+    fn default() -> DecisionLimits {
+        DecisionLimits { ttl_secs: DEFAULT_DECISION_TTL_SECS, settled_ids: usize::MAX }
+    }
+}
+
 /// How far the journal is on disk; `failed` once a write has failed.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Progress {
@@ -184,9 +201,9 @@ pub struct FileJournal {
     shared: Arc<Shared>,
     /// Per module, the sequence number through which a checkpoint holds its outcomes.
     floors: Mutex<HashMap<String, u64>>,
-    /// Per module, how long its decisions stay open: a decision line is kept
-    /// that long unless its outcome settles it.
-    decision_ttls: Mutex<HashMap<String, f64>>,
+    /// Per module, how long its decisions stay open and how many settled ids
+    /// it remembers (see [`DecisionLimits`]).
+    decision_limits: Mutex<HashMap<String, DecisionLimits>>,
     /// The file's size after the last compaction.
     compacted_len: Mutex<u64>,
     /// Through which sequence number the decision log has stored what the
@@ -224,7 +241,7 @@ impl FileJournal {
             dir: dir.to_path_buf(),
             shared,
             floors: Mutex::default(),
-            decision_ttls: Mutex::default(),
+            decision_limits: Mutex::default(),
             compacted_len: Mutex::default(),
             logged: Mutex::default(),
             generation: Default::default(),
@@ -318,12 +335,16 @@ impl FileJournal {
     }
 
     /// How long each module's decisions stay open (its `pending.ttl_secs`).
-    pub fn set_decision_ttls(&self, ttls: impl IntoIterator<Item = (String, f64)>) {
-        self.decision_ttls.lock().extend(ttls);
+    pub fn set_decision_limits(&self, limits: impl IntoIterator<Item = (String, DecisionLimits)>) {
+        self.decision_limits.lock().extend(limits);
+    }
+
+    fn limits_of(&self, module: &str) -> DecisionLimits {
+        self.decision_limits.lock().get(module).copied().unwrap_or_default()
     }
 
     fn ttl_of(&self, module: &str) -> f64 {
-        self.decision_ttls.lock().get(module).copied().unwrap_or(DEFAULT_DECISION_TTL_SECS)
+        self.limits_of(module).ttl_secs
     }
 
     pub fn dir(&self) -> &Path {
@@ -402,16 +423,32 @@ impl FileJournal {
         let now = now_secs();
         let path = &self.shared.path;
         let copied_len = self.shared.file.lock().metadata()?.len();
-        // Decisions settled anywhere in the copied part are not open.
-        let mut settled = std::collections::HashSet::new();
-        each_entry(path, copied_len, u64::MAX, |e| {
-            match &e.kind {
-                Kind::Settled(s) => settled.insert(s.decision.id),
-                Kind::Gone(g) => settled.insert(g.id),
-                Kind::Decided(_) => false,
-            };
-        })?;
+        // Decisions settled anywhere in the copied part are not open. Only
+        // `Settled` lines count: a `Gone` line is written by the same rewrite
+        // that drops its decision's line (the settlement is then in the copied
+        // part), so no decision line outlives it. Leaving the `Gone` ids out
+        // keeps this set to the outcomes since the last checkpoint, where the
+        // `Gone` ids number every outcome of the TTL.
         let logged = *self.logged.lock();
+        let mut settled = std::collections::HashSet::new();
+        // Per module, the settled ids this rewrite would keep, to keep only
+        // the newest `settled_ids` of them.
+        let mut gone: HashMap<String, usize> = HashMap::new();
+        each_entry(path, copied_len, u64::MAX, |e| {
+            if let Kind::Settled(s) = &e.kind {
+                settled.insert(s.decision.id);
+            }
+            if keeps_as_gone(&e, logged, &floors, now, |m| self.ttl_of(m)) {
+                *gone.entry(e.module().to_string()).or_default() += 1;
+            }
+        })?;
+        let mut too_many: HashMap<String, usize> = gone
+            .into_iter()
+            .map(|(module, n)| {
+                let extra = n.saturating_sub(self.limits_of(&module).settled_ids);
+                (module, extra)
+            })
+            .collect();
         let tmp = path.with_extension("jsonl.tmp");
         let mut out = std::io::BufWriter::new(File::create(&tmp)?);
         let mut failed = None;
@@ -420,6 +457,12 @@ impl FileJournal {
             let unlogged = logged.is_some_and(|l| e.seq > l);
             let floor = floors.get(e.module()).copied().unwrap_or(0);
             let young = |created_at: f64| now - created_at <= self.ttl_of(e.module());
+            if keeps_as_gone(&e, logged, &floors, now, |m| self.ttl_of(m)) {
+                if let Some(extra) = too_many.get_mut(e.module()).filter(|n| **n > 0) {
+                    *extra -= 1;
+                    return;
+                }
+            }
             let kept = match &e.kind {
                 Kind::Settled(_) if unlogged || e.seq > floor => Some(e),
                 Kind::Settled(s) if young(s.decision.created_at) => Some(Entry {
@@ -456,6 +499,27 @@ impl FileJournal {
         self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         *self.compacted_len.lock() = file.metadata()?.len();
         Ok(())
+    }
+}
+
+/// Whether `rewrite` keeps `e` as a settled id: a `Gone` line within its
+/// TTL, or a settled outcome below its floor, already logged, within it.
+fn keeps_as_gone(
+    e: &Entry,
+    logged: Option<u64>,
+    floors: &HashMap<String, u64>,
+    now: f64,
+    ttl_of: impl Fn(&str) -> f64,
+) -> bool {
+    let young = |created_at: f64| now - created_at <= ttl_of(e.module());
+    match &e.kind {
+        Kind::Gone(g) => young(g.created_at),
+        Kind::Settled(s) => {
+            let unlogged = logged.is_some_and(|l| e.seq > l);
+            let floor = floors.get(e.module()).copied().unwrap_or(0);
+            !unlogged && e.seq <= floor && young(s.decision.created_at)
+        }
+        Kind::Decided(_) => false,
     }
 }
 
@@ -809,10 +873,46 @@ mod tests {
         expected.sort();
         assert_eq!(settled, expected);
 
+        // Rewrites of a file holding `Gone` ids keep them, and drop the
+        // decisions settled since.
+        journal.compact("crypto", u64::MAX).unwrap();
+        assert_eq!(journal.open_decisions(now_secs()).unwrap().open.len(), 5);
+        let agent = agent_with(&journal);
+        let reopened = journal.open_decisions(now_secs()).unwrap();
+        agent.restore_pending(reopened.open, &reopened.settled);
+        for id in &ids[15..17] {
+            agent.report(id, Outcome::reward(0.01)).unwrap();
+        }
+        agent.shutdown();
+        journal.compact("crypto", u64::MAX).unwrap();
+        let found = journal.open_decisions(now_secs()).unwrap();
+        assert_eq!(found.open.len(), 3);
+        assert_eq!(found.settled.len(), 17);
+
         // Past their TTL, decisions and settled ids both go.
-        journal.set_decision_ttls([("crypto".to_string(), 0.0)]);
+        journal.set_decision_limits([("crypto".to_string(), DecisionLimits { ttl_secs: 0.0, settled_ids: 100 })]);
         std::thread::sleep(std::time::Duration::from_millis(20));
         journal.compact("crypto", u64::MAX).unwrap();
         assert_eq!(std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn compaction_keeps_only_the_newest_settled_ids_a_restart_would_remember() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(FileJournal::open(dir.path()).unwrap());
+        journal.set_decision_limits([("crypto".to_string(), DecisionLimits { ttl_secs: 3600.0, settled_ids: 10 })]);
+        let agent = agent_with(&journal);
+        let ids = decide_some(&agent, "crypto", 40);
+        for id in &ids[..30] {
+            agent.report(id, Outcome::reward(0.01)).unwrap();
+        }
+        agent.shutdown();
+        journal.compact("crypto", u64::MAX).unwrap();
+        let found = journal.open_decisions(now_secs()).unwrap();
+        assert_eq!(found.open.len(), 10, "open decisions are never dropped for the bound");
+        let kept: Vec<String> = found.settled.iter().map(|(_, id)| id.to_string()).collect();
+        assert_eq!(kept, ids[20..30].to_vec(), "the newest 10 settled ids, in order");
+        journal.compact("crypto", u64::MAX).unwrap();
+        assert_eq!(journal.open_decisions(now_secs()).unwrap().settled.len(), 10);
     }
 }

@@ -40,6 +40,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, CheckpointMeta};
+use super::logged_index::LoggedIndex;
 use super::records::{DecisionLogRecord, LearningEvent, OptimizationData, ParameterEffectiveness, TradeRecord};
 use super::trade::StoredTrade;
 use super::{validate_module, Store, StoreError, StoreHealth, StoreResult};
@@ -54,12 +55,8 @@ pub struct LocalStore {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
-    /// Per module: decision ids already seen in its log, and how many bytes of
-    /// the log they cover, so settling need not rescan the whole log.
-    /// Per module: how far `is_logged` has read the decision log, and the ids
-    /// it found, as numbers (a third of their text's memory; retention
-    /// bounds how many there are).
-    logged: Mutex<HashMap<String, (u64, HashSet<LoggedId>)>>,
+    /// Per module: which decisions its log holds (see `logged_index`).
+    logged: Mutex<HashMap<String, LoggedIndex>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,22 +68,6 @@ struct Settlement {
 
 const CHECKPOINTS: &str = "checkpoints";
 
-/// A logged decision id: the service's are 32 hex digits, kept as a number;
-/// anything else as its text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum LoggedId {
-    Hex(u128),
-    Text(String),
-}
-
-impl LoggedId {
-    fn of(id: &str) -> LoggedId {
-        match u128::from_str_radix(id, 16) {
-            Ok(n) if id.len() == 32 => LoggedId::Hex(n),
-            _ => LoggedId::Text(id.to_string()),
-        }
-    }
-}
 const TMP_MARK: &str = ".tmp-";
 
 impl LocalStore {
@@ -360,36 +341,12 @@ impl Inner {
 
     // ----- decisions -----
 
-    /// Whether `decision_id` is in `module`'s log, reading only what was
-    /// appended since the last look.
-    fn is_logged(&self, module: &str, decision_id: &str) -> StoreResult<bool> {
+    /// Whether each of `ids` is in `module`'s log.
+    fn are_logged(&self, module: &str, ids: &[&str]) -> StoreResult<Vec<bool>> {
         let path = self.file("decisions", module, "jsonl")?;
         let mut logged = self.logged.lock();
-        let (seen, ids) = logged.entry(module.to_string()).or_default();
-        let wanted = LoggedId::of(decision_id);
-        if ids.contains(&wanted) {
-            return Ok(true);
-        }
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(io("open", &path, e)),
-        };
-        file.seek(SeekFrom::Start(*seen)).map_err(|e| io("seek", &path, e))?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail).map_err(|e| io("read", &path, e))?;
-        #[derive(Deserialize)]
-        struct Id {
-            decision_id: String,
-        }
-        let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        for line in tail[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            if let Ok(r) = serde_json::from_slice::<Id>(line) {
-                ids.insert(LoggedId::of(&r.decision_id));
-            }
-        }
-        *seen += complete as u64;
-        Ok(ids.contains(&wanted))
+        let index = logged.entry(module.to_string()).or_default();
+        index.contains_all(&path, ids).map_err(|e| io("read", &path, e))
     }
 
     /// The newest `limit` decisions made at or after `since`, oldest first,
@@ -814,7 +771,7 @@ impl Store for LocalStore {
     async fn settle_decision(&self, module: &str, decision_id: &str, reward: f64, settled_at: f64) -> StoreResult<()> {
         let (module, decision_id) = (module.to_string(), decision_id.to_string());
         self.run(move |inner| {
-            if !inner.is_logged(&module, &decision_id)? {
+            if !inner.are_logged(&module, &[&decision_id])?[0] {
                 return Err(StoreError::NotFound { what: format!("decision {decision_id:?} of module {module:?}") });
             }
             let path = inner.file("decisions", &module, "settled.jsonl")?;
@@ -831,10 +788,12 @@ impl Store for LocalStore {
     ) -> StoreResult<Vec<StoreResult<()>>> {
         let (module, settlements) = (module.to_string(), settlements.to_vec());
         self.run(move |inner| {
+            let ids: Vec<&str> = settlements.iter().map(|(id, _, _)| id.as_str()).collect();
+            let logged = inner.are_logged(&module, &ids)?;
             let mut results = Vec::with_capacity(settlements.len());
             let mut rows = Vec::with_capacity(settlements.len());
-            for (decision_id, reward, settled_at) in settlements {
-                if inner.is_logged(&module, &decision_id)? {
+            for ((decision_id, reward, settled_at), logged) in settlements.into_iter().zip(logged) {
+                if logged {
                     rows.push(Settlement { decision_id, reward, settled_at });
                     results.push(Ok(()));
                 } else {
@@ -863,7 +822,7 @@ impl Store for LocalStore {
         self.run(move |inner| {
             let dropped = inner.prune_lines(&inner.file("decisions", &module, "jsonl")?, "created_at", before)?;
             inner.prune_lines(&inner.file("decisions", &module, "settled.jsonl")?, "settled_at", before)?;
-            // What `is_logged` has read is at other offsets now.
+            // What the logged index has read is at other offsets now.
             inner.logged.lock().remove(&module);
             Ok(dropped)
         })

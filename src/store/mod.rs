@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod firestore;
 pub mod journal;
 pub mod local;
+mod logged_index;
 pub mod records;
 pub mod retention;
 pub mod trade;
@@ -33,11 +34,11 @@ use crate::bandit::ModuleStats;
 
 pub use self::checkpoint::{Checkpoint, CheckpointKind, CheckpointMeta, FORMAT_VERSION};
 pub use self::firestore::{FirestoreOptions, FirestoreStore};
-pub use self::journal::FileJournal;
+pub use self::journal::{DecisionLimits, FileJournal};
 pub use self::local::LocalStore;
 pub use self::records::{
-    DecisionLogRecord, LearningEvent, LearningEventKind, OptimizationData, ParameterEffectiveness, PerformancePoint,
-    TradeRecord,
+    DecisionLogRecord, LearningEvent, LearningEventKind, MoveEvidence, OptimizationData, ParameterEffectiveness,
+    PerformancePoint, TradeRecord,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;

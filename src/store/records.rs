@@ -85,6 +85,26 @@ pub struct LearningEvent {
     /// automatic rollback's trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The test behind a move made on evidence (a counterfactual promotion,
+    /// replacement, change detected or budget spent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<MoveEvidence>,
+}
+
+/// The figures of the test that made a move: what the row's `reason` says, as numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoveEvidence {
+    /// The session × regime context that moved, `session/regime`.
+    pub context: String,
+    /// The paired difference tested: `table - defaults` or `defaults - served`.
+    pub paired: String,
+    /// Its mean per opportunity, and the confidence sequence's lower bound.
+    pub estimate: f64,
+    pub lower_bound: f64,
+    /// Paired opportunities behind it.
+    pub n: f64,
+    pub alpha: f64,
+    pub margin: f64,
 }
 
 /// One point of a module's performance history.

@@ -385,6 +385,7 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
           ab: text('#ab-status'),
           defaults: text('#progress-defaults'),
           attribution: text('#attribution-body'),
+          moves: text('#moves-body'),
           tabs: all('#modules button').map((b) => b.textContent),
           error: document.body.dataset.error || null,
         };
@@ -425,6 +426,7 @@ fn the_dashboard_shows_live_values_history_and_operations_in_a_browser() {
     assert!(ab.contains("next look at 200 outcomes per arm"), "{ab}");
     assert_eq!(page["defaults"], "no off-policy estimate yet");
     assert!(page["attribution"].as_str().unwrap().contains("No effectiveness rows yet"), "{page}");
+    assert!(page["moves"].as_str().unwrap().contains("No moves on evidence yet"), "{page}");
 
     // Operations.
     let store = page["store"].as_str().unwrap();
@@ -532,6 +534,7 @@ fn history_with_thousands_of_generations_is_downsampled_and_exact() {
                 created_at: cp.created_at,
                 generation: Some(g),
                 reason: None,
+                evidence: None,
             };
             store.put_learning_event(&event).await.unwrap();
         }
@@ -564,4 +567,73 @@ fn history_with_thousands_of_generations_is_downsampled_and_exact() {
     let progress = call("GET", &format!("{url}/v1/dashboard/modules/crypto/progress?points=100"), None);
     assert_eq!(progress["stride"], 16);
     assert!(progress["reward"].as_array().unwrap().len() <= 100 + 2, "{}", progress["reward"]);
+}
+
+/// Moves on evidence have no generation, so the history chart cannot mark
+/// them; the moves route lists them, newest first, with what changed.
+#[test]
+fn moves_on_evidence_are_listed_newest_first_with_what_changed_and_their_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokio_rt = tokio::runtime::Runtime::new().unwrap();
+    tokio_rt.block_on(async {
+        let store = open_store(dir.path().join("store").to_str().unwrap()).await.unwrap();
+        let side = |m: f64| json!({"context": "asia_prime/bullish", "values": {"position_multipliers.asia_session": m, "session_confidence.asia_prime": 0.6}});
+        let rows = [
+            ("crypto.counterfactual", "counterfactual_promotion", side(1.0), side(1.5), 1.7e9),
+            ("crypto.bandit", "checkpoint", Value::Null, Value::Null, 1.7e9 + 1.0),
+            ("crypto.counterfactual", "change_detected", side(1.5), side(1.0), 1.7e9 + 2.0),
+        ];
+        for (i, (model, kind, before, after, at)) in rows.into_iter().enumerate() {
+            let learning_event = match kind {
+                "checkpoint" => LearningEventKind::Checkpoint,
+                other => LearningEventKind::Other(other.into()),
+            };
+            let event = LearningEvent {
+                model_name: model.into(),
+                module_name: "crypto".into(),
+                learning_event,
+                parameters_before: before,
+                parameters_after: after,
+                performance_impact: 0.004,
+                confidence_change: 0.001,
+                timestamp: String::new(),
+                created_at: at,
+                generation: (kind == "checkpoint").then_some(1),
+                reason: Some(format!("{kind}: the test in words")),
+                evidence: (model != "crypto.bandit").then(|| paramopt::store::MoveEvidence {
+                    context: "asia_prime/bullish".into(),
+                    paired: if i == 0 { "table - defaults" } else { "defaults - served" }.into(),
+                    estimate: 0.004,
+                    lower_bound: 0.001,
+                    n: 300.0 + i as f64,
+                    alpha: 0.2,
+                    margin: 0.0,
+                }),
+            };
+            store.put_learning_event(&event).await.unwrap();
+        }
+    });
+    drop(tokio_rt);
+
+    let (_server, url) = serve(dir.path(), None);
+    let all = call("GET", &format!("{url}/v1/dashboard/modules/crypto/moves"), None);
+    assert_eq!(all["total"], 2, "{all}");
+    let kinds: Vec<&str> = all["moves"].as_array().unwrap().iter().map(|m| m["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["change_detected", "counterfactual_promotion"], "newest first; the checkpoint is no move");
+    let promotion = &all["moves"][1];
+    assert_eq!(
+        promotion["changes"],
+        json!([{"parameter": "position_multipliers.asia_session", "before": 1.0, "after": 1.5}])
+    );
+    assert_eq!(promotion["context"], "asia_prime/bullish");
+    assert_eq!(promotion["n"], 300.0);
+    assert_eq!(promotion["paired"], "table - defaults");
+    let newest = call("GET", &format!("{url}/v1/dashboard/modules/crypto/moves?limit=1"), None);
+    assert_eq!(newest["moves"].as_array().unwrap().len(), 1);
+    assert_eq!(newest["moves"][0]["kind"], "change_detected");
+    let (status, body) = http("GET", &format!("{url}/v1/dashboard/modules/crypto/moves?limit=0"), None, &[]);
+    assert_eq!(status, 422);
+    assert!(String::from_utf8_lossy(&body).contains("limit \\\"0\\\""), "{}", String::from_utf8_lossy(&body));
+    let none = call("GET", &format!("{url}/v1/dashboard/modules/stocks/moves"), None);
+    assert_eq!(none["moves"], json!([]));
 }

@@ -685,6 +685,15 @@ async fn learning_events_list_newest_first(b: Backend) {
             created_at: 1_748_687_400.0 + i as f64,
             generation: (i != 3).then_some(i as u64 + 1),
             reason: (i == 2).then(|| "automatic rollback: rolling reward 0.001 below generation 2's 0.004".into()),
+            evidence: (i == 3).then(|| paramopt::store::MoveEvidence {
+                context: "asia_prime/bullish".into(),
+                paired: "table - defaults".into(),
+                estimate: 0.0125,
+                lower_bound: 0.0004,
+                n: 1_234.0,
+                alpha: 0.2,
+                margin: 0.0,
+            }),
         };
         b.store.put_learning_event(&e).await.unwrap();
         events.push(e);

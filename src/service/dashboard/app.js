@@ -423,6 +423,31 @@ function renderAttribution(eff) {
     h("tbody", {}, rows)));
 }
 
+function renderMoves(moves) {
+  const box = document.getElementById("moves-body");
+  if (moves.moves.length === 0) {
+    box.replaceChildren(empty(`No moves on evidence yet: ${moves.module} serves what it served, the defaults unless a test said otherwise.`, "moves-empty"));
+    return;
+  }
+  const rows = moves.moves.map((m) => {
+    const changed = m.changes.length === 0 ? h("span", { class: "muted" }, "no value changed")
+      : h("span", {}, ...m.changes.map((c) => h("div", {}, h("code", {}, c.parameter), ` ${fmt(c.before)} → ${fmt(c.after)}`)));
+    return h("tr", { class: "move " + m.kind, title: m.reason || "" },
+      h("td", { class: "muted" }, new Date(m.created_at * 1000).toLocaleString()),
+      h("td", {}, m.kind.replaceAll("_", " ")),
+      h("td", {}, m.context || "—"),
+      h("td", {}, changed),
+      h("td", { class: "num" }, fmt(m.estimate, 5)),
+      h("td", { class: "num" }, fmt(m.lower_bound, 5)),
+      h("td", { class: "num" }, m.n === null ? "—" : int(Math.round(m.n))),
+      h("td", { class: "muted" }, m.paired || "")
+    );
+  });
+  box.replaceChildren(h("table", { id: "moves-table" },
+    h("thead", {}, h("tr", {}, ["when", "move", "context", "what changed", "estimate", "lower bound", "n", "paired difference"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, rows)));
+}
+
 // ----- the refresh loop -----
 
 let running = null;
@@ -442,14 +467,16 @@ async function refresh() {
         renderHistoryControls(grid);
         renderGrid(grid);
         const q = new URLSearchParams({ parameter: state.parameter, session: state.session, regime: state.regime });
-        const [hist, prog, eff] = await Promise.all([
+        const [hist, prog, eff, moves] = await Promise.all([
           api(`/v1/dashboard/modules/${mod}/history?${q}`),
           api(`/v1/dashboard/modules/${mod}/progress`),
           api(`/v1/dashboard/modules/${mod}/effectiveness`),
+          api(`/v1/dashboard/modules/${mod}/moves`),
         ]);
         renderHistory(hist);
         renderProgress(prog);
         renderAttribution(eff);
+        renderMoves(moves);
         writeHash();
       }
       state.refreshes += 1;

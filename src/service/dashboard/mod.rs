@@ -41,6 +41,10 @@ use super::wire::{
 };
 use super::AppState;
 
+mod moves;
+pub use moves::DashboardMoves;
+use moves::MoveRow;
+
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const STYLE_CSS: &str = include_str!("style.css");
@@ -66,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dashboard/modules/{module}/history", get(history))
         .route("/v1/dashboard/modules/{module}/progress", get(progress))
         .route("/v1/dashboard/modules/{module}/effectiveness", get(effectiveness))
+        .route("/v1/dashboard/modules/{module}/moves", get(moves::moves))
         .with_state(dashboard)
 }
 
@@ -86,6 +91,8 @@ struct ModuleCache {
     generations: Option<(u64, Arc<Vec<CheckpointSummary>>)>,
     /// Oldest first, read when the live generation was the key.
     events: Option<(u64, Arc<Vec<EventMark>>)>,
+    /// The moves among those events, oldest first, the newest `MAX_MOVES`.
+    moves: Vec<MoveRow>,
     incumbents: HashMap<u64, Incumbents>,
 }
 
@@ -557,10 +564,12 @@ fn events(
     let seen: std::collections::HashSet<(Option<u64>, u64)> =
         merged.iter().map(|e| (e.generation, e.created_at.to_bits())).collect();
     let mut carried = Vec::new();
+    let mut new_moves = Vec::new();
     for e in &fresh {
         if seen.contains(&(e.generation, e.created_at.to_bits())) {
             continue;
         }
+        new_moves.extend(moves::move_of(module, e));
         if let (Some(g), Some(values)) = (e.generation, incumbents_of_event(e, space)) {
             carried.push((g, Arc::new(values)));
         }
@@ -575,6 +584,10 @@ fn events(
     let mut guard = cache.lock();
     let entry = guard.entry(module.to_string()).or_default();
     entry.events = Some((live, merged.clone()));
+    entry.moves.extend(new_moves);
+    entry.moves.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+    let extra = entry.moves.len().saturating_sub(moves::MAX_MOVES);
+    entry.moves.drain(..extra);
     for (g, values) in carried {
         entry.incumbents.insert(g, values);
     }
