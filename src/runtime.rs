@@ -21,7 +21,9 @@ use crate::agent::{
 };
 use crate::bandit::Stats;
 use crate::decision_log::DecisionLog;
-use crate::eval::ab::{ab_verdict, degraded, estimate_se, stratified, AbSettings, AbVerdict, Comparison, Degradation};
+use crate::eval::ab::{
+    ab_verdict, degraded, estimate_se, stratified, AbSettings, AbVerdict, Comparison, Degradation, Watch,
+};
 use crate::eval::effectiveness::effectiveness;
 use crate::eval::ope::{doubly_robust, Estimate, LoggedDecision, TargetPolicy};
 use crate::space::{Context, ModuleSpace, ParamKind, Spaces};
@@ -58,6 +60,11 @@ pub enum RuntimeError {
     NoAbTest(String),
     #[error("challenger for module {module:?}: {detail}")]
     BadChallenger { module: String, detail: String },
+    #[error(
+        "the loss budget of module {module:?} is spent (shortfall lower bound {shortfall_lower:.6} against a budget of {budget}): \
+         it serves the defaults and runs no A/B test until a rollback"
+    )]
+    BudgetSpent { module: String, shortfall_lower: f64, budget: f64 },
 }
 
 /// What an A/B test's challenger serves.
@@ -77,8 +84,9 @@ pub enum Challenger {
 pub struct AbResult {
     pub test: u64,
     pub challenger: String,
-    /// `promoted`, `rejected`, `inconclusive`, `stopped`, `ended by rollback`
-    /// or `promotion failed` (the store refused the new generation).
+    /// `promoted`, `rejected`, `inconclusive`, `stopped`, `ended by rollback`,
+    /// `promotion failed` (the store refused the new generation) or
+    /// `budget_spent` (the loss budget's breaker tripped while it ran).
     pub outcome: String,
     pub reason: String,
     pub champion_rewards: Stats,
@@ -96,6 +104,8 @@ pub enum Review {
     Nothing,
     /// An A/B test's planned look.
     AbLook(AbVerdict),
+    /// The loss budget's breaker ended the A/B test: the defaults are served.
+    AbEndedByBudget,
     /// The live policy fell below a reference and was rolled back.
     RolledBack {
         meta: CheckpointMeta,
@@ -569,8 +579,13 @@ impl Runtime {
     ) -> Result<AbTest, RuntimeError> {
         let _guard = self.lock(module)?.lock().await;
         let space = self.spaces.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))?.clone();
-        if let Some(test) = &self.agent.view(module)?.ab {
+        let view = self.agent.view(module)?;
+        if let Some(test) = &view.ab {
             return Err(RuntimeError::AbTestRunning { module: module.to_string(), test: test.serving.test });
+        }
+        if view.budget.spent {
+            let (shortfall_lower, budget) = (view.budget.shortfall_lower, view.budget.budget);
+            return Err(RuntimeError::BudgetSpent { module: module.to_string(), shortfall_lower, budget });
         }
         let bad = |detail: String| RuntimeError::BadChallenger { module: module.to_string(), detail };
         let (label, generation, values) = match &challenger {
@@ -663,6 +678,20 @@ impl Runtime {
     /// when there is nothing to do; the checkpointer runs it every tick.
     pub async fn review(&self, module: &str) -> Result<Review, RuntimeError> {
         let view = self.agent.view(module)?;
+        if let (Some(test), true) = (&view.ab, view.budget.spent) {
+            // The same budget binds the test: decisions already serve the
+            // defaults (`Agent::decide`); the test ends here, with its record.
+            let _guard = self.lock(module)?.lock().await;
+            if let Some(test) = self.take_ab(module, Some(test.serving.test)).await? {
+                let reason = format!(
+                    "A/B test {}: the loss budget is spent (shortfall lower bound {:.6} against a budget of {}); \
+                     the defaults are served until a rollback",
+                    test.serving.test, view.budget.shortfall_lower, view.budget.budget
+                );
+                self.finish_ab(module, &test, "budget_spent", reason, None, None, None);
+                return Ok(Review::AbEndedByBudget);
+            }
+        }
         if let Some(test) = &view.ab {
             let due = test.settings.looks().get(test.looks_done).copied();
             let n = test.champion_rewards.n.min(test.challenger_rewards.n);
@@ -688,8 +717,14 @@ impl Runtime {
             .collect();
         let target = TargetPolicy::fixed("challenger", &space, &serving.arms);
         let ope = doubly_robust(&logs, &target).ok().filter(|e| e.value.is_finite());
-        let verdict =
-            ab_verdict(&test.settings, test.looks_done, &test.champion_rewards, &test.challenger_rewards, ope.as_ref());
+        let verdict = ab_verdict(
+            &test.settings,
+            test.looks_done,
+            &test.champion_rewards,
+            &test.challenger_rewards,
+            ope.as_ref(),
+            space.learning.prior_noise_sd,
+        );
         let id = serving.test;
         tracing::info!(
             module,
@@ -699,10 +734,10 @@ impl Runtime {
             logged = logs.len(),
             "A/B look"
         );
-        let level = test.settings.alpha_per_look();
+        let level = test.settings.alpha;
         let summary = |c: &Comparison| {
             format!(
-                "A/B test {id}: challenger ({}) mean {:.6} over {} outcomes vs champion {:.6} over {}; one-sided p = {:.2e} better, {:.2e} worse (level {:.2e} per look)",
+                "A/B test {id}: challenger ({}) mean {:.6} over {} outcomes vs champion {:.6} over {}; anytime-valid one-sided p = {:.2e} better, {:.2e} worse (level {:.2e})",
                 test.challenger,
                 test.challenger_rewards.mean,
                 test.challenger_rewards.n,
@@ -798,6 +833,7 @@ impl Runtime {
         if !cfg.enabled || live.n < cfg.window as f64 {
             return Ok(Review::Nothing);
         }
+        let test = Watch { margin: cfg.margin, alpha: cfg.alpha, noise_sd: space.learning.prior_noise_sd };
         let window = cfg.window as u64;
         let reference = self.lineage.lock().get(module).and_then(|line| {
             line.iter()
@@ -812,10 +848,10 @@ impl Runtime {
                 // Judged only when the contexts both windows saw hold most of the live one.
                 Some(by_context) => stratified(live_by_context, by_context)
                     .filter(|s| s.live.n >= live.n / 2.0)
-                    .and_then(|s| degraded(&s.live, against, s.reference_mean, s.reference_se, cfg.margin, cfg.alpha)),
+                    .and_then(|s| degraded(&s.live, against, s.reference_mean, s.reference_se, test)),
                 None => {
                     let se = r.rolling.variance().map_or(0.0, |v| (v / r.rolling.n).sqrt());
-                    degraded(live, against, r.rolling.mean, se, cfg.margin, cfg.alpha)
+                    degraded(live, against, r.rolling.mean, se, test)
                 }
             };
             found = degradation.map(|d| (RollbackTarget::Generation(r.generation), d));
@@ -829,7 +865,7 @@ impl Runtime {
         if found.is_none() && !declares_roles {
             // Only an estimate the log supports, not the reward model's word alone.
             if let Some(e) = self.status.defaults_estimate(module).filter(|e| e.effective_n >= 30.0) {
-                found = degraded(live, "the seed defaults".into(), e.value, estimate_se(&e), cfg.margin, cfg.alpha)
+                found = degraded(live, "the seed defaults".into(), e.value, estimate_se(&e), test)
                     .map(|d| (RollbackTarget::Defaults, d));
             }
         }

@@ -143,6 +143,7 @@ impl LossLedger {
             shortfall_lower: lower,
             remaining: budget + lower,
             reserve: self.reserve(declared_worst, prior_sd),
+            spent: self.spent,
         }
     }
 }
@@ -170,11 +171,14 @@ pub struct BudgetView {
     pub remaining: f64,
     /// What each open exploring trade may still cost.
     pub reserve: f64,
+    /// The breaker tripped: the module serves the defaults, its A/B test
+    /// included, until a rollback.
+    pub spent: bool,
 }
 
 impl BudgetView {
     pub fn unlimited() -> BudgetView {
-        BudgetView { budget: f64::INFINITY, shortfall_lower: 0.0, remaining: f64::INFINITY, reserve: 0.0 }
+        BudgetView { budget: f64::INFINITY, shortfall_lower: 0.0, remaining: f64::INFINITY, reserve: 0.0, spent: false }
     }
 
     /// Whether one more exploring trade fits beside `open` others at their worst case.
@@ -218,7 +222,7 @@ mod tests {
 
     #[test]
     fn the_view_allows_what_fits_beside_the_open_trades() {
-        let v = BudgetView { budget: 0.02, shortfall_lower: -0.005, remaining: 0.015, reserve: 0.005 };
+        let v = BudgetView { budget: 0.02, shortfall_lower: -0.005, remaining: 0.015, reserve: 0.005, spent: false };
         assert!(v.allows(0) && v.allows(2));
         assert!(!v.allows(3));
         assert!(BudgetView::unlimited().allows(u64::MAX));

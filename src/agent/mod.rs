@@ -613,7 +613,10 @@ impl Agent {
             );
             (cf_serving, propensity) = (serving, p);
         }
-        let ab = view.ab.as_ref().map(|test| {
+        // A spent budget serves the defaults to every decision: a challenger
+        // is a departure from them like exploration, and the runtime ends the
+        // test at its next review.
+        let ab = view.ab.as_ref().filter(|_| !view.budget.spent).map(|test| {
             let serving = &test.serving;
             let arm = serving.assign(n);
             if arm == AbArm::Challenger {
@@ -886,6 +889,7 @@ impl Agent {
             open_exploring,
             exploring: view.allows(open_exploring),
             held_by_budget: handle.counters.held_by_budget.load(Ordering::Relaxed),
+            spent: view.spent,
         })
     }
 
@@ -1054,6 +1058,9 @@ pub struct BudgetStatus {
     pub exploring: bool,
     /// Exploring decisions held at the incumbents since start.
     pub held_by_budget: u64,
+    /// The breaker tripped: the defaults are served, an A/B test ends, and
+    /// nothing moves until a rollback.
+    pub spent: bool,
 }
 
 /// How a decision may explore.

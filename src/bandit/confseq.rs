@@ -76,6 +76,17 @@ impl MixtureTest {
         (t * ((t / self.rho).ln() + 2.0 * (1.0 / self.alpha).ln())).sqrt()
     }
 
+    /// The same test on a difference known only as an estimate with its
+    /// standard error (two samples: an A/B test's arms, the live window
+    /// against a reference), read as the mean of `n` paired differences with
+    /// that standard error: `S = n (estimate - margin)`, `V = n^2 se^2`.
+    pub fn judge_estimate(&self, estimate: f64, se: f64, n: f64, margin: f64) -> Verdict {
+        let n = n.max(1.0);
+        let excess = n * (estimate - margin);
+        let r = self.radius(n * n * se * se);
+        Verdict { favours: excess >= r, estimate, lower: margin + (excess - r) / n, n }
+    }
+
     /// Whether the sums favour the candidate by more than `margin`.
     pub fn judge(&self, s: &PairedSums, margin: f64) -> Verdict {
         let excess = s.sum - s.n * margin;
@@ -84,6 +95,20 @@ impl MixtureTest {
         let n = s.n.max(1.0);
         Verdict { favours: s.n > 0.0 && excess >= r, estimate: s.mean(), lower: margin + (excess - r) / n, n: s.n }
     }
+}
+
+/// The anytime-valid p-value of "the mean exceeds the margin" for a sum of
+/// excesses `excess` at intrinsic time `v`: one over the mixture martingale,
+/// `sqrt((v + rho) / rho) exp(-excess^2 / (2 (v + rho)))`, or 1 while the sum
+/// is not positive. It is below `alpha` exactly when
+/// [`MixtureTest::judge`] favours the candidate at `alpha`, so a report can
+/// give one number that every level reads.
+pub fn mixture_p_value(rho: f64, excess: f64, v: f64) -> f64 {
+    if excess <= 0.0 || !(rho > 0.0) {
+        return 1.0;
+    }
+    let t = v.max(0.0) + rho;
+    (0.5 * (t / rho).ln() - excess * excess / (2.0 * t)).exp().min(1.0)
 }
 
 #[cfg(test)]
@@ -145,5 +170,33 @@ mod tests {
         let mut s = PairedSums::default();
         (0..100).for_each(|_| s.push(0.0));
         assert!(!test.judge(&s, 0.0).favours);
+    }
+
+    /// The p-value and the verdict are one test: below alpha exactly when favoured.
+    #[test]
+    fn the_p_value_is_below_alpha_exactly_when_the_test_favours() {
+        let mut rng = Pcg64Mcg::seed_from_u64(3);
+        for _ in 0..2_000 {
+            let alpha = rng.random_range(0.001..0.3);
+            let test = MixtureTest::new(alpha, rng.random_range(0.5..200.0));
+            let (estimate, se, n) =
+                (rng.random_range(-0.5..1.0), rng.random_range(0.01..1.0), rng.random_range(1.0..5_000.0));
+            let verdict = test.judge_estimate(estimate, se, n, 0.0);
+            let p = mixture_p_value(test.rho, n * estimate, n * n * se * se);
+            if (p - alpha).abs() > 1e-9 {
+                assert_eq!(verdict.favours, p < alpha, "p {p} alpha {alpha} {verdict:?}");
+            }
+        }
+        // An estimate of n paired differences is judged like their sums.
+        let test = MixtureTest::new(0.05, 50.0);
+        let mut s = PairedSums::default();
+        for i in 0..400 {
+            s.push(0.3 + if i % 2 == 0 { 1.0 } else { -1.0 });
+        }
+        let sd = ((s.sum_sq / s.n) - s.mean() * s.mean()).sqrt();
+        let paired = test.judge(&s, 0.0);
+        let estimated = test.judge_estimate(s.mean(), (sd * sd / s.n + s.mean() * s.mean() / s.n).sqrt(), s.n, 0.0);
+        assert_eq!(paired.favours, estimated.favours);
+        assert!((paired.lower - estimated.lower).abs() < 1e-9, "{paired:?} {estimated:?}");
     }
 }

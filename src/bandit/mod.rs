@@ -20,7 +20,7 @@ mod stats;
 
 use serde::{Deserialize, Serialize};
 
-pub use confseq::{MixtureTest, PairedSums, Verdict};
+pub use confseq::{mixture_p_value, MixtureTest, PairedSums, Verdict};
 pub use nig::Nig;
 pub use propensity::{normal_cdf, sample_argmax, thompson_propensities};
 pub use stats::Stats;

@@ -4,18 +4,23 @@
 //!
 //! Pure functions of summary statistics; the runtime gathers them and acts.
 //!
-//! Means are compared with Welch's statistic under the normal approximation,
-//! which is why every verdict needs a minimum number of outcomes per side
-//! (at least [`MIN_OUTCOMES`]). An A/B test is looked at repeatedly while it
-//! runs, and each look is another chance of a false promotion, so looks are
-//! planned in advance (at `min`, `2 min`, `4 min` ... outcomes per arm, up to
-//! `max`) and the significance level is split evenly over them (Bonferroni):
-//! the chance of promoting a challenger that is not better stays below alpha
-//! however often the runtime checks.
+//! Every verdict here is the test that moves a cell off the defaults
+//! ([`crate::bandit::MixtureTest`], a normal-mixture confidence sequence),
+//! applied to the difference of two means read as the mean of paired
+//! differences (issue 15: one notion of "significantly better or worse", not
+//! three). It is anytime-valid: the runtime may look after every outcome,
+//! and the chance of a false verdict stays below alpha however often it
+//! does, so an A/B test's level is not split over its looks and the rollback
+//! watch, which looks at every tick, does not inflate its false alarms. The
+//! mixture's scale is fixed before any data, from the module's prior noise
+//! ([`mixture_rho`]). Looks are still planned (at `min`, `2 min`, `4 min`
+//! ... outcomes per arm, up to `max`), for the report and to end a test, and
+//! every side needs at least [`MIN_OUTCOMES`], since the standard errors come
+//! from the samples.
 
 use serde::{Deserialize, Serialize};
 
-use crate::bandit::{normal_cdf, Stats};
+use crate::bandit::{mixture_p_value, Stats};
 
 use super::ope::Estimate;
 
@@ -24,17 +29,27 @@ pub const MIN_OUTCOMES: u64 = 30;
 
 const Z95: f64 = 1.959_963_984_540_054;
 
-/// Welch's comparison of a candidate's mean reward with a reference's.
+/// A candidate's mean reward against a reference's.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Comparison {
     /// Candidate mean minus reference mean.
     pub difference: f64,
     /// Standard error of the difference.
     pub se: f64,
-    /// One-sided p-value of "the candidate is better by more than the margin".
+    /// Anytime-valid one-sided p-value of "the candidate is better by more
+    /// than the margin".
     pub p_better: f64,
-    /// One-sided p-value of "the candidate is worse by more than the margin".
+    /// Anytime-valid one-sided p-value of "the candidate is worse by more
+    /// than the margin".
     pub p_worse: f64,
+}
+
+/// The mixture's scale for a module whose rewards have prior noise
+/// `noise_sd`: tightest around a hundred pairs of outcomes (a pair's
+/// difference has twice one outcome's variance), as the counterfactual
+/// tests are tightest around a hundred paired differences.
+pub fn mixture_rho(noise_sd: f64) -> f64 {
+    200.0 * noise_sd * noise_sd
 }
 
 /// Mean and standard error of the mean of `s`; `None` below two outcomes.
@@ -43,26 +58,36 @@ fn mean_se(s: &Stats) -> Option<(f64, f64)> {
     Some((s.mean, (var / s.n).sqrt()))
 }
 
-/// Compares `candidate` with `reference` by their means, `margin` being the
-/// smallest difference that matters. `reference_se` overrides the reference's
-/// standard error when it is an estimate rather than a sample (the defaults'
-/// off-policy estimate).
-pub fn compare(candidate: &Stats, reference_mean: f64, reference_se: f64, margin: f64) -> Option<Comparison> {
+/// Compares `candidate` with a reference by their means, `margin` being the
+/// smallest difference that matters, in a module of prior noise `noise_sd`.
+/// `reference_se` is the reference's standard error: of its sample, or of an
+/// estimate (the defaults' off-policy estimate). The difference is read as
+/// the mean of `candidate.n` paired differences with the combined standard
+/// error ([`crate::bandit::MixtureTest::judge_estimate`]).
+pub fn compare(
+    candidate: &Stats,
+    reference_mean: f64,
+    reference_se: f64,
+    margin: f64,
+    noise_sd: f64,
+) -> Option<Comparison> {
     let (mean, se) = mean_se(candidate)?;
     let se = (se * se + reference_se * reference_se).sqrt().max(f64::MIN_POSITIVE);
     let difference = mean - reference_mean;
+    let (n, rho) = (candidate.n, mixture_rho(noise_sd));
+    let v = n * n * se * se;
     Some(Comparison {
         difference,
         se,
-        p_better: 1.0 - normal_cdf((difference - margin) / se),
-        p_worse: normal_cdf((difference + margin) / se),
+        p_better: mixture_p_value(rho, n * (difference - margin), v),
+        p_worse: mixture_p_value(rho, n * (-difference - margin), v),
     })
 }
 
 /// [`compare`] of two samples.
-pub fn compare_samples(candidate: &Stats, reference: &Stats, margin: f64) -> Option<Comparison> {
+pub fn compare_samples(candidate: &Stats, reference: &Stats, margin: f64, noise_sd: f64) -> Option<Comparison> {
     let (mean, se) = mean_se(reference)?;
-    compare(candidate, mean, se, margin)
+    compare(candidate, mean, se, margin, noise_sd)
 }
 
 /// The settings of one A/B test, validated: also when read back from a
@@ -160,11 +185,6 @@ impl AbSettings {
         out.push(self.max_outcomes);
         out
     }
-
-    /// The significance level of each look.
-    pub fn alpha_per_look(&self) -> f64 {
-        self.alpha / self.looks().len() as f64
-    }
 }
 
 /// What an A/B test's look concluded.
@@ -204,8 +224,8 @@ impl AbVerdict {
 /// test's logged decisions. Returns [`AbVerdict::Wait`] until both arms have
 /// the outcomes that look was planned at.
 ///
-/// Promotion needs both: Welch's test says the challenger beats the champion
-/// by more than the margin at this look's level, and the off-policy estimate
+/// Promotion needs both: the anytime-valid test says the challenger beats
+/// the champion by more than the margin at the test's alpha, and the off-policy estimate
 /// of the challenger (a different estimator, which also weighs the
 /// champion's decisions that happen to agree with the challenger) is above
 /// the champion's mean by more than the margin.
@@ -215,14 +235,17 @@ pub fn ab_verdict(
     champion: &Stats,
     challenger: &Stats,
     ope: Option<&Estimate>,
+    noise_sd: f64,
 ) -> AbVerdict {
     let looks = settings.looks();
     let Some(&due) = looks.get(look) else { return AbVerdict::Wait };
     if champion.n < due as f64 || challenger.n < due as f64 {
         return AbVerdict::Wait;
     }
-    let Some(comparison) = compare_samples(challenger, champion, settings.margin) else { return AbVerdict::Wait };
-    let level = settings.alpha_per_look();
+    let Some(comparison) = compare_samples(challenger, champion, settings.margin, noise_sd) else {
+        return AbVerdict::Wait;
+    };
+    let level = settings.alpha;
     let ope_favours = ope.filter(|e| e.value.is_finite() && e.value > champion.mean + settings.margin);
     if comparison.p_better < level {
         if let Some(ope) = ope_favours {
@@ -230,7 +253,7 @@ pub fn ab_verdict(
         }
     }
     // Worse by any amount: a challenger that costs money is not run to the end.
-    if compare_samples(challenger, champion, 0.0).is_some_and(|c| c.p_worse < level) {
+    if compare_samples(challenger, champion, 0.0, noise_sd).is_some_and(|c| c.p_worse < level) {
         return AbVerdict::Reject { comparison };
     }
     if look + 1 >= looks.len() {
@@ -263,17 +286,26 @@ impl Degradation {
     }
 }
 
+/// What the rollback watch compares with, and how.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Watch {
+    pub margin: f64,
+    pub alpha: f64,
+    /// The module's prior noise, which sets the test's scale.
+    pub noise_sd: f64,
+}
+
 /// The rollback watch's test: is `live` (the live policy's rolling rewards)
-/// below the reference by more than `margin`, at level `alpha`?
+/// below the reference by more than the margin, at the watch's alpha?
 pub fn degraded(
     live: &Stats,
     against: String,
     reference_mean: f64,
     reference_se: f64,
-    margin: f64,
-    alpha: f64,
+    watch: Watch,
 ) -> Option<Degradation> {
-    let comparison = compare(live, reference_mean, reference_se, margin)?;
+    let Watch { margin, alpha, noise_sd } = watch;
+    let comparison = compare(live, reference_mean, reference_se, margin, noise_sd)?;
     (comparison.p_worse < alpha).then_some(Degradation { against, live_mean: live.mean, reference_mean, comparison })
 }
 
@@ -360,6 +392,13 @@ mod tests {
         Estimate { value, ci_low: value - 0.001, ci_high: value + 0.001, n: 1000, effective_n: 500.0, mean_weight: 1.0 }
     }
 
+    /// The noise the samples are drawn with, as a module would declare it.
+    const SD: f64 = 0.01;
+
+    fn watch(margin: f64, alpha: f64) -> Watch {
+        Watch { margin, alpha, noise_sd: SD }
+    }
+
     fn settings() -> AbSettings {
         AbSettings::new(0.2, 100, 1600, 0.05, 0.0).unwrap()
     }
@@ -368,7 +407,6 @@ mod tests {
     fn looks_double_up_to_the_maximum() {
         assert_eq!(settings().looks(), vec![100, 200, 400, 800, 1600]);
         assert_eq!(AbSettings::new(0.5, 100, 300, 0.05, 0.0).unwrap().looks(), vec![100, 200, 300]);
-        assert!((settings().alpha_per_look() - 0.01).abs() < 1e-12);
     }
 
     #[test]
@@ -390,18 +428,18 @@ mod tests {
         let better = sample(&mut rng, 400, 0.006, 0.01);
         let worse = sample(&mut rng, 400, -0.002, 0.01);
         assert!(matches!(
-            ab_verdict(&settings(), 2, &champion, &better, Some(&estimate(0.006))),
+            ab_verdict(&settings(), 2, &champion, &better, Some(&estimate(0.006)), SD),
             AbVerdict::Promote { .. }
         ));
         assert!(matches!(
-            ab_verdict(&settings(), 2, &champion, &worse, Some(&estimate(-0.002))),
+            ab_verdict(&settings(), 2, &champion, &worse, Some(&estimate(-0.002)), SD),
             AbVerdict::Reject { .. }
         ));
         // Without the off-policy estimate's agreement there is no promotion.
-        let doubtful = ab_verdict(&settings(), 2, &champion, &better, Some(&estimate(0.001)));
+        let doubtful = ab_verdict(&settings(), 2, &champion, &better, Some(&estimate(0.001)), SD);
         assert!(matches!(doubtful, AbVerdict::Continue { .. }), "{doubtful:?}");
         // Not yet at the look's planned outcomes.
-        assert_eq!(ab_verdict(&settings(), 3, &champion, &better, Some(&estimate(0.006))), AbVerdict::Wait);
+        assert_eq!(ab_verdict(&settings(), 3, &champion, &better, Some(&estimate(0.006)), SD), AbVerdict::Wait);
     }
 
     /// Seeded: over 2,000 A/A tests run to the last look, the share that
@@ -421,7 +459,7 @@ mod tests {
                 }
                 // The off-policy estimate agrees with the challenger's sample:
                 // the worst case, where only the significance test protects.
-                let verdict = ab_verdict(&s, look, &a, &b, Some(&estimate(b.mean)));
+                let verdict = ab_verdict(&s, look, &a, &b, Some(&estimate(b.mean)), SD);
                 if matches!(verdict, AbVerdict::Promote { .. }) {
                     promoted += 1;
                 }
@@ -434,14 +472,45 @@ mod tests {
         assert!(rate < 0.05, "false promotions {rate}");
     }
 
+    /// The rollback watch looks at every tick. Seeded: 1,000 A/A streams of
+    /// 2,000 outcomes, looked at after every 10th, cross alpha in fewer than
+    /// alpha of them with the mixture test; a fixed-level z-test looked at as
+    /// often (what the watch used before) crosses it in several times more.
+    #[test]
+    fn looking_after_every_few_outcomes_keeps_false_verdicts_below_alpha() {
+        let alpha = 0.05;
+        let mut rng = Pcg64Mcg::seed_from_u64(21);
+        let (mut mixture, mut fixed, runs) = (0, 0, 1_000);
+        for _ in 0..runs {
+            let (mut a, mut b) = (Stats::default(), Stats::default());
+            let (mut m_hit, mut z_hit) = (false, false);
+            for i in 1..=2_000 {
+                a.push(rng.sample::<f64, _>(StandardNormal) * SD);
+                b.push(rng.sample::<f64, _>(StandardNormal) * SD);
+                if i % 10 != 0 || i < MIN_OUTCOMES {
+                    continue;
+                }
+                let c = compare_samples(&b, &a, 0.0, SD).unwrap();
+                m_hit |= c.p_better < alpha;
+                z_hit |= 1.0 - crate::bandit::normal_cdf(c.difference / c.se) < alpha;
+            }
+            mixture += usize::from(m_hit);
+            fixed += usize::from(z_hit);
+        }
+        let (m, z) = (mixture as f64 / runs as f64, fixed as f64 / runs as f64);
+        eprintln!("false verdicts over 1,000 A/A streams: mixture {m}, fixed-level z {z}");
+        assert!(m < alpha, "mixture test: {m} of runs falsely favoured");
+        assert!(z > 3.0 * alpha, "a fixed-level test looked at as often: {z}");
+    }
+
     #[test]
     fn degradation_needs_significance_beyond_the_margin() {
         let mut rng = Pcg64Mcg::seed_from_u64(3);
         let live = sample(&mut rng, 300, 0.000, 0.01);
-        assert!(degraded(&live, "generation 4".into(), 0.004, 0.0005, 0.001, 0.01).is_some());
+        assert!(degraded(&live, "generation 4".into(), 0.004, 0.0005, watch(0.001, 0.01)).is_some());
         // Within the margin: no rollback.
-        assert!(degraded(&live, "generation 4".into(), 0.0015, 0.0005, 0.002, 0.01).is_none());
-        let d = degraded(&live, "the seed defaults".into(), 0.004, 0.0005, 0.001, 0.01).unwrap();
+        assert!(degraded(&live, "generation 4".into(), 0.0015, 0.0005, watch(0.002, 0.01)).is_none());
+        let d = degraded(&live, "the seed defaults".into(), 0.004, 0.0005, watch(0.001, 0.01)).unwrap();
         assert!(d.reason(live.n).contains("below the mean reward of the seed defaults"), "{}", d.reason(live.n));
     }
 
@@ -465,14 +534,20 @@ mod tests {
         let moved = window([50, 450], 0.0);
         let (r, l) = (merged(&reference), merged(&moved));
         let se = (r.variance().unwrap() / r.n).sqrt();
-        assert!(degraded(&l, "g".into(), r.mean, se, 0.002, 0.001).is_some(), "the naive comparison is fooled");
+        assert!(degraded(&l, "g".into(), r.mean, se, watch(0.002, 0.001)).is_some(), "the naive comparison is fooled");
         let s = stratified(&moved, &reference).unwrap();
         assert_eq!(s.live.n, 500.0);
-        assert!(degraded(&s.live, "g".into(), s.reference_mean, s.reference_se, 0.002, 0.001).is_none(), "{s:?}");
+        assert!(
+            degraded(&s.live, "g".into(), s.reference_mean, s.reference_se, watch(0.002, 0.001)).is_none(),
+            "{s:?}"
+        );
 
         let worse = window([50, 450], -0.01);
         let s = stratified(&worse, &reference).unwrap();
-        assert!(degraded(&s.live, "g".into(), s.reference_mean, s.reference_se, 0.002, 0.001).is_some(), "{s:?}");
+        assert!(
+            degraded(&s.live, "g".into(), s.reference_mean, s.reference_se, watch(0.002, 0.001)).is_some(),
+            "{s:?}"
+        );
 
         // Contexts the reference barely saw are left out.
         let mut sparse = reference.clone();

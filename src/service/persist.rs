@@ -58,6 +58,7 @@ fn runtime_error(e: RuntimeError) -> StoreError {
         e @ RuntimeError::UnknownModule(_) => StoreError::Invalid(e.to_string()),
         e @ RuntimeError::BadChallenger { .. } => StoreError::Invalid(e.to_string()),
         e @ RuntimeError::AbTestRunning { .. } => StoreError::Conflict(e.to_string()),
+        e @ RuntimeError::BudgetSpent { .. } => StoreError::Conflict(e.to_string()),
         e @ RuntimeError::NoAbTest(_) => StoreError::NotFound(e.to_string()),
         e => StoreError::Internal(e.to_string()),
     }

@@ -238,3 +238,62 @@ async fn a_promotion_is_recorded_as_a_learning_event_with_its_evidence() {
     }
     rt.agent.shutdown();
 }
+
+/// The A/B test answers to the same budget (issue 15, item 5): a challenger
+/// that trades below the defaults' gate and loses on those extra trades
+/// spends the module's loss budget; the breaker then serves the defaults to
+/// every decision, the runtime ends the test with outcome `budget_spent`,
+/// and no new test starts until a rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_ends_the_ab_test_and_refuses_a_new_one() {
+    let mut spaces = Spaces::default();
+    spaces.insert(gate_module()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt =
+        paramopt::runtime::Runtime::start(spaces, super::support::explicit_checkpoints(dir.path(), 5)).await.unwrap();
+    let low_gate = paramopt::runtime::Challenger::Parameters([("gate.threshold".to_string(), 0.4)].into());
+    let settings = paramopt::eval::ab::AbSettings::new(0.5, 1_000, 64_000, 0.05, 0.0).unwrap();
+    rt.start_ab("gated", low_gate.clone(), settings).await.unwrap();
+    let ctx = Context::new(Session::UsPrime, Regime::Bullish);
+    let mut rng = rng(9);
+    let mut ended_at = None;
+    for i in 0..20_000 {
+        let d = rt.agent.decide("gated", ctx, &[], false).unwrap();
+        let c: f64 = rng.random();
+        let traded = c >= d.values[0];
+        // Trades the defaults' gate takes break even; those below it lose.
+        let reward = match (traded, c >= 0.6) {
+            (false, _) => 0.0,
+            (true, true) => 0.002 * rng.sample::<f64, _>(StandardNormal),
+            (true, false) => -0.01 + 0.002 * rng.sample::<f64, _>(StandardNormal),
+        };
+        let evidence = Evidence { confidence: Some(c), ..Evidence::default() };
+        rt.agent
+            .report(&d.id.to_string(), Outcome { reward: Some(reward), traded, return_pct: None, evidence })
+            .unwrap();
+        if i % 50 == 49 {
+            rt.agent.flush();
+            if rt.review("gated").await.unwrap() == paramopt::runtime::Review::AbEndedByBudget {
+                ended_at = Some(i);
+                break;
+            }
+        }
+    }
+    let ended_at = ended_at.expect("the budget ended the test");
+    let status = rt.agent.budget("gated").unwrap();
+    assert!(status.spent && status.shortfall_lower < -status.budget, "{status:?}");
+    let result = rt.status.last_ab_result("gated").unwrap();
+    assert_eq!(result.outcome, "budget_spent", "{result:?}");
+    assert!(result.reason.contains("loss budget is spent"), "{}", result.reason);
+    assert!(rt.agent.view("gated").unwrap().ab.is_none());
+    // Every decision now serves the defaults' gate, with no A/B arm.
+    for _ in 0..50 {
+        let d = rt.agent.decide("gated", ctx, &[], true).unwrap();
+        assert_eq!(d.values, vec![0.6]);
+        assert!(d.ab.is_none());
+    }
+    let refused = rt.start_ab("gated", low_gate, settings).await.unwrap_err();
+    assert!(refused.to_string().contains("loss budget of module \"gated\" is spent"), "{refused}");
+    eprintln!("the budget ended the A/B test after {} decisions", ended_at + 1);
+    rt.agent.shutdown();
+}
