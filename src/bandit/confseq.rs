@@ -104,7 +104,7 @@ impl MixtureTest {
 /// [`MixtureTest::judge`] favours the candidate at `alpha`, so a report can
 /// give one number that every level reads.
 pub fn mixture_p_value(rho: f64, excess: f64, v: f64) -> f64 {
-    if excess <= 0.0 || !(rho > 0.0) {
+    if excess <= 0.0 || rho.is_nan() || rho <= 0.0 {
         return 1.0;
     }
     let t = v.max(0.0) + rho;
