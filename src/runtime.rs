@@ -1116,7 +1116,7 @@ impl Runtime {
                 lower = e.verdict.lower, n = e.verdict.n, "counterfactual move");
             let now = now_secs();
             let event = LearningEvent {
-                model_name: format!("{module}.counterfactual"),
+                model_name: LearningEvent::counterfactual_model(module),
                 module_name: module.to_string(),
                 learning_event: LearningEventKind::Other(e.kind.event_name().to_string()),
                 parameters_before: named(&e.before),

@@ -63,7 +63,8 @@ fn mean_se(s: &Stats) -> Option<(f64, f64)> {
 /// `reference_se` is the reference's standard error: of its sample, or of an
 /// estimate (the defaults' off-policy estimate). The difference is read as
 /// the mean of `candidate.n` paired differences with the combined standard
-/// error ([`crate::bandit::MixtureTest::judge_estimate`]).
+/// error: the sums [`crate::bandit::MixtureTest::judge`] tests are then
+/// `S = n (difference - margin)` and `V = n^2 se^2`.
 pub fn compare(
     candidate: &Stats,
     reference_mean: f64,

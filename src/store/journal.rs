@@ -457,7 +457,8 @@ impl FileJournal {
             let unlogged = logged.is_some_and(|l| e.seq > l);
             let floor = floors.get(e.module()).copied().unwrap_or(0);
             let young = |created_at: f64| now - created_at <= self.ttl_of(e.module());
-            if keeps_as_gone(&e, logged, &floors, now, |m| self.ttl_of(m)) {
+            let as_gone = keeps_as_gone(&e, logged, &floors, now, |m| self.ttl_of(m));
+            if as_gone {
                 if let Some(extra) = too_many.get_mut(e.module()).filter(|n| **n > 0) {
                     *extra -= 1;
                     return;
@@ -465,7 +466,7 @@ impl FileJournal {
             }
             let kept = match &e.kind {
                 Kind::Settled(_) if unlogged || e.seq > floor => Some(e),
-                Kind::Settled(s) if young(s.decision.created_at) => Some(Entry {
+                Kind::Settled(s) if as_gone => Some(Entry {
                     seq: e.seq,
                     kind: Kind::Gone(GoneId {
                         module: s.decision.module.clone(),
@@ -473,7 +474,7 @@ impl FileJournal {
                         created_at: s.decision.created_at,
                     }),
                 }),
-                Kind::Gone(g) if young(g.created_at) => Some(e),
+                Kind::Gone(_) if as_gone => Some(e),
                 Kind::Decided(d) if unlogged || (!settled.contains(&d.id) && young(d.created_at)) => Some(e),
                 _ => None,
             };

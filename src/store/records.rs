@@ -91,6 +91,13 @@ pub struct LearningEvent {
     pub evidence: Option<MoveEvidence>,
 }
 
+impl LearningEvent {
+    /// The `model_name` of a module's counterfactual moves.
+    pub fn counterfactual_model(module: &str) -> String {
+        format!("{module}.counterfactual")
+    }
+}
+
 /// The figures of the test that made a move: what the row's `reason` says, as numbers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MoveEvidence {

@@ -164,11 +164,17 @@ async fn on_store<T: Send + 'static>(
 
 /// `?points=`: how many generations an answer may show.
 fn points_query(value: Option<String>) -> Result<usize, ApiError> {
+    count_query("points", value, DEFAULT_POINTS, 2, MAX_POINTS)
+}
+
+/// A count query parameter `name`: `default` when absent, else a whole
+/// number from `lo` to `hi`.
+fn count_query(name: &str, value: Option<String>, default: usize, lo: usize, hi: usize) -> Result<usize, ApiError> {
     match value {
-        None => Ok(DEFAULT_POINTS),
+        None => Ok(default),
         Some(v) => match v.parse::<usize>() {
-            Ok(n) if (2..=MAX_POINTS).contains(&n) => Ok(n),
-            _ => Err(ApiError::Invalid(format!("points {v:?} is not a whole number from 2 to {MAX_POINTS}"))),
+            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(ApiError::Invalid(format!("{name} {v:?} is not a whole number from {lo} to {hi}"))),
         },
     }
 }

@@ -17,7 +17,7 @@ use crate::store::{LearningEvent, LearningEventKind};
 
 use super::super::error::ApiError;
 use super::super::extract::{PathParams, QueryPairs};
-use super::{events, json, on_store, Dashboard};
+use super::{count_query, events, json, on_store, Dashboard};
 
 /// Moves kept per module in the dashboard's cache, newest.
 pub(super) const MAX_MOVES: usize = 500;
@@ -66,7 +66,7 @@ pub struct MoveChange {
 
 /// The move a learning event of `module` records, if it records one.
 pub(super) fn move_of(module: &str, event: &LearningEvent) -> Option<MoveRow> {
-    if event.model_name != format!("{module}.counterfactual") {
+    if event.model_name != LearningEvent::counterfactual_model(module) {
         return None;
     }
     let kind = match &event.learning_event {
@@ -105,17 +105,7 @@ pub(super) fn move_of(module: &str, event: &LearningEvent) -> Option<MoveRow> {
 
 /// `?limit=`: how many moves an answer shows.
 fn limit_query(value: Option<String>) -> Result<usize, ApiError> {
-    match value {
-        None => Ok(DEFAULT_LIMIT),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=MAX_MOVES).contains(&n) => Ok(n),
-            _ => Err(ApiError::Invalid(format!("limit {:?} is not a whole number from 1 to {MAX_MOVES}", trim(&v)))),
-        },
-    }
-}
-
-fn trim(v: &str) -> String {
-    v.chars().take(40).collect()
+    count_query("limit", value, DEFAULT_LIMIT, 1, MAX_MOVES)
 }
 
 pub(super) async fn moves(
