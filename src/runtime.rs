@@ -1098,8 +1098,7 @@ impl Runtime {
                 serde_json::json!({ "context": e.context.to_string(), "values": map })
             };
             let cf = space.counterfactual.as_ref();
-            let paired =
-                if e.kind == crate::agent::MoveKind::ChangeDetected { "defaults - served" } else { "table - defaults" };
+            let paired = e.scope.paired();
             let reason = format!(
                 "{}: context {}, paired {} per opportunity, estimate {:.6}, confidence-sequence lower bound {:.6}, n {}; \
                  normal-mixture confidence sequence at alpha {}, margin {}",
@@ -1109,7 +1108,7 @@ impl Runtime {
                 e.verdict.estimate,
                 e.verdict.lower,
                 e.verdict.n,
-                cf.map_or(0.0, |c| c.alpha),
+                e.alpha,
                 cf.map_or(0.0, |c| c.margin),
             );
             tracing::info!(module, context = %e.context, kind = e.kind.event_name(), estimate = e.verdict.estimate,
@@ -1133,7 +1132,7 @@ impl Runtime {
                     estimate: e.verdict.estimate,
                     lower_bound: e.verdict.lower,
                     n: e.verdict.n,
-                    alpha: cf.map_or(0.0, |c| c.alpha),
+                    alpha: e.alpha,
                     margin: cf.map_or(0.0, |c| c.margin),
                 }),
             };

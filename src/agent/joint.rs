@@ -11,10 +11,20 @@
 //! (of `x = [fires] u_s / p_obs`, of `x^2`, and of `x` times the defaults'
 //! `y`); with the defaults' own sums that gives every table's paired
 //! difference from the defaults, its sum and its sum of squares, exactly and
-//! in O(1) memory per table. A refit every `refit_every` outcomes picks, per
-//! shared candidate, each slot's best (theta, m) and keeps the best total; it
-//! is served only once the anytime-valid test (`bandit::confseq`) favours it
-//! over the defaults on the same opportunities.
+//! in O(1) memory per table.
+//!
+//! A refit every `refit_every` outcomes picks, per shared candidate, each
+//! slot's best (theta, m) and keeps the best total: the cell's *leader*. The
+//! leader is served only once an anytime-valid test (`bandit::confseq`)
+//! favours it over the served table, and the test sees only outcomes that
+//! arrived after the leader that judged them was chosen: the sum of
+//! `leader(t-1) - served(t-1)` over opportunities `t` is a supermartingale
+//! when no table beats the served one, whichever leaders the data pick
+//! (a predictable plug-in; Waudby-Smith and Ramdas 2023). So the search over
+//! thousands of tables costs no share of `alpha`: issue 15's grouped test is
+//! one such test per cell (at `alpha / 2` over the cells) plus one over the
+//! whole module (at `alpha / 2`), which moves every cell's leader at once
+//! when the table as a whole is better, though no cell alone is shown to be.
 
 use serde::{Deserialize, Serialize};
 
@@ -135,9 +145,14 @@ pub struct CellJoint {
     pub default_yy: Vec<f64>,
     pub opportunities: Vec<f64>,
     pub since_refit: u64,
-    /// The last refit's best table against the defaults.
+    /// The last refit's best table, when it is not the served one: the
+    /// challenger the next outcomes test.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
+    pub leader: Option<Vec<f64>>,
+    /// The cell's test: each opportunity's paired utility of the leader
+    /// chosen before it against the table served, since the last move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<PairedSums>,
     /// Per parameter: what the cell serves (its target), when it has moved off the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Vec<f64>>,
@@ -170,6 +185,10 @@ pub struct MoveEvent {
     /// The test's look that decided it (for a detection: the defaults
     /// against the target since it was served).
     pub verdict: Verdict,
+    /// Which test: the cell's, the module's joint one, or the detector.
+    pub scope: TestScope,
+    /// The level that test ran at.
+    pub alpha: f64,
     /// The table served before, and from now on.
     pub before: Vec<f64>,
     pub values: Vec<f64>,
@@ -186,6 +205,32 @@ pub enum MoveKind {
     ChangeDetected,
     /// The loss budget was spent: every cell serves the defaults.
     BudgetSpent,
+}
+
+/// What the test behind a move compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestScope {
+    /// The cell's leaders against its served table.
+    Cell,
+    /// Every cell's leader against its served table, summed over the module.
+    Module,
+    /// The change detector: the defaults against the served table since it was served.
+    Detector,
+    /// The loss budget's ledger.
+    Budget,
+}
+
+impl TestScope {
+    /// The paired difference it tested, as `ml_learning_events` evidence names it.
+    pub fn paired(self) -> &'static str {
+        match self {
+            TestScope::Cell => "leader - served, per opportunity of the cell",
+            TestScope::Module => "leaders - served, per opportunity of the module",
+            TestScope::Detector => "defaults - served",
+            TestScope::Budget => "realised - defaults (the ledger's lower bound)",
+        }
+    }
 }
 
 impl MoveKind {
@@ -209,6 +254,10 @@ pub const MAX_PENDING_EVENTS: usize = 1024;
 pub struct JointState {
     pub cells: Vec<CellJoint>,
     pub counts: JointCounts,
+    /// The module's joint test: every cell's leader against its served table
+    /// on the opportunities since the last move.
+    #[serde(default)]
+    pub challenge: PairedSums,
     /// Shape of the candidates the sums belong to: `(weights, exits, slots, thresholds)`.
     pub shape: (usize, usize, usize, usize),
     /// Set once a reported confidence disagreed with the declared weights'
@@ -229,7 +278,8 @@ pub struct Joint {
     /// Moves made since this process started (drained or not).
     pub moves_made: u64,
     thresholds: usize,
-    test: MixtureTest,
+    cell_test: MixtureTest,
+    module_test: MixtureTest,
     detector: MixtureTest,
 }
 
@@ -239,14 +289,21 @@ impl Joint {
         let thresholds = cf.gates.iter().map(|&g| space.params[g].arms.len()).max().unwrap_or(1);
         let cells = (0..Context::COUNT).map(|_| Joint::new_cell(&candidates, thresholds)).collect();
         let shape = (candidates.weights.len(), candidates.exits.len(), candidates.slots, thresholds);
-        let test = test_for(space, cf, &candidates, thresholds);
+        let (cell_test, module_test) = tests_for(space, cf);
         Joint {
-            state: JointState { cells, counts: JointCounts::default(), shape, weights_opaque: false },
+            state: JointState {
+                cells,
+                counts: JointCounts::default(),
+                challenge: PairedSums::default(),
+                shape,
+                weights_opaque: false,
+            },
             candidates,
             events: Vec::new(),
             moves_made: 0,
             thresholds,
-            test,
+            cell_test,
+            module_test,
             detector: detector_for(space, cf),
         }
     }
@@ -264,7 +321,9 @@ impl Joint {
                     && c.default_y.len() == fresh.default_y.len()
                     && c.default_yy.len() == fresh.default_yy.len()
                     && c.opportunities.len() == fresh.opportunities.len()
-                    && c.target.as_ref().is_none_or(|t| t.len() == params && t.iter().all(|v| v.is_finite()))
+                    && [&c.target, &c.leader]
+                        .iter()
+                        .all(|t| t.as_ref().is_none_or(|t| t.len() == params && t.iter().all(|v| v.is_finite())))
             });
         ok.then(|| {
             joint.state = state;
@@ -313,11 +372,9 @@ impl Joint {
         let fires0 = theta0.is_none_or(|t| scores[0] >= t);
         let y = if fires0 { units[0] * inv_p } else { 0.0 };
         let curvature = space.reward.objective.curvature();
-        let mut detected = false;
+        let mut changed = self.challenge(space, cf, context, obs);
         if let Some(target) = self.state.cells[c].target.clone() {
-            // Whole values (scale included), which `y` is not.
-            let value = |values: &[f64]| if obs.traded { obs.value(cf, values).unwrap_or(0.0) * inv_p } else { 0.0 };
-            let (v, y) = (value(&target), value(&defaults));
+            let (v, y) = (whole_value(space, cf, obs, &target, 0.0), whole_value(space, cf, obs, &defaults, 0.0));
             let watch = self.state.cells[c].watch.get_or_insert_with(PairedSums::default);
             watch.push((v - y) - curvature * (v * v - y * y));
             // Page's CUSUM restart: while the target is not behind the
@@ -331,7 +388,7 @@ impl Joint {
                 let verdict = self.detector.judge(&behind, cf.margin);
                 if verdict.favours {
                     self.detect_change(space, context, verdict);
-                    detected = true;
+                    changed = true;
                 }
             }
         }
@@ -368,7 +425,70 @@ impl Joint {
             self.refit(space, cf, context);
             return true;
         }
-        detected
+        changed
+    }
+
+    /// Adds the opportunity to the cell's and the module's tests of the
+    /// leaders against the served tables, before any refit sees it, and
+    /// moves what they favour. Returns whether a served table changed.
+    fn challenge(&mut self, space: &ModuleSpace, cf: &Counterfactual, context: Context, obs: &Observation) -> bool {
+        let c = context.index();
+        let Some(leader) = self.state.cells[c].leader.as_deref() else { return false };
+        let defaults = space.defaults();
+        let served = self.state.cells[c].target.as_deref().unwrap_or(&defaults);
+        // An unseen trade the leader would take is charged at the worst
+        // case; one the served table would take, credited at the best: the
+        // test never favours the leader on what nobody saw.
+        let (v, y) = (whole_value(space, cf, obs, leader, -1.0), whole_value(space, cf, obs, served, 1.0));
+        let d = (v - y) - space.reward.objective.curvature() * (v * v - y * y);
+        self.state.cells[c].challenge.get_or_insert_with(PairedSums::default).push(d);
+        self.state.challenge.push(d);
+        let own = self.cell_test.judge(&self.state.cells[c].challenge.unwrap_or_default(), cf.margin);
+        if own.favours {
+            return self.promote(space, &[c], own, TestScope::Cell);
+        }
+        let joint = self.module_test.judge(&self.state.challenge, cf.margin);
+        if joint.favours {
+            let cells: Vec<usize> = (0..Context::COUNT).filter(|&c| self.state.cells[c].leader.is_some()).collect();
+            return self.promote(space, &cells, joint, TestScope::Module);
+        }
+        false
+    }
+
+    /// Serves each of `cells`' leader, recording each move with the test
+    /// that decided it; every test starts afresh against the new tables.
+    fn promote(&mut self, space: &ModuleSpace, cells: &[usize], verdict: Verdict, scope: TestScope) -> bool {
+        let defaults = space.defaults();
+        let alpha = match scope {
+            TestScope::Module => self.module_test.alpha,
+            _ => self.cell_test.alpha,
+        };
+        let mut moved = false;
+        for &c in cells {
+            let context = Context::from_index(c).expect("a context index");
+            let cell = &mut self.state.cells[c];
+            let Some(leader) = cell.leader.take() else { continue };
+            let before = cell.target.take().unwrap_or_else(|| defaults.clone());
+            let kind = if before == defaults { MoveKind::Promoted } else { MoveKind::Replaced };
+            // A leader that is the defaults serves them, unwatched.
+            cell.target = (leader != defaults).then(|| leader.clone());
+            cell.watch = None;
+            if kind == MoveKind::Promoted {
+                self.state.counts.promotions += 1;
+            }
+            tracing::debug!(module = %space.name, context = %context, ?scope, estimate = verdict.estimate,
+                lower = verdict.lower, n = verdict.n, "counterfactual move");
+            self.push_event(MoveEvent { context, kind, verdict, scope, alpha, before, values: leader });
+            moved = true;
+        }
+        self.restart_tests();
+        moved
+    }
+
+    /// Every served table may have changed: the cells' and the module's tests begin again.
+    fn restart_tests(&mut self) {
+        self.state.challenge = PairedSums::default();
+        self.state.cells.iter_mut().for_each(|cell| cell.challenge = None);
     }
 
     /// Chooses the cell's best table and tests it against the defaults.
@@ -420,18 +540,6 @@ impl Joint {
             }
         }
         let Some((_, s, choice)) = best else { return };
-        let mut paired = PairedSums::default();
-        for (g, &(k, m)) in choice.iter().enumerate() {
-            let e = cell.sums[self.index(s, g, k)];
-            let mm0 = m0(g);
-            paired.n += cell.opportunities[g];
-            paired.sum += objective.total(m * e.x, m * m * e.xx)
-                - m / mm0.max(f64::MIN_POSITIVE) * e.unseen * charge
-                - objective.total(mm0 * cell.default_y[g], mm0 * mm0 * cell.default_yy[g]);
-            // The mean difference's squares: the utility's, to first order.
-            paired.sum_sq += m * m * e.xx - 2.0 * m * mm0 * e.xy + mm0 * mm0 * cell.default_yy[g];
-        }
-        let verdict = self.test.judge(&paired, cf.margin);
         let mut table = defaults.clone();
         let (wi, ei) = (s / self.candidates.exits.len(), s % self.candidates.exits.len());
         if let Some(w) = &cf.weights {
@@ -457,34 +565,14 @@ impl Joint {
             }
         }
         self.state.counts.refits += 1;
-        let was = self.state.cells[c].target.clone();
         let cell = &mut self.state.cells[c];
-        cell.verdict = Some(verdict);
-        // Moves only on evidence, both ways: a table the test favours is
-        // served; one it no longer favours stays served (the search may have
-        // found another best, or the evidence may have thinned) until the
-        // change detector finds the defaults better since it was served.
-        let kind = match (&was, verdict.favours) {
-            (None, true) => Some(MoveKind::Promoted),
-            (Some(old), true) if *old != table => Some(MoveKind::Replaced),
-            _ => None,
-        };
-        if verdict.favours {
-            cell.target = Some(table.clone());
-        }
-        if kind.is_some() {
-            // A new table is served: the detector watches it afresh.
-            cell.watch = None;
-        }
-        if kind == Some(MoveKind::Promoted) {
-            self.state.counts.promotions += 1;
-        }
-        if let Some(kind) = kind {
-            let before = was.unwrap_or_else(|| defaults.clone());
-            self.push_event(MoveEvent { context, kind, verdict, before, values: table });
-        }
-        tracing::debug!(module = %space.name, context = %context, favours = verdict.favours,
-            estimate = verdict.estimate, lower = verdict.lower, n = verdict.n, "counterfactual refit");
+        // The search's pick is only a challenger: it is served once the
+        // outcomes after it favour it (`Joint::challenge`), never on the
+        // sums it was picked from.
+        let served = cell.target.as_ref().unwrap_or(&defaults);
+        let leader = (table != *served).then_some(table);
+        tracing::debug!(module = %space.name, context = %context, challenger = leader.is_some(), "counterfactual refit");
+        cell.leader = leader;
     }
 
     /// The change detector fired: the cell serves the defaults again and its
@@ -499,10 +587,13 @@ impl Joint {
         self.state.counts.detections += 1;
         tracing::info!(module = %space.name, context = %context, estimate = verdict.estimate, lower = verdict.lower,
             n = verdict.n, "change detected: the defaults beat the served table since it was served; back to the defaults");
+        let alpha = self.detector.alpha;
         self.push_event(MoveEvent {
             context,
             kind: MoveKind::ChangeDetected,
             verdict,
+            scope: TestScope::Detector,
+            alpha,
             before,
             values: space.defaults(),
         });
@@ -510,8 +601,9 @@ impl Joint {
 
     /// The loss budget's breaker: every cell's table goes (recorded per cell
     /// that had one, with the ledger's lower bound as the estimate).
-    pub fn spend_budget(&mut self, space: &ModuleSpace, shortfall_lower: f64, n: f64) {
+    pub fn spend_budget(&mut self, space: &ModuleSpace, cf: &Counterfactual, shortfall_lower: f64, n: f64) {
         let defaults = space.defaults();
+        self.restart_tests();
         for c in 0..Context::COUNT {
             let cell = &mut self.state.cells[c];
             cell.watch = None;
@@ -522,6 +614,8 @@ impl Joint {
                     context,
                     kind: MoveKind::BudgetSpent,
                     verdict,
+                    scope: TestScope::Budget,
+                    alpha: cf.alpha,
                     before,
                     values: defaults.clone(),
                 });
@@ -554,20 +648,53 @@ impl Joint {
     }
 }
 
-/// The promotion test. A refit tests the best of many tables, not one fixed
-/// in advance, and every context refits; so the level is split by a union
-/// bound over every table a cell can choose and every cell: the chance that
-/// any incumbent of the module moves when no table beats the defaults stays
+/// The promotion tests: each cell's at `alpha / 2` shared by the cells, the
+/// module's joint one at `alpha / 2`. With predictable leaders each is one
+/// test however many tables the refits search, so the chance that any
+/// incumbent of the module moves when no table beats the served ones stays
 /// at most `alpha` (issue 15's grouped test; `tests/integration/conservative.rs`
-/// measures it). The mixture's scale is tightest around a hundred outcomes of
-/// the module's prior noise, fixed before any data.
-fn test_for(space: &ModuleSpace, cf: &Counterfactual, candidates: &Candidates, thresholds: usize) -> MixtureTest {
+/// measures it). The mixtures' scales are fixed before any data, in
+/// opportunities of the module's prior noise: [`CELL_HORIZON`] and
+/// [`MODULE_HORIZON`].
+fn tests_for(space: &ModuleSpace, cf: &Counterfactual) -> (MixtureTest, MixtureTest) {
     let sd = space.learning.prior_noise_sd;
-    // Per slot: its threshold arms times its scale arms (plus the default scale).
-    let scales = cf.scales.iter().map(|&p| space.params[p].arms.len() + 1).max().unwrap_or(1);
-    let per_slot = (thresholds * scales) as f64;
-    let tables = candidates.shared() as f64 * per_slot.powi(candidates.slots as i32);
-    MixtureTest::new(cf.alpha / (tables * Context::COUNT as f64), 100.0 * sd * sd)
+    let cells = Context::COUNT as f64;
+    (
+        MixtureTest::new(cf.alpha / (2.0 * cells), CELL_HORIZON * sd * sd),
+        MixtureTest::new(cf.alpha / 2.0, MODULE_HORIZON * sd * sd),
+    )
+}
+
+/// Where a cell's test is tightest, in opportunities of the prior noise.
+/// When a trade's noise is ten times the differences between values (what
+/// real returns show), an edge meets a boundary of about 3.5 standard errors
+/// after some `(3.5 / 0.1)^2 = 1,225` opportunities. Tight around a hundred,
+/// the test met a streak of a few lucky leveraged trades in one cell of the
+/// nine daily stocks (187 opportunities), whose table then lost 1.2 of
+/// capital before the detector dropped it (BENCHMARKS.md, "Issue 15").
+pub const CELL_HORIZON: f64 = 1_000.0;
+
+/// Where the module's joint test is tightest: a hundred opportunities per
+/// cell, summed over the cells. An edge spread over every cell reaches it
+/// sooner than any cell reaches its own, and one cell's streak is diluted
+/// by the others.
+pub const MODULE_HORIZON: f64 = 100.0 * Context::COUNT as f64;
+
+/// A table's whole value (its scale included) on one opportunity, divided
+/// by the observation probability when taken. A trade the table would take
+/// that no branch of the serving policy could (observation probability 0)
+/// is unknown: it counts `sign` times the worst case the loss budget uses,
+/// per unit of the table's scale relative to the default's.
+fn whole_value(space: &ModuleSpace, cf: &Counterfactual, obs: &Observation, values: &[f64], sign: f64) -> f64 {
+    match obs.value(cf, values) {
+        Some(v) if obs.traded => v / obs.p_obs,
+        Some(_) => 0.0,
+        None if obs.p_obs <= 0.0 => {
+            let relative = obs.scale.map_or(1.0, |p| values[p] / space.defaults()[p].max(f64::MIN_POSITIVE));
+            sign * unseen_charge(space) * relative
+        }
+        None => 0.0,
+    }
 }
 
 /// The change detector: one fixed hypothesis per cell (the served table
@@ -835,6 +962,58 @@ mod tests {
         let cell = &flipped.state.cells[ctx.index()];
         assert!(cell.opportunities[0] < 6_000.0, "{}", cell.opportunities[0]);
         assert_eq!(flipped.target(&space, ctx)[0], 0.5);
+    }
+
+    /// The promotion test judges a leader only on outcomes that arrived
+    /// after a refit chose it: before the first refit nothing is tested,
+    /// and each later opportunity adds exactly one paired difference.
+    #[test]
+    fn a_leader_is_tested_only_on_outcomes_after_it_was_chosen() {
+        let space = sizing_space("");
+        let cf = space.counterfactual.clone().unwrap();
+        let ctx = Context::new(Session::UsPrime, Regime::Bullish);
+        let mut joint = Joint::new(&space, &cf);
+        let refit = cf.refit_every as usize;
+        for _ in 0..refit - 1 {
+            joint.observe(&space, &cf, ctx, &taken(0.05));
+        }
+        let cell = &joint.state.cells[ctx.index()];
+        assert!(cell.leader.is_none() && cell.challenge.is_none() && joint.state.challenge.n == 0.0);
+        joint.observe(&space, &cf, ctx, &taken(0.05));
+        let cell = &joint.state.cells[ctx.index()];
+        assert_eq!(cell.leader.as_deref(), Some(&[2.0][..]), "the refit's pick, the largest scale");
+        assert!(cell.challenge.is_none(), "not judged on the sums it was picked from");
+        for k in 1..=5 {
+            joint.observe(&space, &cf, ctx, &taken(0.05));
+            assert_eq!(joint.state.cells[ctx.index()].challenge.unwrap().n, k as f64);
+            assert_eq!(joint.state.challenge.n, k as f64);
+        }
+    }
+
+    /// An edge spread thinly over every cell: the module's joint test serves
+    /// every cell's leader at once, before any cell's own test would.
+    #[test]
+    fn an_edge_spread_over_every_cell_is_found_by_the_module_test_first() {
+        use rand_distr::StandardNormal;
+        let space = sizing_space("");
+        let cf = space.counterfactual.clone().unwrap();
+        let mut joint = Joint::new(&space, &cf);
+        let mut rng = Pcg64Mcg::seed_from_u64(21);
+        for t in 0..60_000 {
+            let ctx = Context::from_index(t % Context::COUNT).unwrap();
+            let u = 0.02 + 0.2 * rng.sample::<f64, _>(StandardNormal);
+            joint.observe(&space, &cf, ctx, &taken(u));
+            if !joint.events.is_empty() {
+                break;
+            }
+        }
+        let first = joint.events.first().expect("the edge is found");
+        assert_eq!(first.scope, TestScope::Module, "{first:?}");
+        assert!((first.alpha - cf.alpha / 2.0).abs() < 1e-12);
+        let moved: Vec<&MoveEvent> = joint.events.iter().filter(|e| e.scope == TestScope::Module).collect();
+        assert!(moved.len() >= Context::COUNT / 2, "most cells move together: {}", moved.len());
+        assert!(moved.iter().all(|e| e.kind == MoveKind::Promoted && e.values == vec![2.0] && e.verdict.lower > 0.0));
+        assert!(joint.state.challenge.n == 0.0, "the tests start afresh after a move");
     }
 
     /// Without exploration (observation probability 0 below the incumbent

@@ -169,9 +169,13 @@ impl ModuleLearner {
             cf.roles[p].determined() || !cf.in_scope(p, d.context.session, strategy) || d.values[p] == defaults[p]
         });
         let realised = raw_reward(&space, outcome);
+        // A decision served at the defaults earned exactly what they earn,
+        // whatever the module then did (it may decline a trade the gate
+        // allows); elsewhere the trade's counterfactual says, where it can.
         let defaults_value = match &observed {
+            _ if self.served_defaults(d) => Some(realised),
             Ok(obs) if opaque_at_defaults => obs.value(&cf, &defaults),
-            _ => self.served_defaults(d).then_some(realised),
+            _ => None,
         };
         self.ledger.record(realised, defaults_value, d.explored());
         let broke = self.check_budget();
@@ -227,7 +231,7 @@ impl ModuleLearner {
         self.incumbents.iter_mut().for_each(|i| i.clone_from(&defaults));
         let n = self.ledger.defaults.n + self.ledger.estimated_n;
         if let Some(joint) = &mut self.joint {
-            joint.spend_budget(&self.space, lower, n);
+            joint.spend_budget(&self.space, cf, lower, n);
         }
         tracing::warn!(module = %self.space.name, shortfall_lower = lower, budget,
             "the loss budget is spent: serving the defaults, nothing moves until a rollback");

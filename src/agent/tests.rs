@@ -279,3 +279,29 @@ fn a_restored_decision_that_no_longer_fits_its_space_is_not_reopened() {
     assert_eq!(other.pending_count("crypto").unwrap(), 1);
     other.report(&good.id.to_string(), reward(0.01)).unwrap();
 }
+
+/// A decision served at the defaults earned exactly what the defaults earn,
+/// whatever the module then did, traded or declined: the ledger stays at 0
+/// and is never charged the defaults' estimated value for them.
+#[test]
+fn a_declined_trade_served_at_the_defaults_costs_the_ledger_nothing() {
+    let (agent, _) = agent_with_clock(8);
+    let defaults = Spaces::builtin().get("crypto").unwrap().defaults();
+    // Every score is 1: the defaults' gate fires on every decision.
+    let features = [("momentum_score", 1.0), ("volatility_score", 1.0), ("volume_score", 1.0)];
+    for i in 0..60 {
+        let d = agent.decide("crypto", ctx(), &features, true).unwrap();
+        assert_eq!(d.values, defaults, "a cold module holds its defaults");
+        // Traded at first (the defaults' value is then known to vary), then declined.
+        let outcome = if i < 30 {
+            Outcome { reward: Some(if i % 2 == 0 { 0.01 } else { -0.01 }), traded: true, ..Default::default() }
+        } else {
+            Outcome { reward: None, traded: false, ..Default::default() }
+        };
+        agent.report(&d.id.to_string(), outcome).unwrap();
+    }
+    agent.flush();
+    let budget = agent.budget("crypto").unwrap();
+    assert_eq!(budget.shortfall_lower, 0.0, "{budget:?}");
+    assert!(!budget.spent);
+}

@@ -103,13 +103,16 @@ impl LearningEvent {
 pub struct MoveEvidence {
     /// The session × regime context that moved, `session/regime`.
     pub context: String,
-    /// The paired difference tested: `table - defaults` or `defaults - served`.
+    /// The paired difference tested: the leaders against the served tables
+    /// (per cell or per module), the defaults against the served table (the
+    /// change detector), or the ledger (the loss budget).
     pub paired: String,
     /// Its mean per opportunity, and the confidence sequence's lower bound.
     pub estimate: f64,
     pub lower_bound: f64,
     /// Paired opportunities behind it.
     pub n: f64,
+    /// The level of the test that decided it: a share of the module's `alpha`.
     pub alpha: f64,
     pub margin: f64,
 }
