@@ -1100,7 +1100,7 @@ impl Runtime {
             let cf = space.counterfactual.as_ref();
             let paired = e.scope.paired();
             let reason = format!(
-                "{}: context {}, paired {} per opportunity, estimate {:.6}, confidence-sequence lower bound {:.6}, n {}; \
+                "{}: context {}, paired {}, estimate {:.6}, confidence-sequence lower bound {:.6}, n {}; \
                  normal-mixture confidence sequence at alpha {}, margin {}",
                 e.kind.event_name(),
                 e.context,

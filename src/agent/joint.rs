@@ -7,11 +7,10 @@
 //! observation probability `p_obs` (see `counterfactual.rs`), candidate
 //! `(s, theta, m)` is worth `v = [score_s >= theta] * (traded ? u_s * m / p_obs : 0)`,
 //! unbiased for its expected reward. The value is linear in `m`, so a cell
-//! keeps, per shared candidate `s`, slot and threshold arm, three running sums
-//! (of `x = [fires] u_s / p_obs`, of `x^2`, and of `x` times the defaults'
-//! `y`); with the defaults' own sums that gives every table's paired
-//! difference from the defaults, its sum and its sum of squares, exactly and
-//! in O(1) memory per table.
+//! keeps, per shared candidate `s`, slot and threshold arm, the running sums
+//! of `x = [fires] u_s / p_obs` and of `x^2` (and the unseen trades): every
+//! table's total under the module's objective, exactly and in O(1) memory
+//! per table.
 //!
 //! A refit every `refit_every` outcomes picks, per shared candidate, each
 //! slot's best (theta, m) and keeps the best total: the cell's *leader*. The
@@ -118,7 +117,6 @@ pub fn weight_candidates(members: &[&Parameter]) -> Vec<Vec<f64>> {
 pub struct Sums {
     pub x: f64,
     pub xx: f64,
-    pub xy: f64,
     /// Opportunities where this candidate's gate fires on a trade that no
     /// branch of the serving policy could have taken (observation
     /// probability 0): their return is unknown, not 0, and the refit
@@ -140,9 +138,7 @@ fn unseen_charge(space: &ModuleSpace) -> f64 {
 pub struct CellJoint {
     /// `[(s * slots + slot) * thresholds + k]`.
     pub sums: Vec<Sums>,
-    /// Per slot: the defaults' sums of `y` and `y^2`, and the opportunities.
-    pub default_y: Vec<f64>,
-    pub default_yy: Vec<f64>,
+    /// Per slot: the opportunities.
     pub opportunities: Vec<f64>,
     pub since_refit: u64,
     /// The last refit's best table, when it is not the served one: the
@@ -227,8 +223,8 @@ impl TestScope {
         match self {
             TestScope::Cell => "leader - served, per opportunity of the cell",
             TestScope::Module => "leaders - served, per opportunity of the module",
-            TestScope::Detector => "defaults - served",
-            TestScope::Budget => "realised - defaults (the ledger's lower bound)",
+            TestScope::Detector => "defaults - served, per opportunity since it was served",
+            TestScope::Budget => "realised - defaults, summed over decisions (the ledger's lower bound)",
         }
     }
 }
@@ -318,8 +314,6 @@ impl Joint {
             && state.cells.len() == Context::COUNT
             && state.cells.iter().all(|c| {
                 c.sums.len() == fresh.sums.len()
-                    && c.default_y.len() == fresh.default_y.len()
-                    && c.default_yy.len() == fresh.default_yy.len()
                     && c.opportunities.len() == fresh.opportunities.len()
                     && [&c.target, &c.leader]
                         .iter()
@@ -367,14 +361,13 @@ impl Joint {
             .collect();
         let inv_p = if obs.traded { 1.0 / obs.p_obs } else { 0.0 };
         let gate_arms: &[f64] = obs.gate.map_or(&[][..], |g| &space.params[g].arms);
-        // The defaults' value per unit of their scale.
-        let theta0 = obs.gate.map(|g| defaults[g]);
-        let fires0 = theta0.is_none_or(|t| scores[0] >= t);
-        let y = if fires0 { units[0] * inv_p } else { 0.0 };
         let curvature = space.reward.objective.curvature();
-        let mut changed = self.challenge(space, cf, context, obs);
+        let mut changed = self.challenge(space, cf, context, obs, &defaults);
         if let Some(target) = self.state.cells[c].target.clone() {
-            let (v, y) = (whole_value(space, cf, obs, &target, 0.0), whole_value(space, cf, obs, &defaults, 0.0));
+            let (v, y) = (
+                whole_value(space, cf, obs, &defaults, &target, 0.0),
+                whole_value(space, cf, obs, &defaults, &defaults, 0.0),
+            );
             let watch = self.state.cells[c].watch.get_or_insert_with(PairedSums::default);
             watch.push((v - y) - curvature * (v * v - y * y));
             // Page's CUSUM restart: while the target is not behind the
@@ -393,8 +386,6 @@ impl Joint {
             }
         }
         let cell = &mut self.state.cells[c];
-        cell.default_y[slot] += y;
-        cell.default_yy[slot] += y * y;
         cell.opportunities[slot] += 1.0;
         debug_assert_eq!((scores.len(), units.len()), (nw, ne));
         for (wi, &score) in scores.iter().enumerate() {
@@ -411,7 +402,6 @@ impl Joint {
                     let e = &mut cell.sums[i];
                     e.x += x_all;
                     e.xx += x_all * x_all;
-                    e.xy += x_all * y;
                     if !obs.traded && obs.p_obs <= 0.0 {
                         e.unseen += 1.0;
                     }
@@ -431,15 +421,22 @@ impl Joint {
     /// Adds the opportunity to the cell's and the module's tests of the
     /// leaders against the served tables, before any refit sees it, and
     /// moves what they favour. Returns whether a served table changed.
-    fn challenge(&mut self, space: &ModuleSpace, cf: &Counterfactual, context: Context, obs: &Observation) -> bool {
+    fn challenge(
+        &mut self,
+        space: &ModuleSpace,
+        cf: &Counterfactual,
+        context: Context,
+        obs: &Observation,
+        defaults: &[f64],
+    ) -> bool {
         let c = context.index();
         let Some(leader) = self.state.cells[c].leader.as_deref() else { return false };
-        let defaults = space.defaults();
-        let served = self.state.cells[c].target.as_deref().unwrap_or(&defaults);
+        let served = self.state.cells[c].target.as_deref().unwrap_or(defaults);
         // An unseen trade the leader would take is charged at the worst
         // case; one the served table would take, credited at the best: the
         // test never favours the leader on what nobody saw.
-        let (v, y) = (whole_value(space, cf, obs, leader, -1.0), whole_value(space, cf, obs, served, 1.0));
+        let (v, y) =
+            (whole_value(space, cf, obs, defaults, leader, -1.0), whole_value(space, cf, obs, defaults, served, 1.0));
         let d = (v - y) - space.reward.objective.curvature() * (v * v - y * y);
         self.state.cells[c].challenge.get_or_insert_with(PairedSums::default).push(d);
         self.state.challenge.push(d);
@@ -491,7 +488,8 @@ impl Joint {
         self.state.cells.iter_mut().for_each(|cell| cell.challenge = None);
     }
 
-    /// Chooses the cell's best table and tests it against the defaults.
+    /// Chooses the cell's best table: its leader, which the outcomes after
+    /// this refit test against the served table ([`Joint::challenge`]).
     pub fn refit(&mut self, space: &ModuleSpace, cf: &Counterfactual, context: Context) {
         let c = context.index();
         let defaults = space.defaults();
@@ -635,8 +633,6 @@ impl Joint {
     fn new_cell(candidates: &Candidates, thresholds: usize) -> CellJoint {
         CellJoint {
             sums: vec![Sums::default(); candidates.shared() * candidates.slots * thresholds],
-            default_y: vec![0.0; candidates.slots],
-            default_yy: vec![0.0; candidates.slots],
             opportunities: vec![0.0; candidates.slots],
             ..CellJoint::default()
         }
@@ -685,12 +681,19 @@ pub const MODULE_HORIZON: f64 = 100.0 * Context::COUNT as f64;
 /// that no branch of the serving policy could (observation probability 0)
 /// is unknown: it counts `sign` times the worst case the loss budget uses,
 /// per unit of the table's scale relative to the default's.
-fn whole_value(space: &ModuleSpace, cf: &Counterfactual, obs: &Observation, values: &[f64], sign: f64) -> f64 {
+fn whole_value(
+    space: &ModuleSpace,
+    cf: &Counterfactual,
+    obs: &Observation,
+    defaults: &[f64],
+    values: &[f64],
+    sign: f64,
+) -> f64 {
     match obs.value(cf, values) {
         Some(v) if obs.traded => v / obs.p_obs,
         Some(_) => 0.0,
         None if obs.p_obs <= 0.0 => {
-            let relative = obs.scale.map_or(1.0, |p| values[p] / space.defaults()[p].max(f64::MIN_POSITIVE));
+            let relative = obs.scale.map_or(1.0, |p| values[p] / defaults[p].max(f64::MIN_POSITIVE));
             sign * unseen_charge(space) * relative
         }
         None => 0.0,
@@ -731,8 +734,7 @@ mod tests {
 
     /// Random observations of one cell; then for random tables the sums give
     /// exactly what adding up each opportunity's credited value (divided by
-    /// its observation probability) gives: the value, its paired difference
-    /// from the defaults, and that difference's sum of squares.
+    /// its observation probability) gives: the value and its sum of squares.
     #[test]
     fn the_sums_are_every_tables_paired_values() {
         for module in ["stocks", "options", "crypto"] {
@@ -801,26 +803,20 @@ mod tests {
                 if let Some(g) = gate {
                     values[g] = space.params[g].arms[k];
                 }
-                let (m, m0) = match scale {
-                    Some(p) => (space.params[p].arms[rng.random_range(0..5)], defaults[p]),
-                    None => (1.0, 1.0),
-                };
+                let m = scale.map_or(1.0, |p| space.params[p].arms[rng.random_range(0..5)]);
                 if let Some(p) = scale {
                     values[p] = m;
                 }
-                let (mut v, mut d, mut dd) = (0.0, 0.0, 0.0);
+                let (mut v, mut vv) = (0.0, 0.0);
                 for o in seen.iter().filter(|o| o.slot == slot) {
-                    let (vc, vd) = (ipv(o, &values), ipv(o, &defaults));
+                    let vc = ipv(o, &values);
                     v += vc;
-                    d += vc - vd;
-                    dd += (vc - vd) * (vc - vd);
+                    vv += vc * vc;
                 }
                 let e = cell.sums[joint.index(s, slot, k)];
                 let tol = |a: f64| 1e-9 * (1.0 + a.abs());
                 assert!((m * e.x - v).abs() < tol(v), "{module}: value {} vs {v}", m * e.x);
-                assert!((m * e.x - m0 * cell.default_y[slot] - d).abs() < tol(d), "{module}: difference");
-                let sq = m * m * e.xx - 2.0 * m * m0 * e.xy + m0 * m0 * cell.default_yy[slot];
-                assert!((sq - dd).abs() < tol(dd), "{module}: squares {sq} vs {dd}");
+                assert!((m * m * e.xx - vv).abs() < tol(vv), "{module}: squares {} vs {vv}", m * m * e.xx);
             }
         }
     }

@@ -385,7 +385,7 @@ mod tests {
         // Counterfactual state of another shape is dropped with a warning; the
         // learner still serves.
         let mut cp = good.clone();
-        cp.counterfactual.as_mut().expect("crypto declares roles").cells[0].default_y.clear();
+        cp.counterfactual.as_mut().expect("crypto declares roles").cells[0].opportunities.clear();
         let back = cp.to_learner(l.space.clone(), 1).unwrap();
         assert_eq!(back.incumbents, l.incumbents);
     }
