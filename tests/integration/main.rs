@@ -8,6 +8,7 @@ mod demo;
 mod e2e;
 mod eval;
 mod invariants;
+mod layering;
 mod learning;
 mod outage;
 mod policy;
