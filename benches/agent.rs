@@ -18,7 +18,7 @@ mod common;
 use common::{warm_agent, warm_agent_over, FEATURES};
 use paramopt::agent::counterfactual::blend;
 use paramopt::agent::{AbServing, AbTest, Agent, AgentOptions, Decision, Evidence, Outcome, Settled};
-use paramopt::eval::ab::AbSettings;
+use paramopt::rollout::AbSettings;
 use paramopt::space::ModuleSpace;
 use paramopt::space::{Context, Spaces};
 use rand::{Rng, SeedableRng};

@@ -21,11 +21,10 @@ use crate::agent::{
 };
 use crate::bandit::Stats;
 use crate::decision_log::DecisionLog;
-use crate::eval::ab::{
-    ab_verdict, degraded, estimate_se, stratified, AbSettings, AbVerdict, Comparison, Degradation, Watch,
-};
+use crate::eval::ab::{ab_verdict, degraded, estimate_se, stratified, AbVerdict, Comparison, Degradation, Watch};
 use crate::eval::effectiveness::effectiveness;
 use crate::eval::ope::{doubly_robust, Estimate, LoggedDecision, TargetPolicy};
+use crate::rollout::AbSettings;
 use crate::space::{Context, ModuleSpace, ParamKind, Spaces};
 use crate::store::retention::Retention;
 use crate::store::{

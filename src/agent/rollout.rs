@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::bandit::Stats;
-use crate::eval::ab::AbSettings;
+use crate::rollout::AbSettings;
 
 use super::splitmix64;
 use super::view::{CellView, Choice};

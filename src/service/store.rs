@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::agent::{Decision, Outcome};
-use crate::eval::ab::AbSettings;
 use crate::eval::ope::Estimate;
+use crate::rollout::AbSettings;
 use crate::runtime::Challenger;
 use crate::store::TradeRecord;
 use crate::store::{LearningEvent, ParameterEffectiveness};

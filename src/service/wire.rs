@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::agent::{AbTest, Decision};
 use crate::bandit::Stats;
-use crate::eval::ab::{AbSettings, AbSettingsError};
+use crate::rollout::{AbSettings, AbSettingsError};
 use crate::runtime::{AbResult, Challenger};
 use crate::space::{Context, ModuleSpace, Regime, Session, UndeclaredFeatures};
 use crate::store::trade::shorten;

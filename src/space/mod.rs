@@ -202,6 +202,11 @@ pub struct SafetyConfig {
     pub loss_budget: f64,
 }
 
+/// Fewer outcomes per side than this and the normal approximation is not
+/// trusted: the least rollback window a model file may set, and the least
+/// `min_outcomes` of an A/B test (`rollout::AbSettings`).
+pub const MIN_OUTCOMES: u64 = 30;
+
 /// The automatic rollback watch: the live policy's rolling reward over the
 /// last `window` decisions against an earlier generation's and the seed
 /// defaults' off-policy estimate.

@@ -283,14 +283,10 @@ impl ModuleSpec {
         let r = self.rollback.clone().unwrap_or_default();
         let rollback = RollbackConfig {
             enabled: r.enabled,
-            window: if r.window as u64 >= crate::eval::ab::MIN_OUTCOMES {
+            window: if r.window as u64 >= super::MIN_OUTCOMES {
                 r.window
             } else {
-                return Err(c.fail(
-                    "rollback.window",
-                    r.window,
-                    format!("must be >= {}", crate::eval::ab::MIN_OUTCOMES),
-                ));
+                return Err(c.fail("rollback.window", r.window, format!("must be >= {}", super::MIN_OUTCOMES)));
             },
             margin: if r.margin.is_finite() && r.margin >= 0.0 {
                 r.margin
