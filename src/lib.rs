@@ -22,3 +22,4 @@ pub mod rollout;
 pub mod runtime;
 pub mod service;
 pub mod supervisor;
+pub mod util;

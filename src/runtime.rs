@@ -16,9 +16,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::agent::{
-    module_seed, splitmix64, AbServing, AbTest, Agent, AgentError, AgentOptions, Journal, ModuleLearner,
-};
+use crate::agent::{module_seed, AbServing, AbTest, Agent, AgentError, AgentOptions, Journal, ModuleLearner};
 use crate::bandit::Stats;
 use crate::decision_log::DecisionLog;
 use crate::eval::ab::{ab_verdict, degraded, estimate_se, stratified, AbVerdict, Comparison, Degradation, Watch};
@@ -32,6 +30,7 @@ use crate::store::{
     LearningEvent, LearningEventKind, MoveEvidence, OptimizationData, ParameterEffectiveness, PerformancePoint, Store,
     StoreError,
 };
+use crate::util::splitmix64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 use crate::bandit::{thompson_propensities, BanditSettings, ModuleStats, Nig};
 use crate::policy::{PolicyError, PolicySnapshot, PolicyTrainer, Sample};
 use crate::space::{Context, ModuleSpace, Parameter};
+use crate::util::project_simplex;
 
 use super::budget::{BudgetView, LossLedger};
 use super::counterfactual::{observe, raw_reward, strategy_of, Unusable};
 use super::joint::{without_weights, Joint, JointState};
 use super::rollout::{AbArm, AbTest, RewardWindow};
-use super::safety::{project_simplex, trust_box, trust_width};
+use super::safety::{trust_box, trust_width};
 use super::view::{CellView, ModuleView, ParamView};
 use super::{Decision, Settled};
 use crate::space::Counterfactual;

@@ -36,6 +36,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
 use crate::space::{Context, ModuleSpace, Spaces};
+use crate::util::splitmix64;
 
 pub use budget::{BudgetView, LossLedger};
 pub use counterfactual::{
@@ -1135,14 +1136,6 @@ fn declared_strategy(space: &ModuleSpace, strategy: &str) -> Result<Option<usize
 pub fn module_seed(seed: u64, module: &str) -> u64 {
     let h = module.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     splitmix64(seed ^ h)
-}
-
-/// A fast, well-mixed 64-bit hash (Steele et al.), for seeds and run ids.
-pub fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bandit::Stats;
 use crate::rollout::AbSettings;
+use crate::util::splitmix64;
 
-use super::splitmix64;
 use super::view::{CellView, Choice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -12,9 +12,9 @@ use rand_distr::StandardNormal;
 use crate::bandit::{sample_argmax, Stats};
 use crate::policy::{gaussian_log_density, offset_value, refine_box, PolicySnapshot};
 use crate::space::{Context, ModuleSpace};
+use crate::util::project_simplex;
 
 use super::rollout::AbTest;
-use super::safety::project_simplex;
 
 #[derive(Debug, Clone)]
 pub struct ParamView {

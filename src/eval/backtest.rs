@@ -545,7 +545,7 @@ pub fn run_stream(stream: Arc<Stream>, opts: &BacktestOptions) -> Result<ModuleB
     ];
     for (i, policy) in learners.iter_mut().enumerate() {
         let name = policy.name().to_string();
-        let rng = Pcg64Mcg::seed_from_u64(crate::agent::splitmix64(opts.seed ^ (0xba5e + i as u64)));
+        let rng = Pcg64Mcg::seed_from_u64(crate::util::splitmix64(opts.seed ^ (0xba5e + i as u64)));
         let mut driver = BaselineDriver { policy: policy.as_mut(), space: &space, rng };
         passes.push((name.clone(), drive(&stream, &mut driver, &progress(&name))?));
     }
@@ -595,7 +595,7 @@ pub fn compare_served(
     }
     let space = stream.space.clone();
     let mut defaults = Fixed::defaults(&space);
-    let rng = Pcg64Mcg::seed_from_u64(crate::agent::splitmix64(opts.seed ^ 0xba5e));
+    let rng = Pcg64Mcg::seed_from_u64(crate::util::splitmix64(opts.seed ^ 0xba5e));
     let mut driver = BaselineDriver { policy: &mut defaults, space: &space, rng };
     let defaults_pass = drive(&stream, &mut driver, &|_| {})?;
     let passes = vec![("agent".to_string(), agent), ("defaults".to_string(), defaults_pass)];
@@ -646,7 +646,7 @@ fn assemble(
     let oos_returns = stream.returns_of(0..n, |c| arm_values(&space, &oracle_first.arms[c.index()]));
     let oos_traded = traded_of(&oracle_first, 0..n);
     let first_half_fit = Metrics::of(&oos_returns[half..], &oos_traded[half..], stream.periods_per_year);
-    let mut rng = Pcg64Mcg::seed_from_u64(crate::agent::splitmix64(seed ^ 0xe7c));
+    let mut rng = Pcg64Mcg::seed_from_u64(crate::util::splitmix64(seed ^ 0xe7c));
     let known_by = stream.opportunities.get(half).map_or(usize::MAX, |o| o.bar);
     let committed = baselines::explore_then_commit(
         &space,

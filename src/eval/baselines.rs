@@ -13,8 +13,8 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 use rand_pcg::Pcg64Mcg;
 
-use crate::agent::safety::project_simplex;
 use crate::space::{Context, ModuleSpace};
+use crate::util::project_simplex;
 
 use super::trading::{Opportunity, Rule};
 

@@ -10,8 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_pcg::Pcg64Mcg;
 
-use crate::agent::safety::project_simplex;
 use crate::space::{Context, ModuleSpace, ParamKind};
+use crate::util::project_simplex;
 
 #[derive(Debug, Clone)]
 pub struct SyntheticEnv {
