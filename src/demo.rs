@@ -212,7 +212,7 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
         outln!("{}", closing::verdict(m, budget));
     }
 
-    let panels: Vec<_> = report.modules.iter().map(backtest::returns_panel).collect();
+    let panels: Vec<_> = report.modules.iter().map(paramopt::plot::returns_panel).collect();
     let chart = paramopt::plot::returns_chart(&panels)?;
     let [svg, png] = chart.write(&opts.data_dir, "returns")?;
     outln!(

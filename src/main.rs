@@ -638,7 +638,7 @@ fn backtest(spaces: &Spaces, args: &BacktestCli) -> Result<()> {
     if let (Some(dir), Some(report)) = (&args.plot, reports.last()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for m in &report.modules {
-            let chart = paramopt::plot::returns_chart(&[backtest::returns_panel(m)])?;
+            let chart = paramopt::plot::returns_chart(&[paramopt::plot::returns_panel(m)])?;
             for path in chart.write(dir, &format!("backtest-{}", m.module))? {
                 eprintln!("wrote {}", path.display());
             }

@@ -23,6 +23,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 use plotters_backend::{BackendColor, BackendCoord, BackendTextStyle, DrawingErrorKind};
 
+use crate::eval::backtest::ModuleBacktest;
+
 /// The font every chart's text uses, compiled in.
 const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 /// The family the font is registered as, and that the SVGs name.
@@ -98,6 +100,21 @@ pub struct ReturnsPanel {
     /// The first decision of the second half, marked on both panels.
     pub second_half_from: usize,
     pub lines: Vec<Line>,
+}
+
+/// The policies the return charts draw: the agent, the defaults and the
+/// out-of-sample oracle (the best fixed choice the first half revealed).
+pub const PLOTTED: [&str; 3] = ["agent", "defaults", "oracle-oos"];
+
+/// A module's block of a return chart ([`returns_chart`]): the
+/// [`PLOTTED`] policies it has, per decision over the whole stream.
+pub fn returns_panel(m: &ModuleBacktest) -> ReturnsPanel {
+    let lines = PLOTTED
+        .iter()
+        .filter_map(|name| m.policy(name))
+        .map(|p| Line { policy: p.policy.clone(), returns: p.returns.clone() })
+        .collect();
+    ReturnsPanel { module: m.module.clone(), second_half_from: m.second_half_from, lines }
 }
 
 /// Per panel, stacked: the cumulative return (the running sum of

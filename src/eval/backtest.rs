@@ -29,7 +29,6 @@ use serde::Serialize;
 
 use crate::agent::{Agent, AgentError, AgentOptions, Evidence, ModuleView, Outcome};
 use crate::eval::simulate::align;
-use crate::plot::{Line, ReturnsPanel};
 use crate::space::{Context, ModuleSpace, Spaces};
 
 use super::baselines::{self, arm_values, Baseline, EpsilonGreedy, Fixed, Thompson, Ucb1, UniformRandom};
@@ -809,19 +808,4 @@ pub fn table(report: &BacktestReport) -> String {
         );
     }
     out
-}
-
-/// The policies the return charts draw: the agent, the defaults and the
-/// out-of-sample oracle (the best fixed choice the first half revealed).
-pub const PLOTTED: [&str; 3] = ["agent", "defaults", "oracle-oos"];
-
-/// A module's block of a return chart ([`crate::plot::returns_chart`]): the
-/// [`PLOTTED`] policies it has, per decision over the whole stream.
-pub fn returns_panel(m: &ModuleBacktest) -> ReturnsPanel {
-    let lines = PLOTTED
-        .iter()
-        .filter_map(|name| m.policy(name))
-        .map(|p| Line { policy: p.policy.clone(), returns: p.returns.clone() })
-        .collect();
-    ReturnsPanel { module: m.module.clone(), second_half_from: m.second_half_from, lines }
 }
