@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
 use crate::agent::ModuleLearner;
-use crate::eval::simulate::align;
 use crate::plot::{self, ArmPoint, Rendered};
+use crate::report::align;
 use crate::space::{Context, ModuleSpace};
 use crate::store::{Checkpoint, CheckpointMeta, Store};
 

@@ -18,6 +18,7 @@ pub mod eval;
 pub mod inspect;
 pub mod plot;
 pub mod policy;
+pub mod report;
 pub mod rollout;
 pub mod runtime;
 pub mod service;

@@ -393,7 +393,7 @@ fn run() -> Result<()> {
             if *json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                out!("{}", simulate::table(&report));
+                out!("{}", paramopt::report::simulate::table(&report));
             }
         }
         Command::Demo { seed, synthetic, bars, data_dir, png, addr } => {
@@ -630,7 +630,7 @@ fn backtest(spaces: &Spaces, args: &BacktestCli) -> Result<()> {
         }
         eprintln!("seed {seed}: {:.1} s", started.elapsed().as_secs_f64());
         if !args.json {
-            out!("{}", backtest::table(&report));
+            out!("{}", paramopt::report::backtest::table(&report));
             outln!();
         }
         reports.push(report);
@@ -650,7 +650,7 @@ fn backtest(spaces: &Spaces, args: &BacktestCli) -> Result<()> {
             outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": reports, "means": summary}))?)
         }
         (true, None) => outln!("{}", serde_json::to_string_pretty(&reports[0])?),
-        (false, Some(summary)) => out!("{}", seeds::table(&summary)),
+        (false, Some(summary)) => out!("{}", paramopt::report::seeds::table(&summary)),
         (false, None) => {}
     }
     Ok(())
@@ -801,5 +801,5 @@ fn spaces_table(spaces: &Spaces) -> String {
             ]);
         }
     }
-    paramopt::eval::simulate::align(&rows)
+    paramopt::report::align(&rows)
 }

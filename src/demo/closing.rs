@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use paramopt::agent::BudgetStatus;
 use paramopt::eval::backtest::{BacktestReport, ModuleBacktest, PolicyResult};
-use paramopt::eval::simulate::align;
+use paramopt::report::align;
 
 /// The policies of the table, in its order.
 pub const POLICIES: [&str; 3] = ["agent", "defaults", "oracle-oos"];

@@ -338,7 +338,7 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "Operations at a glance (docs/dashboard.md).",
         params: &[],
         body: None,
-        answer: Answer::Json(schema::<wire::DashboardOverview>),
+        answer: Answer::Json(schema::<super::dashboard::wire::DashboardOverview>),
         errors: &[422],
     },
     Operation {
@@ -347,7 +347,7 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "Every incumbent in every context.",
         params: &[MODULE],
         body: None,
-        answer: Answer::Json(schema::<wire::DashboardGrid>),
+        answer: Answer::Json(schema::<super::dashboard::wire::DashboardGrid>),
         errors: &[422],
     },
     Operation {
@@ -368,7 +368,7 @@ pub const OPERATIONS: &[Operation] = &[
             POINTS,
         ],
         body: None,
-        answer: Answer::Json(schema::<wire::DashboardHistory>),
+        answer: Answer::Json(schema::<super::dashboard::wire::DashboardHistory>),
         errors: &[422, 503],
     },
     Operation {
@@ -377,7 +377,7 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "Whether the module is learning: rewards per generation, the defaults' estimate, posteriors.",
         params: &[MODULE, POINTS],
         body: None,
-        answer: Answer::Json(schema::<wire::DashboardProgress>),
+        answer: Answer::Json(schema::<super::dashboard::wire::DashboardProgress>),
         errors: &[422, 503],
     },
     Operation {
@@ -386,7 +386,7 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "The rows of `parameter_effectiveness`.",
         params: &[MODULE],
         body: None,
-        answer: Answer::Json(schema::<wire::DashboardEffectiveness>),
+        answer: Answer::Json(schema::<super::dashboard::wire::DashboardEffectiveness>),
         errors: &[422, 503],
     },
     Operation {

@@ -509,7 +509,7 @@ fn held_out_sp500_market_backtests_stocks_on_twenty_tickers() {
     assert_ne!(ma.policy("thompson").unwrap().second_half, mb.policy("thompson").unwrap().second_half);
     let mean = |n: &str| ma.policy(n).unwrap().second_half.mean_return;
     assert!(mean("oracle") >= mean("defaults") && mean("oracle") >= mean("oracle-oos"));
-    let table = backtest::table(&a);
+    let table = paramopt::report::backtest::table(&a);
     let header = table.lines().find(|l| l.starts_with("policy")).unwrap();
     assert!(header.contains("total 2nd  growth 2nd  sharpe 2nd"), "{header}");
 }

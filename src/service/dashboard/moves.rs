@@ -17,7 +17,8 @@ use crate::store::{LearningEvent, LearningEventKind};
 
 use super::super::error::ApiError;
 use super::super::extract::{PathParams, QueryPairs};
-use super::{count_query, events, json, on_store, Dashboard};
+use super::history::events;
+use super::{count_query, json, on_store, Dashboard};
 
 /// Moves kept per module in the dashboard's cache, newest.
 pub(super) const MAX_MOVES: usize = 500;
