@@ -12,30 +12,22 @@ use crate::agent::Agent;
 
 use super::store::CheckpointStore;
 
-/// The routes of the contract, as matched by the router; latency is kept per route.
-pub const ROUTES: [&str; 21] = [
-    "/v1/decisions",
-    "/v1/outcomes",
-    "/v1/parameters/{module}",
-    "/v1/modules",
-    "/v1/checkpoints",
-    "/v1/checkpoints/{module}/{generation}",
-    "/v1/checkpoints/{module}",
-    "/v1/rollback",
-    "/v1/ab-tests",
-    "/v1/ab-tests/{module}",
-    "/healthz",
-    "/metrics",
-    "/",
-    "/dashboard/app.js",
-    "/dashboard/style.css",
-    "/v1/dashboard/overview",
-    "/v1/dashboard/modules/{module}/grid",
-    "/v1/dashboard/modules/{module}/history",
-    "/v1/dashboard/modules/{module}/progress",
-    "/v1/dashboard/modules/{module}/effectiveness",
-    "unmatched",
-];
+/// The label of a request no route matched (a 404 before routing).
+const UNMATCHED: &str = "unmatched";
+
+/// The route labels, as the router matches them (`MatchedPath`): the
+/// paths of the OpenAPI table, which the service tests hold equal to the
+/// router's routes, so no route can be missing here; then `unmatched`.
+fn route_labels() -> Vec<&'static str> {
+    let mut labels: Vec<&'static str> = Vec::new();
+    for op in super::openapi::OPERATIONS {
+        if !labels.contains(&op.path) {
+            labels.push(op.path);
+        }
+    }
+    labels.push(UNMATCHED);
+    labels
+}
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 16] =
@@ -64,6 +56,8 @@ impl RouteMetrics {
 }
 
 pub struct Metrics {
+    /// Latency is kept per route: `labels[i]`'s figures are `routes[i]`.
+    labels: Vec<&'static str>,
     routes: Vec<RouteMetrics>,
     /// Undeclared features decisions sent, per (module, feature).
     pub undeclared: super::undeclared::UndeclaredFeatures,
@@ -75,8 +69,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let labels = route_labels();
         Metrics {
-            routes: ROUTES.iter().map(|_| RouteMetrics::new()).collect(),
+            routes: labels.iter().map(|_| RouteMetrics::new()).collect(),
+            labels,
             undeclared: Default::default(),
             store_errors: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
@@ -87,9 +83,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Index of a matched route in [`ROUTES`]; anything else is `unmatched`.
-    pub fn route_index(matched: Option<&str>) -> usize {
-        matched.and_then(|m| ROUTES.iter().position(|r| *r == m)).unwrap_or(ROUTES.len() - 1)
+    /// Index of a matched route (the request's `MatchedPath`) among the
+    /// labels; anything else is `unmatched`, the last.
+    pub fn route_index(&self, matched: Option<&str>) -> usize {
+        matched.and_then(|m| self.labels.iter().position(|r| *r == m)).unwrap_or(self.labels.len() - 1)
     }
 
     pub fn observe(&self, route: usize, status: u16, seconds: f64) {
@@ -301,7 +298,7 @@ impl Metrics {
             "# HELP paramopt_http_requests_total HTTP requests answered, by route and status.\n\
              # TYPE paramopt_http_requests_total counter"
         );
-        for (route, r) in ROUTES.iter().zip(&self.routes) {
+        for (route, r) in self.labels.iter().zip(&self.routes) {
             for (status, c) in r.statuses.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
                 if n > 0 {
@@ -314,7 +311,7 @@ impl Metrics {
             "# HELP paramopt_http_request_duration_seconds Time to answer an HTTP request, by route.\n\
              # TYPE paramopt_http_request_duration_seconds histogram"
         );
-        for (route, r) in ROUTES.iter().zip(&self.routes) {
+        for (route, r) in self.labels.iter().zip(&self.routes) {
             let count = r.count.load(Ordering::Relaxed);
             if count == 0 {
                 continue;

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 use super::error::{error_response, ApiError};
-use super::metrics::Metrics;
 use super::AppState;
 
 /// Request ids `<process prefix>-<counter>`: unique across restarts (the prefix
@@ -84,9 +83,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Counts the request and its latency under its matched route.
 pub async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = Metrics::route_index(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
+    let metrics = state.metrics();
+    let route = metrics.route_index(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
     let response = next.run(req).await;
-    state.metrics().observe(route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    metrics.observe(route, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
 }
 

@@ -1503,6 +1503,31 @@ fn router_routes() -> Vec<(String, String)> {
     routes
 }
 
+/// Every route of the router is counted under its own label, the path it
+/// matched: the labels come from the router's table, not a hand-kept list
+/// (which once missed the moves and OpenAPI routes, counting them `unmatched`).
+#[tokio::test]
+async fn metrics_label_every_route_of_the_router_by_its_matched_path() {
+    let app = app(state_with(support::agent(31), ServiceOptions::default(), Hooks::default()));
+    let gets = ["/v1/openapi.json", "/v1/dashboard/modules/crypto/moves", "/v1/modules", "/healthz"];
+    for path in gets {
+        send(&app, get(path)).await;
+    }
+    send(&app, get("/no/such/route")).await;
+    let m = send(&app, get("/metrics")).await.text;
+    for label in ["/v1/openapi.json", "/v1/dashboard/modules/{module}/moves", "/v1/modules", "/healthz"] {
+        assert!(
+            m.contains(&format!("paramopt_http_request_duration_seconds_count{{route=\"{label}\"}} 1")),
+            "{label}: {m}"
+        );
+    }
+    assert!(m.contains("paramopt_http_request_duration_seconds_count{route=\"unmatched\"} 1"), "{m}");
+    for (method, path) in router_routes() {
+        let op = paramopt::service::openapi::OPERATIONS.iter().find(|o| o.path == path && o.method == method);
+        assert!(op.is_some(), "{method} {path} has a label");
+    }
+}
+
 // ---------------------------------------------------------------- the OpenAPI document
 
 /// No route is missing from the OpenAPI document, and it has no operation the
