@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Seconds since the Unix epoch.
@@ -15,7 +14,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> f64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+        crate::util::now_secs()
     }
 }
 

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::agent::{Decision, DecisionId, Journal, Settled};
+use crate::util::now_secs;
 
 const FILE_NAME: &str = "outcomes.jsonl";
 /// The sequence number through which the decision log has stored entries.
@@ -522,10 +523,6 @@ fn keeps_as_gone(
         }
         Kind::Decided(_) => false,
     }
-}
-
-fn now_secs() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// Calls `f` with every entry numbered up to `through` in the first `len`

@@ -261,10 +261,7 @@ pub fn validate_module(module: &str) -> StoreResult<()> {
     }
 }
 
-/// Seconds since the Unix epoch, now.
-pub fn now_secs() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
+pub use crate::util::now_secs;
 
 /// `secs` since the epoch as an RFC 3339 UTC timestamp with milliseconds,
 /// the plan's format (`2025-05-31T10:30:00Z`).
