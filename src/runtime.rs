@@ -21,7 +21,7 @@ use crate::bandit::Stats;
 use crate::decision_log::DecisionLog;
 use crate::eval::ab::{ab_verdict, degraded, estimate_se, stratified, AbVerdict, Comparison, Degradation, Watch};
 use crate::eval::effectiveness::effectiveness;
-use crate::eval::ope::{doubly_robust, Estimate, LoggedDecision, TargetPolicy};
+use crate::ope::{doubly_robust, Estimate, LoggedDecision, OpeError, TargetPolicy};
 use crate::rollout::AbSettings;
 use crate::space::{Context, ModuleSpace, ParamKind, Spaces};
 use crate::store::retention::Retention;
@@ -234,7 +234,7 @@ const EFFECTIVENESS_EVERY_SECS: f64 = 60.0;
 pub struct LogAnalysis {
     pub decisions: usize,
     pub rows: Vec<ParameterEffectiveness>,
-    pub defaults: Result<Estimate, crate::eval::ope::OpeError>,
+    pub defaults: Result<Estimate, OpeError>,
 }
 
 /// Reads the newest [`EFFECTIVENESS_WINDOW`] decisions of the last 7 days

@@ -25,7 +25,7 @@ use crate::bandit::{mixture_p_value, Stats};
 // test; they stay importable from here, where clients have found them.
 pub use crate::rollout::{AbSettings, MIN_OUTCOMES};
 
-use super::ope::Estimate;
+use crate::ope::Estimate;
 
 const Z95: f64 = 1.959_963_984_540_054;
 

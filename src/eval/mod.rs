@@ -6,7 +6,6 @@
 //! `metrics`, `backtest`: `paramopt backtest`, the modules' trading rules on
 //! the shipped real data, the synthetic market or a CSV, against baselines
 //! and the Python peers.
-//! `ope`: off-policy estimates of other policies from logged decisions.
 //! `effectiveness`: per-parameter-value performance rows.
 //! `ab`: the verdicts of A/B tests and of the automatic rollback watch.
 
@@ -17,7 +16,6 @@ pub mod csv;
 pub mod effectiveness;
 pub mod market;
 pub mod metrics;
-pub mod ope;
 pub mod peers;
 pub mod real;
 pub mod seeds;
@@ -25,3 +23,7 @@ pub mod simulate;
 pub mod stream;
 pub mod synthetic;
 pub mod trading;
+
+// Off-policy estimation is a layer of its own (`crate::ope`), below the agent;
+// `eval::ope` names it still, for the backtest.
+pub use crate::ope;

@@ -9,7 +9,7 @@ use paramopt::eval::backtest::{self, gap_share, BacktestOptions, BacktestReport,
 use paramopt::eval::baselines::arm_values;
 use paramopt::eval::csv;
 use paramopt::eval::effectiveness::{attribution, effectiveness};
-use paramopt::eval::ope::{doubly_robust, ips, snips, LoggedDecision, TargetPolicy};
+use paramopt::ope::{doubly_robust, ips, snips, LoggedDecision, TargetPolicy};
 use paramopt::space::{Context, Spaces};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
