@@ -6,14 +6,10 @@
 //! `metrics`, `backtest`: `paramopt backtest`, the modules' trading rules on
 //! the shipped real data, the synthetic market or a CSV, against baselines
 //! and the Python peers.
-//! `effectiveness`: per-parameter-value performance rows.
-//! `ab`: the verdicts of A/B tests and of the automatic rollback watch.
 
-pub mod ab;
 pub mod backtest;
 pub mod baselines;
 pub mod csv;
-pub mod effectiveness;
 pub mod market;
 pub mod metrics;
 pub mod peers;
@@ -24,6 +20,9 @@ pub mod stream;
 pub mod synthetic;
 pub mod trading;
 
-// Off-policy estimation is a layer of its own (`crate::ope`), below the agent;
-// `eval::ope` names it still, for the backtest.
+// Off-policy estimation is a layer of its own (`crate::ope`), below the agent,
+// and parameter effectiveness the runtime's, which computes it for the store;
+// `eval::ope` and `eval::effectiveness` name them still, for the backtest and
+// the callers README.md shows.
 pub use crate::ope;
+pub use crate::runtime::effectiveness;

@@ -139,7 +139,8 @@ fn weights(logs: &[LoggedDecision], target: &TargetPolicy) -> Vec<f64> {
     logs.iter().map(|l| target.probability(l.context, &l.arms) / l.propensity).collect()
 }
 
-const Z95: f64 = 1.959_963_984_540_054;
+/// The normal quantile of a two-sided 95% interval.
+pub(crate) const Z95: f64 = 1.959_963_984_540_054;
 
 /// Mean and a 95% interval from per-decision contributions.
 fn mean_ci(xs: &[f64], w: &[f64]) -> Estimate {
