@@ -27,9 +27,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::agent::ModuleView;
-use crate::inspect::HistoryPoint;
 use crate::space::{Context, ModuleSpace, Regime, Session};
-use crate::store::{now_secs, LearningEvent, LearningEventKind};
+use crate::store::{now_secs, HistoryPoint, LearningEvent, LearningEventKind};
 
 use super::error::ApiError;
 use super::extract::{PathParams, QueryPairs};
