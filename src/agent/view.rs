@@ -166,8 +166,8 @@ impl CellView {
     }
 }
 
-// The off-policy estimator is pure (`crate::ope`); a view's policies as its
-// targets are the agent's, which knows the view.
+// The off-policy estimator is pure (`crate::ope`); a view's policies, as
+// targets to estimate, are the agent's to build, as the agent knows the view.
 impl TargetPolicy {
     /// A view's (a checkpoint's) greedy policy: the arm nearest each incumbent.
     pub fn greedy(space: &ModuleSpace, view: &ModuleView) -> TargetPolicy {

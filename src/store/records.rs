@@ -205,8 +205,8 @@ impl DecisionLogRecord {
     }
 }
 
-// The estimator is pure (`crate::ope`); reading it from a stored record is
-// the store's, which knows the record.
+// The estimator is pure (`crate::ope`); a logged decision read from a stored
+// record is the store's to build, as the store knows the record.
 impl LoggedDecision {
     /// From a stored decision log record; `None` until its reward is known.
     pub fn from_record(r: &DecisionLogRecord) -> Option<LoggedDecision> {
