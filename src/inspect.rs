@@ -15,7 +15,7 @@ use crate::agent::ModuleLearner;
 use crate::plot::{self, ArmPoint, Rendered};
 use crate::report::align;
 use crate::space::{Context, ModuleSpace};
-use crate::store::{Checkpoint, CheckpointMeta, Store};
+use crate::store::{Checkpoint, CheckpointMeta, HistoryPoint, Store};
 
 /// One arm of one parameter in one context.
 #[derive(Debug, Clone, Serialize)]
@@ -175,15 +175,6 @@ pub fn diff_table(a: &Checkpoint, b: &Checkpoint, rows: &[DiffRow]) -> String {
     }
     out.push_str(&align(&table));
     out
-}
-
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct HistoryPoint {
-    pub generation: u64,
-    pub kind: String,
-    pub created_at: f64,
-    pub outcomes: u64,
-    pub incumbent: f64,
 }
 
 /// The incumbent of `parameter` in `context` at every generation, oldest

@@ -16,6 +16,7 @@ pub use space::{Context, ModuleSpace, Regime, Session, Spaces};
 pub mod decision_log;
 pub mod eval;
 pub mod inspect;
+pub mod ope;
 pub mod plot;
 pub mod policy;
 pub mod report;

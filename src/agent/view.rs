@@ -10,6 +10,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use crate::bandit::{sample_argmax, Stats};
+use crate::ope::TargetPolicy;
 use crate::policy::{gaussian_log_density, offset_value, refine_box, PolicySnapshot};
 use crate::space::{Context, ModuleSpace};
 use crate::util::project_simplex;
@@ -162,5 +163,39 @@ impl CellView {
                 values[p] = v;
             }
         }
+    }
+}
+
+// The off-policy estimator is pure (`crate::ope`); a view's policies, as
+// targets to estimate, are the agent's to build, as the agent knows the view.
+impl TargetPolicy {
+    /// A view's (a checkpoint's) greedy policy: the arm nearest each incumbent.
+    pub fn greedy(space: &ModuleSpace, view: &ModuleView) -> TargetPolicy {
+        let arms: Vec<Vec<usize>> =
+            view.cells.iter().map(|cell| cell.params.iter().map(|p| p.greedy_arm).collect()).collect();
+        TargetPolicy::fixed("greedy", space, &arms)
+    }
+
+    /// A view's exploring (Thompson sampling) policy.
+    pub fn thompson(space: &ModuleSpace, view: &ModuleView) -> TargetPolicy {
+        let probs = view
+            .cells
+            .iter()
+            .map(|cell| {
+                space
+                    .params
+                    .iter()
+                    .zip(&cell.params)
+                    .map(|(param, pv)| {
+                        let mut p = vec![0.0; param.arms.len()];
+                        for (&k, &q) in pv.arms.iter().zip(&pv.propensities) {
+                            p[k] += q;
+                        }
+                        p
+                    })
+                    .collect()
+            })
+            .collect();
+        TargetPolicy { name: "thompson".into(), probs }
     }
 }

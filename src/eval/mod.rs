@@ -6,18 +6,12 @@
 //! `metrics`, `backtest`: `paramopt backtest`, the modules' trading rules on
 //! the shipped real data, the synthetic market or a CSV, against baselines
 //! and the Python peers.
-//! `ope`: off-policy estimates of other policies from logged decisions.
-//! `effectiveness`: per-parameter-value performance rows.
-//! `ab`: the verdicts of A/B tests and of the automatic rollback watch.
 
-pub mod ab;
 pub mod backtest;
 pub mod baselines;
 pub mod csv;
-pub mod effectiveness;
 pub mod market;
 pub mod metrics;
-pub mod ope;
 pub mod peers;
 pub mod real;
 pub mod seeds;

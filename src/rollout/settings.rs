@@ -107,6 +107,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn looks_double_up_to_the_maximum() {
+        assert_eq!(AbSettings::new(0.2, 100, 1600, 0.05, 0.0).unwrap().looks(), vec![100, 200, 400, 800, 1600]);
+        assert_eq!(AbSettings::new(0.5, 100, 300, 0.05, 0.0).unwrap().looks(), vec![100, 200, 300]);
+    }
+
+    #[test]
+    fn bad_settings_name_the_value() {
+        assert_eq!(
+            AbSettings::new(1.0, 100, 200, 0.05, 0.0).unwrap_err().to_string(),
+            "split must be within [0.01, 0.99], got 1.0"
+        );
+        assert!(AbSettings::new(0.2, 10, 200, 0.05, 0.0).unwrap_err().to_string().contains("got 10"));
+        assert!(AbSettings::new(0.2, 100, 50, 0.05, 0.0).unwrap_err().to_string().contains("(50)"));
+        assert!(AbSettings::new(0.2, 100, 200, 0.9, 0.0).unwrap_err().to_string().contains("0.9"));
+        assert!(AbSettings::new(0.2, 100, 200, 0.05, f64::NAN).unwrap_err().to_string().contains("NaN"));
+    }
+
+    #[test]
     fn stored_settings_are_validated_like_a_request() {
         let good = r#"{"split":0.2,"min_outcomes":200,"max_outcomes":6400,"alpha":0.05,"margin":0.0}"#;
         let s: AbSettings = serde_json::from_str(good).unwrap();

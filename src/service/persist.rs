@@ -9,7 +9,7 @@ use tokio::runtime::Handle;
 use serde_json::Value;
 
 use crate::agent::Decision;
-use crate::eval::ope::Estimate;
+use crate::ope::Estimate;
 use crate::rollout::AbSettings;
 use crate::runtime::{self, Challenger, Runtime, RuntimeError};
 use crate::store::{now_secs, CheckpointMeta, LearningEvent, ParameterEffectiveness, StoreError as BackendError};

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::agent::{Decision, Outcome};
-use crate::eval::ope::Estimate;
+use crate::ope::Estimate;
 use crate::rollout::AbSettings;
 use crate::runtime::Challenger;
 use crate::store::TradeRecord;

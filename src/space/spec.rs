@@ -81,7 +81,7 @@ fn default_loss_budget() -> f64 {
     0.02
 }
 
-/// The automatic rollback watch (see `eval::ab`).
+/// The automatic rollback watch (see `rollout`'s verdicts).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackSpec {

@@ -70,6 +70,19 @@ pub struct CheckpointMeta {
     pub note: Option<String>,
 }
 
+// One generation of one incumbent's history: its header's generation, kind,
+// time and outcomes, and the incumbent of one parameter in one context.
+// `paramopt inspect history` and the dashboard's history both answer with it.
+// (Plain comments: a doc comment would change the OpenAPI schema.)
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct HistoryPoint {
+    pub generation: u64,
+    pub kind: String,
+    pub created_at: f64,
+    pub outcomes: u64,
+    pub incumbent: f64,
+}
+
 /// One module's learned state at one generation. Self-describing: the
 /// parameter names, arm values and context labels travel with it, so it can be
 /// read, served and checked against a space without that space.

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bandit::ModuleStats;
 
-pub use self::checkpoint::{Checkpoint, CheckpointKind, CheckpointMeta, FORMAT_VERSION};
+pub use self::checkpoint::{Checkpoint, CheckpointKind, CheckpointMeta, HistoryPoint, FORMAT_VERSION};
 pub use self::firestore::{FirestoreOptions, FirestoreStore};
 pub use self::journal::{DecisionLimits, FileJournal};
 pub use self::local::LocalStore;

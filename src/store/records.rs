@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::agent::{AbAssignment, Decision};
+use crate::ope::LoggedDecision;
 use crate::space::{Context, ModuleSpace, Regime, Session};
 
 pub use super::trade::{Object, TradeRecord};
@@ -201,6 +202,24 @@ impl DecisionLogRecord {
             ab: d.ab,
             ignored_features: BTreeMap::new(),
         }
+    }
+}
+
+// The estimator is pure (`crate::ope`); a logged decision read from a stored
+// record is the store's to build, as the store knows the record.
+impl LoggedDecision {
+    /// From a stored decision log record; `None` until its reward is known.
+    pub fn from_record(r: &DecisionLogRecord) -> Option<LoggedDecision> {
+        let reward = r.reward?;
+        Some(LoggedDecision {
+            context: r.context,
+            arms: r.arms.iter().map(|&a| a as usize).collect(),
+            values: r.values.clone(),
+            propensities: r.propensities.clone(),
+            propensity: r.propensity,
+            traded: reward != 0.0,
+            reward,
+        })
     }
 }
 

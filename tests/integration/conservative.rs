@@ -253,7 +253,7 @@ async fn a_spent_budget_ends_the_ab_test_and_refuses_a_new_one() {
     let rt =
         paramopt::runtime::Runtime::start(spaces, super::support::explicit_checkpoints(dir.path(), 5)).await.unwrap();
     let low_gate = paramopt::runtime::Challenger::Parameters([("gate.threshold".to_string(), 0.4)].into());
-    let settings = paramopt::eval::ab::AbSettings::new(0.5, 1_000, 64_000, 0.05, 0.0).unwrap();
+    let settings = paramopt::rollout::AbSettings::new(0.5, 1_000, 64_000, 0.05, 0.0).unwrap();
     rt.start_ab("gated", low_gate.clone(), settings).await.unwrap();
     let ctx = Context::new(Session::UsPrime, Regime::Bullish);
     let mut rng = rng(9);

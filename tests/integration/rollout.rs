@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use paramopt::agent::Outcome;
-use paramopt::eval::ab::AbVerdict;
 use paramopt::rollout::AbSettings;
+use paramopt::rollout::AbVerdict;
 use paramopt::runtime::{Challenger, Review, Runtime};
 use paramopt::space::{Context, ModuleSpace};
 use paramopt::store::{CheckpointKind, LearningEventKind};

@@ -9,9 +9,9 @@ use rand_pcg::Pcg64Mcg;
 
 use crate::agent::{Agent, Evidence, Outcome};
 use crate::eval::baselines::{arm_values, Baseline};
-use crate::eval::ope::LoggedDecision;
 use crate::eval::stream::Stream;
 use crate::eval::trading::{Opportunity, Trade};
+use crate::ope::LoggedDecision;
 use crate::space::ModuleSpace;
 
 use super::BacktestError;

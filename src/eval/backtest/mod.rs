@@ -39,11 +39,11 @@ use super::baselines::{Baseline, EpsilonGreedy, Fixed, Thompson, Ucb1, UniformRa
 use super::csv::{self, CsvError};
 use super::market::{Market, SyntheticMarket};
 pub use super::metrics::{growth_cell, Metrics, Paired, BLOCK};
-use super::ope::LoggedDecision;
 use super::peers::{PeerDriver, PeerError, PEERS};
 use super::real;
 pub use super::stream::Stream;
 use super::trading::RuleError;
+use crate::ope::LoggedDecision;
 pub use driver::{drive, Driver, Pass};
 use driver::{AgentDriver, BaselineDriver};
 use score::assemble;

@@ -9,9 +9,9 @@ use rand_pcg::Pcg64Mcg;
 use crate::agent::ModuleView;
 use crate::eval::baselines::{self, arm_values, Fixed};
 use crate::eval::metrics::{Metrics, Paired};
-use crate::eval::ope::LoggedDecision;
 use crate::eval::stream::Stream;
 use crate::eval::trading::Opportunity;
+use crate::ope::LoggedDecision;
 use crate::space::Context;
 
 use super::{BacktestOptions, ModuleBacktest, Pass, PolicyResult};

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 
-use crate::inspect::HistoryPoint;
 use crate::service::error::ApiError;
 use crate::service::extract::{PathParams, QueryPairs};
 use crate::service::store::{CheckpointStore, CheckpointSummary, StoreError};
 use crate::service::wire::{context_json, ContextBody};
 use crate::space::{Context, ModuleSpace};
+use crate::store::HistoryPoint;
 use crate::store::{LearningEvent, LearningEventKind};
 
 use super::wire::{DashboardHistory, EventMark, LivePoint};

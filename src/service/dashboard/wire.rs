@@ -94,7 +94,7 @@ pub struct DashboardHistory {
     /// (oldest first), the newest, and every rollback and promotion.
     pub generations: usize,
     pub stride: usize,
-    pub points: Vec<crate::inspect::HistoryPoint>,
+    pub points: Vec<crate::store::HistoryPoint>,
     /// From `ml_learning_events`: every rollback and promotion, and the
     /// checkpoints among `points`; oldest first.
     pub events: Vec<EventMark>,

@@ -5,6 +5,11 @@
 //! group-committed `fdatasync` per batch of reports); checkpoints are built on
 //! the writer thread from its own state and written to the store by a tokio
 //! task, retried with backoff while the store is down.
+//!
+//! `effectiveness`: the per-parameter-value rows it computes from the
+//! decision log for the store.
+
+pub mod effectiveness;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -19,10 +24,10 @@ use serde_json::json;
 use crate::agent::{module_seed, AbServing, AbTest, Agent, AgentError, AgentOptions, Journal, ModuleLearner};
 use crate::bandit::Stats;
 use crate::decision_log::DecisionLog;
-use crate::eval::ab::{ab_verdict, degraded, estimate_se, stratified, AbVerdict, Comparison, Degradation, Watch};
-use crate::eval::effectiveness::effectiveness;
-use crate::eval::ope::{doubly_robust, Estimate, LoggedDecision, TargetPolicy};
-use crate::rollout::AbSettings;
+use crate::ope::{doubly_robust, Estimate, LoggedDecision, OpeError, TargetPolicy};
+use crate::rollout::{
+    ab_verdict, degraded, estimate_se, stratified, AbSettings, AbVerdict, Comparison, Degradation, Watch,
+};
 use crate::space::{Context, ModuleSpace, ParamKind, Spaces};
 use crate::store::retention::Retention;
 use crate::store::{
@@ -31,6 +36,8 @@ use crate::store::{
     StoreError,
 };
 use crate::util::splitmix64;
+
+use effectiveness::effectiveness;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -234,7 +241,7 @@ const EFFECTIVENESS_EVERY_SECS: f64 = 60.0;
 pub struct LogAnalysis {
     pub decisions: usize,
     pub rows: Vec<ParameterEffectiveness>,
-    pub defaults: Result<Estimate, crate::eval::ope::OpeError>,
+    pub defaults: Result<Estimate, OpeError>,
 }
 
 /// Reads the newest [`EFFECTIVENESS_WINDOW`] decisions of the last 7 days

@@ -15,12 +15,16 @@
 //! (`effective_n` says how few). And the agent only explores inside its trust
 //! regions: a target that puts weight outside those regions has no support in
 //! the log, which shows as a `mean_weight` well below 1.
+//!
+//! Pure: the estimators know the parameter spaces and nothing above them.
+//! What reads the layers above lives there: a [`LoggedDecision`] from a
+//! stored record is `store::records`' (`LoggedDecision::from_record`), a
+//! target policy from the agent's view is `agent::view`'s
+//! (`TargetPolicy::greedy`, `TargetPolicy::thompson`).
 
 use serde::Serialize;
 
-use crate::agent::ModuleView;
 use crate::space::{Context, ModuleSpace};
-use crate::store::records::DecisionLogRecord;
 
 /// One logged decision and what it earned.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -36,22 +40,6 @@ pub struct LoggedDecision {
     pub traded: bool,
     /// The decision's return (0 when it did not trade).
     pub reward: f64,
-}
-
-impl LoggedDecision {
-    /// From a stored decision log record; `None` until its reward is known.
-    pub fn from_record(r: &DecisionLogRecord) -> Option<LoggedDecision> {
-        let reward = r.reward?;
-        Some(LoggedDecision {
-            context: r.context,
-            arms: r.arms.iter().map(|&a| a as usize).collect(),
-            values: r.values.clone(),
-            propensities: r.propensities.clone(),
-            propensity: r.propensity,
-            traded: reward != 0.0,
-            reward,
-        })
-    }
 }
 
 /// An estimate of a policy's mean reward per decision.
@@ -117,36 +105,6 @@ impl TargetPolicy {
         TargetPolicy::fixed("defaults", space, &vec![arms; Context::COUNT])
     }
 
-    /// A view's (a checkpoint's) greedy policy: the arm nearest each incumbent.
-    pub fn greedy(space: &ModuleSpace, view: &ModuleView) -> TargetPolicy {
-        let arms: Vec<Vec<usize>> =
-            view.cells.iter().map(|cell| cell.params.iter().map(|p| p.greedy_arm).collect()).collect();
-        TargetPolicy::fixed("greedy", space, &arms)
-    }
-
-    /// A view's exploring (Thompson sampling) policy.
-    pub fn thompson(space: &ModuleSpace, view: &ModuleView) -> TargetPolicy {
-        let probs = view
-            .cells
-            .iter()
-            .map(|cell| {
-                space
-                    .params
-                    .iter()
-                    .zip(&cell.params)
-                    .map(|(param, pv)| {
-                        let mut p = vec![0.0; param.arms.len()];
-                        for (&k, &q) in pv.arms.iter().zip(&pv.propensities) {
-                            p[k] += q;
-                        }
-                        p
-                    })
-                    .collect()
-            })
-            .collect();
-        TargetPolicy { name: "thompson".into(), probs }
-    }
-
     /// The probability of choosing `arms` in `context`.
     pub fn probability(&self, context: Context, arms: &[usize]) -> f64 {
         self.probs[context.index()].iter().zip(arms).map(|(p, &k)| p.get(k).copied().unwrap_or(0.0)).product()
@@ -181,7 +139,8 @@ fn weights(logs: &[LoggedDecision], target: &TargetPolicy) -> Vec<f64> {
     logs.iter().map(|l| target.probability(l.context, &l.arms) / l.propensity).collect()
 }
 
-const Z95: f64 = 1.959_963_984_540_054;
+/// The normal quantile of a two-sided 95% interval.
+pub(crate) const Z95: f64 = 1.959_963_984_540_054;
 
 /// Mean and a 95% interval from per-decision contributions.
 fn mean_ci(xs: &[f64], w: &[f64]) -> Estimate {

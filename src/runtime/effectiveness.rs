@@ -9,10 +9,9 @@
 
 use serde::Serialize;
 
+use crate::ope::LoggedDecision;
 use crate::space::{Context, ModuleSpace, Regime, Session};
 use crate::store::records::ParameterEffectiveness;
-
-use super::ope::LoggedDecision;
 
 /// Rows per parameter, arm value and context (and per parameter and value
 /// over all contexts, with no session or regime), for values that were

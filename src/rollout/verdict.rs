@@ -15,19 +15,15 @@
 //! mixture's scale is fixed before any data, from the module's prior noise
 //! ([`mixture_rho`]). Looks are still planned (at `min`, `2 min`, `4 min`
 //! ... outcomes per arm, up to `max`), for the report and to end a test, and
-//! every side needs at least [`MIN_OUTCOMES`], since the standard errors come
+//! every side needs at least [`MIN_OUTCOMES`](super::MIN_OUTCOMES), since the standard errors come
 //! from the samples.
 
 use serde::{Deserialize, Serialize};
 
 use crate::bandit::{mixture_p_value, Stats};
-// The settings live with the rest of rollout, below the agent that serves a
-// test; they stay importable from here, where clients have found them.
-pub use crate::rollout::{AbSettings, MIN_OUTCOMES};
+use crate::ope::{Estimate, Z95};
 
-use super::ope::Estimate;
-
-const Z95: f64 = 1.959_963_984_540_054;
+use super::settings::AbSettings;
 
 /// A candidate's mean reward against a reference's.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -254,6 +250,7 @@ pub fn estimate_se(e: &Estimate) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::MIN_OUTCOMES;
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_distr::StandardNormal;
@@ -281,24 +278,6 @@ mod tests {
 
     fn settings() -> AbSettings {
         AbSettings::new(0.2, 100, 1600, 0.05, 0.0).unwrap()
-    }
-
-    #[test]
-    fn looks_double_up_to_the_maximum() {
-        assert_eq!(settings().looks(), vec![100, 200, 400, 800, 1600]);
-        assert_eq!(AbSettings::new(0.5, 100, 300, 0.05, 0.0).unwrap().looks(), vec![100, 200, 300]);
-    }
-
-    #[test]
-    fn bad_settings_name_the_value() {
-        assert_eq!(
-            AbSettings::new(1.0, 100, 200, 0.05, 0.0).unwrap_err().to_string(),
-            "split must be within [0.01, 0.99], got 1.0"
-        );
-        assert!(AbSettings::new(0.2, 10, 200, 0.05, 0.0).unwrap_err().to_string().contains("got 10"));
-        assert!(AbSettings::new(0.2, 100, 50, 0.05, 0.0).unwrap_err().to_string().contains("(50)"));
-        assert!(AbSettings::new(0.2, 100, 200, 0.9, 0.0).unwrap_err().to_string().contains("0.9"));
-        assert!(AbSettings::new(0.2, 100, 200, 0.05, f64::NAN).unwrap_err().to_string().contains("NaN"));
     }
 
     #[test]
