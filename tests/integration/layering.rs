@@ -5,7 +5,8 @@
 //! importer's layer or one below. The layers and the debt list (known
 //! violations still to be removed) are read from ARCHITECTURE.md itself, so
 //! the document and the test cannot drift apart. Unit tests beside the code
-//! follow the same rule as the code they test.
+//! follow the same rule as the code they test. The same tidy file holds the
+//! length rule: no source file over 500 lines unless ARCHITECTURE.md says why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -404,6 +405,47 @@ fn no_module_imports_a_layer_above_its_own() {
         failures.push(format!("{file}: {from} → {to} no longer occurs: remove it from ARCHITECTURE.md's debt list"));
     }
     assert!(failures.is_empty(), "the layering rule of ARCHITECTURE.md is broken:\n{}", failures.join("\n"));
+}
+
+/// The longest a source file under `src/` may be, in lines, unless
+/// ARCHITECTURE.md's "## Long files" says why.
+const MAX_LINES: usize = 500;
+
+/// Files of "## Long files": each names a file in backticks and says why.
+fn long_files(doc: &str) -> BTreeSet<String> {
+    section(doc, "## Long files")
+        .lines()
+        .filter(|l| l.starts_with("- `"))
+        .filter_map(|l| ticked(l).into_iter().next())
+        .collect()
+}
+
+/// No source file is over 500 lines unless ARCHITECTURE.md says why, and
+/// the list holds only files that are (so it shrinks as they are split).
+#[test]
+fn no_source_file_is_over_500_lines_unless_architecture_says_why() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed = long_files(&std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap());
+    let mut failures = Vec::new();
+    let mut long = BTreeSet::new();
+    for file in rust_files(&root.join("src")) {
+        let name = format!("src/{}", file.strip_prefix(root.join("src")).unwrap().display());
+        let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+        if lines > MAX_LINES {
+            long.insert(name.clone());
+            if !listed.contains(&name) {
+                failures.push(format!(
+                    "{name}: {lines} lines, over {MAX_LINES}: split it, or say why in ARCHITECTURE.md's long files"
+                ));
+            }
+        }
+    }
+    for name in listed.difference(&long) {
+        failures.push(format!(
+            "{name} is not over {MAX_LINES} lines (or is gone): remove it from ARCHITECTURE.md's long files"
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 mod parser {
