@@ -8,14 +8,40 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
 use crate::agent::ModuleLearner;
+use crate::plot::PlotError;
 use crate::plot::{self, ArmPoint, Rendered};
 use crate::report::align;
 use crate::space::{Context, ModuleSpace};
-use crate::store::{Checkpoint, CheckpointMeta, HistoryPoint, Store};
+use crate::store::{Checkpoint, CheckpointMeta, HistoryPoint, Store, StoreError};
+
+/// What `paramopt inspect` could not do, naming the module, generation or
+/// parameter it was asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("module {module:?} has no generation {generation}")]
+    NoGeneration { module: String, generation: u64 },
+    #[error("module {module:?} has no checkpoint yet")]
+    NoCheckpoint { module: String },
+    #[error("generations {a} and {b} have different parameters")]
+    DifferentParameters { a: u64, b: u64 },
+    #[error("module {module:?} has no parameter {parameter:?}")]
+    NoParameter { module: String, parameter: String },
+    #[error("rows to export: {0}")]
+    Rows(#[from] serde_json::Error),
+    #[error("rows to export must be objects, not {0}")]
+    NotAnObject(String),
+    #[error("nothing to plot: {0}")]
+    NothingToPlot(&'static str),
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+}
+
+type Result<T> = std::result::Result<T, InspectError>;
 
 /// One arm of one parameter in one context.
 #[derive(Debug, Clone, Serialize)]
@@ -40,8 +66,8 @@ pub async fn load(store: &dyn Store, module: &str, generation: Option<u64>) -> R
         None => store.latest_checkpoint(module).await?,
     };
     cp.ok_or_else(|| match generation {
-        Some(g) => anyhow!("module {module:?} has no generation {g}"),
-        None => anyhow!("module {module:?} has no checkpoint yet"),
+        Some(generation) => InspectError::NoGeneration { module: module.to_string(), generation },
+        None => InspectError::NoCheckpoint { module: module.to_string() },
     })
 }
 
@@ -139,7 +165,7 @@ pub struct DiffRow {
 /// Incumbents that differ between two generations.
 pub fn diff(a: &Checkpoint, b: &Checkpoint) -> Result<Vec<DiffRow>> {
     if a.parameter_names != b.parameter_names {
-        bail!("generations {} and {} have different parameters", a.generation, b.generation);
+        return Err(InspectError::DifferentParameters { a: a.generation, b: b.generation });
     }
     let mut rows = Vec::new();
     for (c, ctx) in Context::all().enumerate() {
@@ -189,11 +215,10 @@ pub async fn history(store: &dyn Store, module: &str, parameter: &str, context: 
             eprint!("\rreading generation {}/{}", i + 1, metas.len());
         }
         let cp = load(store, module, Some(m.generation)).await?;
-        let p = cp
-            .parameter_names
-            .iter()
-            .position(|n| n == parameter)
-            .with_context(|| format!("module {module:?} has no parameter {parameter:?}"))?;
+        let p = cp.parameter_names.iter().position(|n| n == parameter).ok_or_else(|| InspectError::NoParameter {
+            module: module.to_string(),
+            parameter: parameter.to_string(),
+        })?;
         points.push(HistoryPoint {
             generation: m.generation,
             kind: format!("{:?}", m.kind).to_lowercase(),
@@ -256,7 +281,7 @@ pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String> {
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
         let value = serde_json::to_value(row)?;
-        let obj = value.as_object().context("rows are objects")?;
+        let obj = value.as_object().ok_or_else(|| InspectError::NotAnObject(value.to_string()))?;
         if i == 0 {
             out.push_str(&obj.keys().cloned().collect::<Vec<_>>().join(","));
             out.push('\n');
@@ -280,7 +305,7 @@ pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String> {
 /// Each arm's posterior mean with its 95% interval, and the incumbent, for
 /// one parameter in one context (`crate::plot`, SVG and PNG).
 pub fn posterior_chart(rows: &[ArmRow]) -> Result<Rendered> {
-    let first = rows.first().context("no arms to plot")?;
+    let first = rows.first().ok_or(InspectError::NothingToPlot("no arms"))?;
     let arms: Vec<ArmPoint> = rows
         .iter()
         .map(|r| ArmPoint { value: r.value, mean: r.mean, lo95: r.lo95, hi95: r.hi95, samples: r.samples })
@@ -292,7 +317,7 @@ pub fn posterior_chart(rows: &[ArmRow]) -> Result<Rendered> {
 /// The incumbent over generations, rollbacks and promotions marked (`crate::plot`, SVG and PNG).
 pub fn history_chart(parameter: &str, context: Context, points: &[HistoryPoint]) -> Result<Rendered> {
     if points.is_empty() {
-        bail!("no generations to plot");
+        return Err(InspectError::NothingToPlot("no generations"));
     }
     let points: Vec<plot::HistoryPoint> = points
         .iter()

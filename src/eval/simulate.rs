@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 
-use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
@@ -43,7 +42,16 @@ pub struct SimulateReport {
 /// Outcomes arrive this many decisions late, in shuffled order.
 const OPEN_DECISIONS: usize = 64;
 
-pub fn run(spaces: &Spaces, opts: &SimulateOptions) -> Result<SimulateReport> {
+/// What stopped a simulation.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error("unknown module {module:?}; known: {known:?}")]
+    UnknownModule { module: Option<String>, known: Vec<String> },
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+}
+
+pub fn run(spaces: &Spaces, opts: &SimulateOptions) -> Result<SimulateReport, SimulateError> {
     let mut modules = Vec::new();
     for space in spaces.iter() {
         if opts.module.as_ref().is_some_and(|m| m != &space.name) {
@@ -104,7 +112,10 @@ pub fn run(spaces: &Spaces, opts: &SimulateOptions) -> Result<SimulateReport> {
         });
     }
     if modules.is_empty() {
-        bail!("unknown module {:?}; known: {:?}", opts.module, spaces.names().collect::<Vec<_>>());
+        return Err(SimulateError::UnknownModule {
+            module: opts.module.clone(),
+            known: spaces.names().map(String::from).collect(),
+        });
     }
     Ok(SimulateReport { seed: opts.seed, modules })
 }
