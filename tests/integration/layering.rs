@@ -450,6 +450,41 @@ fn no_source_file_is_over_500_lines_unless_architecture_says_why() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// ARCHITECTURE.md's codemap matches the tree: every source file is named
+/// there in backticks (a `mod.rs` by its folder, any other file by its path
+/// or its tail; unit-test files are their module's), and every `src/…` path
+/// it names exists.
+#[test]
+fn the_codemap_names_every_source_file_and_only_files_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let named: BTreeSet<String> = ticked(section(&doc, "## Codemap")).into_iter().collect();
+    let mut failures = Vec::new();
+    for file in rust_files(&root.join("src")) {
+        let rel = file.strip_prefix(root.join("src")).unwrap();
+        let full = format!("src/{}", rel.display());
+        let base = rel.file_name().unwrap().to_string_lossy().into_owned();
+        if base == "tests.rs" {
+            continue; // a module's unit tests, beside the code the codemap names
+        }
+        // A `mod.rs` is named by its folder (`src/agent/joint/` or `joint/`),
+        // any other file by its path or the tail of it (`demo/closing.rs`,
+        // `closing.rs`).
+        let target = if base == "mod.rs" { format!("{}/", full.trim_end_matches("/mod.rs")) } else { full.clone() };
+        let found = named.iter().any(|n| target == *n || target.ends_with(&format!("/{n}")));
+        if !found {
+            failures.push(format!("{full} is not in ARCHITECTURE.md's codemap"));
+        }
+    }
+    for path in named.iter().filter(|p| p.starts_with("src/")) {
+        let path = path.split_whitespace().next().unwrap();
+        if !root.join(path.trim_end_matches('/')).exists() {
+            failures.push(format!("ARCHITECTURE.md's codemap names {path}, which does not exist"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 mod parser {
     use super::*;
 
