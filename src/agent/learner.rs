@@ -180,6 +180,12 @@ impl ModuleLearner {
         };
         self.ledger.record(realised, defaults_value, d.explored());
         let broke = self.check_budget();
+        let mut opaque_moved = false;
+        if !self.ledger.spent {
+            let joint = self.joint.as_mut().expect("declared roles have an estimator");
+            let evidence = &self.stats.cell_outcomes;
+            opaque_moved = joint.observe_opaque(&space, &cf, d, strategy, realised, &mut self.incumbents, evidence);
+        }
         match observed {
             Ok(obs) => {
                 let joint = self.joint.as_mut().expect("declared roles have an estimator");
@@ -209,7 +215,8 @@ impl ModuleLearner {
             self.move_determined(context);
         }
         let mut applied = self.after_learning(d, settled.reward, learned)?;
-        applied.refresh_all |= broke;
+        // A module-wide opaque move changes every cell's incumbents.
+        applied.refresh_all |= broke || opaque_moved;
         Ok(applied)
     }
 
@@ -414,8 +421,9 @@ impl ModuleLearner {
         let mut new = old.clone();
         for (p, param) in self.space.params.iter().enumerate() {
             // With roles declared, incumbents move only on a test's evidence:
-            // determined ones through the joint estimator; opaque ones stay
-            // (a posterior mean is no test, and an arm never tried would win
+            // determined ones through the joint estimator, opaque ones
+            // through their paired inverse-propensity tests (`joint::opaque`;
+            // a posterior mean is no test, and an arm never tried would win
             // on its prior wherever the served one loses).
             if self.cf.is_some() {
                 continue;

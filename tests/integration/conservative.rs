@@ -298,3 +298,99 @@ async fn a_spent_budget_ends_the_ab_test_and_refuses_a_new_one() {
     eprintln!("the budget ended the A/B test after {} decisions", ended_at + 1);
     rt.agent.shutdown();
 }
+
+/// The gate of models-gated.toml beside an opaque size (arms 0.5 to 1.5,
+/// default 1.0) that the declarations say nothing about.
+fn opaque_module() -> ModuleSpace {
+    ModuleSpace::from_toml_str(include_str!("../fixtures/models-opaque.toml"), "models/opaque.toml").unwrap()
+}
+
+#[derive(Debug, Default)]
+struct OpaqueRun {
+    /// The greedy size at the end of the stream.
+    size: f64,
+    /// Incumbent moves the opaque tests made.
+    moves: u64,
+    /// The agent's realised reward less the defaults' on the same trades, at the end.
+    edge: f64,
+}
+
+/// `n` opportunities of the opaque module in one context, outcomes reported
+/// 8 decisions late: a taken trade earns `size * (mean + 0.002 z)`, the same
+/// `z` for the defaults' counterpart.
+fn run_opaque(space: &ModuleSpace, seed: u64, n: usize, mean: f64) -> OpaqueRun {
+    let agent = agent_for(space.clone(), seed);
+    let mut rng = rng(seed ^ 0x0a9e);
+    let ctx = Context::new(Session::AsiaPrime, Regime::Sideways);
+    let (mut agent_sum, mut default_sum) = (0.0, 0.0);
+    let mut open = VecDeque::new();
+    for _ in 0..n {
+        let c: f64 = rng.random();
+        let z: f64 = rng.sample(StandardNormal);
+        let d = agent.decide(&space.name, ctx, &[], true).unwrap();
+        let traded = c >= d.values[0];
+        let reward = if traded { d.values[1] * (mean + 0.002 * z) } else { 0.0 };
+        agent_sum += reward;
+        default_sum += if c >= 0.6 { mean + 0.002 * z } else { 0.0 };
+        let evidence = Evidence { confidence: Some(c), ..Evidence::default() };
+        open.push_back((d.id.to_string(), Outcome { reward: Some(reward), traded, return_pct: None, evidence }));
+        if open.len() > 8 {
+            let (id, out) = open.pop_front().unwrap();
+            agent.report(&id, out).unwrap();
+            agent.flush();
+        }
+    }
+    agent.flush();
+    let i = agent.module_index(&space.name).unwrap();
+    let moves = agent.with_writer(move |l| l[i].joint.as_ref().unwrap().state.opaque.moves).unwrap();
+    OpaqueRun { size: agent.greedy(&space.name, ctx).unwrap().0[1], moves, edge: agent_sum - default_sum }
+}
+
+/// An opaque size that pays (each trade earns `size` times a mean of one
+/// noise sd): its paired inverse-propensity test moves the incumbent up in
+/// most seeds, one arm at a time, and never down. With room to explore: under the shipped
+/// budget the ledger holds this cold module at its incumbents for almost
+/// the whole stream (BENCHMARKS.md, "Session 12").
+#[test]
+fn an_opaque_size_that_pays_moves_up_on_its_paired_test() {
+    let mut space = opaque_module();
+    space.safety.loss_budget = 10.0;
+    let mut up = 0;
+    for seed in 0..5 {
+        let run = run_opaque(&space, seed, 20_000, 0.002);
+        eprintln!("seed {seed}: {run:?}");
+        assert!(run.size >= 1.0, "never down, the wrong way: seed {seed}: {run:?}");
+        assert!(run.edge > 0.0, "seed {seed}: {run:?}");
+        up += usize::from(run.size > 1.0);
+    }
+    // Thompson sampling favours the large sizes, so the incumbent's arm is
+    // drawn rarely and its inverse-propensity term is wide: not every seed
+    // has shown the edge by the end.
+    assert!(up >= 3, "{up} of 5 seeds moved up");
+}
+
+/// With no edge (every size earns 0 in expectation), the share of runs in
+/// which the opaque size moves at all stays below the module's `alpha`.
+fn opaque_false_promotion_share(runs: u64, n: usize) -> (f64, f64) {
+    let space = opaque_module();
+    let alpha = space.counterfactual.as_ref().unwrap().alpha;
+    let moved = (0..runs).filter(|&seed| run_opaque(&space, seed, n, 0.0).moves > 0).count();
+    (moved as f64 / runs as f64, alpha)
+}
+
+#[test]
+fn without_an_edge_an_opaque_incumbent_stays_put() {
+    let (share, alpha) = opaque_false_promotion_share(30, 4_000);
+    eprintln!("opaque false promotions: {share:.3} of 30 runs (alpha {alpha})");
+    assert!(share <= alpha, "{share}");
+}
+
+/// The figure BENCHMARKS.md records: 200 runs of 6,000 decisions.
+/// `cargo test --release --test integration opaque_false -- --ignored --nocapture`
+#[test]
+#[ignore = "200 runs, about a minute in release: the recorded opaque false-promotion figure"]
+fn opaque_false_promotions_over_200_runs() {
+    let (share, alpha) = opaque_false_promotion_share(200, 6_000);
+    eprintln!("opaque false promotions: {share:.3} of 200 runs (alpha {alpha})");
+    assert!(share <= alpha, "{share}");
+}

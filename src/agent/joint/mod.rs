@@ -35,12 +35,15 @@ use super::evidence::exit_on_path;
 
 mod candidates;
 mod moves;
+mod opaque;
 mod promotion;
 #[cfg(test)]
 mod tests;
 
 pub use candidates::{weight_candidates, without_weights, Candidates, WEIGHT_RESOLUTION};
 pub use moves::{MoveEvent, MoveKind, TestScope, MAX_PENDING_EVENTS};
+use opaque::opaque_tests;
+pub use opaque::{opaque_share, tested as opaque_tested, OpaqueState};
 use promotion::{detector_for, tests_for};
 pub use promotion::{CELL_HORIZON, MODULE_HORIZON};
 
@@ -120,6 +123,10 @@ pub struct JointState {
     /// reported confidence.
     #[serde(default)]
     pub weights_opaque: bool,
+    /// The opaque parameters' paired tests (`opaque.rs`); absent from
+    /// checkpoints before them, which start these tests afresh.
+    #[serde(default)]
+    pub opaque: OpaqueState,
 }
 
 /// A module's estimator: its state and the candidates, rebuilt from the space.
@@ -136,6 +143,10 @@ pub struct Joint {
     cell_test: MixtureTest,
     module_test: MixtureTest,
     detector: MixtureTest,
+    /// The parameters the opaque tests cover, and their tests.
+    opaque_params: Vec<usize>,
+    opaque_cell_test: MixtureTest,
+    opaque_module_test: MixtureTest,
 }
 
 impl Joint {
@@ -145,6 +156,7 @@ impl Joint {
         let cells = (0..Context::COUNT).map(|_| Joint::new_cell(&candidates, thresholds)).collect();
         let shape = (candidates.weights.len(), candidates.exits.len(), candidates.slots, thresholds);
         let (cell_test, module_test) = tests_for(space, cf);
+        let (opaque_cell_test, opaque_module_test) = opaque_tests(space, cf);
         Joint {
             state: JointState {
                 cells,
@@ -152,6 +164,7 @@ impl Joint {
                 challenge: PairedSums::default(),
                 shape,
                 weights_opaque: false,
+                opaque: OpaqueState::new(space.params.len()),
             },
             candidates,
             events: Vec::new(),
@@ -160,6 +173,9 @@ impl Joint {
             cell_test,
             module_test,
             detector: detector_for(space, cf),
+            opaque_params: opaque::tested(space, cf),
+            opaque_cell_test,
+            opaque_module_test,
         }
     }
 
@@ -179,7 +195,11 @@ impl Joint {
                         .all(|t| t.as_ref().is_none_or(|t| t.len() == params && t.iter().all(|v| v.is_finite())))
             });
         ok.then(|| {
+            let fresh = std::mem::take(&mut joint.state.opaque);
             joint.state = state;
+            if !joint.state.opaque.fits(params) {
+                joint.state.opaque = fresh;
+            }
             joint
         })
     }

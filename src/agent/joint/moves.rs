@@ -49,6 +49,11 @@ pub enum TestScope {
     Detector,
     /// The loss budget's ledger.
     Budget,
+    /// An opaque parameter's neighbouring arm against its incumbent's, by
+    /// inverse propensity, in one cell.
+    OpaqueCell,
+    /// The same pooled over the module's cells, each around its own incumbent.
+    OpaqueModule,
 }
 
 impl TestScope {
@@ -59,6 +64,12 @@ impl TestScope {
             TestScope::Module => "leaders - served, per opportunity of the module",
             TestScope::Detector => "defaults - served, per opportunity since it was served",
             TestScope::Budget => "realised - defaults, summed over decisions (the ledger's lower bound)",
+            TestScope::OpaqueCell => {
+                "u(r) (1[a = k] / pi_a - 1[a = incumbent] / pi_a), per exploring decision of the cell"
+            }
+            TestScope::OpaqueModule => {
+                "u(r) (1[a = k] / pi_a - 1[a = incumbent] / pi_a), per exploring decision of the module"
+            }
         }
     }
 }

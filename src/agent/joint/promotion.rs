@@ -107,6 +107,8 @@ impl Joint {
     pub fn spend_budget(&mut self, space: &ModuleSpace, cf: &Counterfactual, shortfall_lower: f64, n: f64) {
         let defaults = space.defaults();
         self.restart_tests();
+        let moves = self.state.opaque.moves;
+        self.state.opaque = super::OpaqueState { moves, ..super::OpaqueState::new(space.params.len()) };
         for c in 0..Context::COUNT {
             let cell = &mut self.state.cells[c];
             cell.watch = None;
@@ -126,7 +128,7 @@ impl Joint {
         }
     }
 
-    fn push_event(&mut self, event: MoveEvent) {
+    pub(super) fn push_event(&mut self, event: MoveEvent) {
         self.moves_made += 1;
         if self.events.len() >= MAX_PENDING_EVENTS {
             self.events.remove(0);
@@ -147,9 +149,13 @@ impl Joint {
 pub(super) fn tests_for(space: &ModuleSpace, cf: &Counterfactual) -> (MixtureTest, MixtureTest) {
     let sd = space.learning.prior_noise_sd;
     let cells = Context::COUNT as f64;
+    // What the opaque parameters' tests do not spend (`opaque.rs`); a
+    // module without determined parameters never runs these.
+    let share = 1.0 - super::opaque_share(space, cf);
+    let alpha = cf.alpha * if share > 0.0 { share } else { 1.0 };
     (
-        MixtureTest::new(cf.alpha / (2.0 * cells), CELL_HORIZON * sd * sd),
-        MixtureTest::new(cf.alpha / 2.0, MODULE_HORIZON * sd * sd),
+        MixtureTest::new(alpha / (2.0 * cells), CELL_HORIZON * sd * sd),
+        MixtureTest::new(alpha / 2.0, MODULE_HORIZON * sd * sd),
     )
 }
 
