@@ -36,11 +36,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{header, Method, Request};
-use hyper_util::rt::TokioIo;
 use tokio::runtime::Handle;
 
 use paramopt::agent::BudgetStatus;
@@ -48,9 +43,10 @@ use paramopt::eval::backtest::{
     self, BacktestOptions, BacktestReport, Driver, MarketSource, ModuleBacktest, Pass, Stream,
 };
 use paramopt::eval::trading::{Opportunity, Trade};
-use paramopt::runtime::{Runtime, RuntimeOptions};
-use paramopt::service::persist::RuntimeHooks;
-use paramopt::service::{server, AppState, Hooks, ServiceOptions};
+use paramopt::runtime::RuntimeOptions;
+use paramopt::service::client::{Client, Method};
+use paramopt::service::compose::Served;
+use paramopt::service::{server, ServiceOptions};
 use paramopt::space::{Context, ModuleSpace, Spaces};
 
 mod closing;
@@ -114,19 +110,15 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
         checkpoint_every_outcomes: (decisions as u64 / 4).max(250),
         ..Default::default()
     };
-    let learning = tokio_rt
-        .block_on(Runtime::start(spaces.clone(), options))
+    let served = tokio_rt
+        .block_on(Served::start(spaces.clone(), options, ServiceOptions::default()))
         .with_context(|| format!("opening the store {store}"))?;
-    learning.status.tasks.spawn(tokio_rt.handle(), "checkpointer", learning.clone().run_checkpointer());
-    let persist = Arc::new(RuntimeHooks::new(learning.clone(), tokio_rt.handle().clone()));
-    let hooks = Hooks { checkpoints: Some(persist.clone()), outcomes: persist };
-    let state = AppState::new(learning.agent.clone(), ServiceOptions::default(), hooks);
     let listener = tokio_rt
         .block_on(tokio::net::TcpListener::bind(opts.addr))
         .with_context(|| format!("binding {}", opts.addr))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio_rt.spawn(server::serve(listener, state.clone(), async {
+    let serving = tokio_rt.spawn(server::serve(listener, served.state.clone(), async {
         let _ = stopped.await;
     }));
     tracing::info!(%addr, store = %store, decisions, seed = opts.seed, "demo serving");
@@ -177,17 +169,15 @@ pub fn run(spaces: Spaces, opts: &DemoOptions) -> Result<()> {
     });
     eprintln!("Stopping the server: learning the last outcomes and writing the final checkpoints...");
     let _ = stop.send(());
-    let served = tokio_rt.block_on(serving);
-    // The final checkpoint waits on the store through this runtime's handle.
-    learning.status.tasks.stop();
-    let errors = std::thread::scope(|s| s.spawn(|| server::finish(&state)).join().expect("shutdown thread"));
+    let ended = tokio_rt.block_on(serving);
+    let errors = served.stop();
     // Each module's loss budget once every outcome is learned, as `/healthz` shows it.
     let budgets: Vec<BudgetStatus> =
-        streams.iter().map(|s| learning.agent.budget(&s.space.name)).collect::<Result<_, _>>()?;
+        streams.iter().map(|s| served.runtime.agent.budget(&s.space.name)).collect::<Result<_, _>>()?;
     drop(tokio_rt);
     let passes = passes?;
     let greedy = greedy.expect("passes succeeded")?;
-    served.context("the server task")?.context("serving")?;
+    ended.context("the server task")?.context("serving")?;
     anyhow::ensure!(errors.is_empty(), "shutdown hooks failed: {errors:?}");
 
     eprintln!("Scoring the same opportunities with the seed defaults and the out-of-sample oracle...");
@@ -308,11 +298,11 @@ async fn greedy_values(client: &mut Client, space: &ModuleSpace) -> Result<Vec<V
     let mut all = Vec::with_capacity(Context::COUNT);
     for c in Context::all() {
         let path = format!("/v1/parameters/{}?session={}&regime={}", space.name, c.session.as_str(), c.regime.as_str());
-        let (status, body) = client.request(Method::GET, &path, "").await?;
-        if status != 200 {
-            bail!("GET {path}: {status} {body}");
+        let reply = client.request(Method::GET, &path, "").await?;
+        if reply.status != 200 {
+            bail!("GET {path}: {} {}", reply.status, reply.text());
         }
-        all.push(parameter_values(space, &serde_json::from_str(&body)?)?);
+        all.push(parameter_values(space, &serde_json::from_slice(&reply.body)?)?);
     }
     Ok(all)
 }
@@ -342,9 +332,9 @@ fn drive_module(handle: &Handle, addr: SocketAddr, stream: &Stream, progress: &P
                 let mut count = 0u64;
                 loop {
                     let Some(body) = receiver.lock().await.recv().await else { break };
-                    let (status, answer) = client.request(Method::POST, "/v1/outcomes", &body).await?;
-                    if status != 200 {
-                        bail!("POST /v1/outcomes {body}: {status} {answer}");
+                    let reply = client.request(Method::POST, "/v1/outcomes", body.clone()).await?;
+                    if reply.status != 200 {
+                        bail!("POST /v1/outcomes {body}: {} {}", reply.status, reply.text());
                     }
                     count += 1;
                 }
@@ -419,11 +409,11 @@ impl Driver for HttpDriver<'_> {
             body["strategy"] = strategy.into();
         }
         let body = body.to_string();
-        let (status, answer) = self.handle.block_on(self.client.request(Method::POST, "/v1/decisions", &body))?;
-        if status != 200 {
-            bail!("POST /v1/decisions {body}: {status} {answer}");
+        let reply = self.handle.block_on(self.client.request(Method::POST, "/v1/decisions", body.clone()))?;
+        if reply.status != 200 {
+            bail!("POST /v1/decisions {body}: {} {}", reply.status, reply.text());
         }
-        let answer: serde_json::Value = serde_json::from_str(&answer)?;
+        let answer: serde_json::Value = serde_json::from_slice(&reply.body)?;
         let values = parameter_values(space, &answer)?;
         let id = answer["decision_id"].as_str().context("no decision_id")?.to_string();
 
@@ -464,39 +454,6 @@ impl Driver for HttpDriver<'_> {
             body["applied"] = serde_json::json!({ self.stream.space.params[p].full_name.clone(): c });
         }
         self.send(body)
-    }
-}
-
-/// An HTTP/1.1 keep-alive connection to the service.
-struct Client {
-    sender: SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Result<Client> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        tcp.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Client { sender, host: addr.to_string() })
-    }
-
-    /// Sends one request; the answer's status and body.
-    async fn request(&mut self, method: Method, path: &str, body: &str) -> Result<(u16, String)> {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, &self.host)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))?;
-        self.sender.ready().await?;
-        let res = self.sender.send_request(req).await?;
-        let status = res.status().as_u16();
-        let body = res.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }
 

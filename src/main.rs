@@ -30,9 +30,9 @@ use paramopt::eval::backtest::{self, BacktestOptions, MarketSource};
 use paramopt::eval::simulate::{self, SimulateOptions};
 use paramopt::inspect;
 use paramopt::runtime::{RollbackTarget, Runtime, RuntimeOptions};
+use paramopt::service::compose::Served;
 use paramopt::service::config::{ServeArgs, ServeFile, ServeSettings};
-use paramopt::service::persist::RuntimeHooks;
-use paramopt::service::{server, AppState, Hooks};
+use paramopt::service::server;
 use paramopt::space::Context;
 use paramopt::space::Spaces;
 use paramopt::store::open_store;
@@ -500,17 +500,9 @@ fn serve(models: Option<&std::path::Path>, cli: &ServeCli) -> Result<()> {
             trade_days: cli.trade_days,
         })?,
     };
-    let learning = tokio_rt
-        .block_on(Runtime::start(spaces.clone(), options))
+    let served = tokio_rt
+        .block_on(Served::start(spaces.clone(), options, settings.options.clone()))
         .with_context(|| format!("opening the store {}", settings.store))?;
-    let tasks = learning.status.tasks.clone();
-    tasks.spawn(tokio_rt.handle(), "checkpointer", learning.clone().run_checkpointer());
-    if cli.sync_every_secs.is_some() {
-        tasks.spawn(tokio_rt.handle(), "replica syncer", learning.clone().run_syncer());
-    }
-    let persist = Arc::new(RuntimeHooks::new(learning.clone(), tokio_rt.handle().clone()));
-    let hooks = Hooks { checkpoints: Some(persist.clone()), outcomes: persist };
-    let state = AppState::new(learning.agent.clone(), settings.options.clone(), hooks);
     let runtime = tokio_rt;
     runtime.block_on(async {
         let listener =
@@ -527,12 +519,10 @@ fn serve(models: Option<&std::path::Path>, cli: &ServeCli) -> Result<()> {
         outln!("paramopt listening on http://{local}");
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        server::serve(listener, state.clone(), server::shutdown_signal()).await.context("serving")?;
+        server::serve(listener, served.state.clone(), server::shutdown_signal()).await.context("serving")?;
         anyhow::Ok(())
     })?;
-    tasks.stop();
-    // The final checkpoint waits on the store through this runtime's handle.
-    let errors = std::thread::scope(|s| s.spawn(|| server::finish(&state)).join().expect("shutdown thread"));
+    let errors = served.stop();
     drop(runtime);
     anyhow::ensure!(errors.is_empty(), "shutdown hooks failed: {errors:?}");
     Ok(())

@@ -47,7 +47,7 @@ impl Agent {
                     let what = if outcome.reward.is_some() { "reward" } else { "reward from trade.return_pct" };
                     note_out_of_range(&handle.counters.clipped_rewards, &handle.space.name, what, raw, -clip, clip);
                 }
-                let reward = raw.clamp(-clip, clip);
+                let reward = handle.space.reward.clipped(raw);
                 check_evidence(&handle.space, &decision, &outcome.evidence)?;
                 Ok(Settled { decision, outcome, reward, settled_at: now, attachment })
             }
@@ -109,8 +109,9 @@ impl Agent {
     }
 }
 
-/// The reward to learn from: given, or 0 for a skipped trade, or derived from
-/// the trade's return; then clipped by the module's reward setting.
+/// The reward to learn from, before clipping ([`crate::space::RewardConfig::raw`]),
+/// refusing non-finite figures and a taken trade that carries neither a
+/// reward nor a return.
 pub(super) fn resolve_reward(space: &ModuleSpace, decision: &Decision, outcome: &Outcome) -> Result<f64, AgentError> {
     if let Some(r) = outcome.reward.filter(|r| !r.is_finite()) {
         return Err(AgentError::NonFiniteReward { field: "reward", value: r });
@@ -118,13 +119,10 @@ pub(super) fn resolve_reward(space: &ModuleSpace, decision: &Decision, outcome: 
     if let Some(r) = outcome.return_pct.filter(|r| !r.is_finite()) {
         return Err(AgentError::NonFiniteReward { field: "trade.return_pct", value: r });
     }
-    let raw = match (outcome.reward, outcome.traded, outcome.return_pct) {
-        (Some(r), _, _) => r,
-        (None, false, _) => 0.0,
-        (None, true, Some(rp)) => rp * space.reward.scale,
-        (None, true, None) => return Err(AgentError::MissingReward(decision.id.to_string())),
-    };
-    Ok(raw)
+    space
+        .reward
+        .raw(outcome.reward, outcome.traded, outcome.return_pct)
+        .ok_or_else(|| AgentError::MissingReward(decision.id.to_string()))
 }
 
 /// Counts (and, at every doubling, logs) what a module sends outside what

@@ -25,10 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{header, Request};
-use hyper_util::rt::TokioIo;
+use paramopt::service::client::{Client, Method, Reply};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Concurrent decide + outcome load against paramopt serve")]
@@ -136,35 +133,13 @@ fn decision_id(body: &[u8]) -> Option<&str> {
     std::str::from_utf8(body.get(at..at + 32)?).ok()
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-async fn post(
-    sender: &mut SendRequest<Full<Bytes>>,
-    host: &str,
-    auth: Option<&str>,
-    path: &str,
-    body: Bytes,
-) -> Result<(u16, Bytes)> {
-    let mut req = Request::post(path)
-        .header(header::HOST, host)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))?;
-    if let Some(a) = auth {
-        req.headers_mut().insert(header::AUTHORIZATION, a.parse()?);
-    }
-    sender.ready().await?;
-    let res = sender.send_request(req).await?;
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+/// A keep-alive connection to the service, with the bearer token when there is one.
+async fn connect(addr: SocketAddr, token: Option<&str>) -> Result<Client> {
+    let client = Client::connect(addr).await?;
+    Ok(match token {
+        Some(t) => client.with_token(t)?,
+        None => client,
+    })
 }
 
 /// Where a deciding connection sends each decision's outcome.
@@ -182,15 +157,14 @@ fn micros(d: Duration) -> u32 {
 async fn decider(
     index: usize,
     addr: SocketAddr,
-    auth: Option<String>,
+    token: Option<String>,
     measure_from: Instant,
     until: Instant,
     budget: std::sync::Arc<std::sync::atomic::AtomicI64>,
     outcomes: Outcomes,
 ) -> Result<Tally> {
-    let host = addr.to_string();
     let bodies = decision_bodies();
-    let mut sender = connect(addr).await?;
+    let mut client = connect(addr, token.as_deref()).await?;
     let mut tally = Tally::default();
     let mut n = index * 7;
     while Instant::now() < until {
@@ -200,8 +174,8 @@ async fn decider(
         }
         n += 1;
         let t0 = Instant::now();
-        let (status, body) =
-            post(&mut sender, &host, auth.as_deref(), "/v1/decisions", bodies[n % bodies.len()].clone()).await?;
+        let Reply { status, body } =
+            client.request(Method::POST, "/v1/decisions", bodies[n % bodies.len()].clone()).await?;
         let t1 = Instant::now();
         let Some(id) = decision_id(&body).filter(|_| status == 200) else {
             tally.errors += 1;
@@ -221,7 +195,7 @@ async fn decider(
             }
             Outcomes::Paired => {
                 let id = id.to_string();
-                report(&mut sender, &host, auth.as_deref(), &id, reward, measured, &mut tally).await?;
+                report(&mut client, &id, reward, measured, &mut tally).await?;
             }
         }
     }
@@ -231,33 +205,24 @@ async fn decider(
 /// Reports queued decisions until the deciders are done and the queue is empty.
 async fn reporter(
     addr: SocketAddr,
-    auth: Option<String>,
+    token: Option<String>,
     measure_from: Instant,
     queue: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(String, f64)>>>,
 ) -> Result<Tally> {
-    let host = addr.to_string();
-    let mut sender = connect(addr).await?;
+    let mut client = connect(addr, token.as_deref()).await?;
     let mut tally = Tally::default();
     loop {
         let Some((id, reward)) = queue.lock().await.recv().await else { break };
         let measured = Instant::now() >= measure_from;
-        report(&mut sender, &host, auth.as_deref(), &id, reward, measured, &mut tally).await?;
+        report(&mut client, &id, reward, measured, &mut tally).await?;
     }
     Ok(tally)
 }
 
-async fn report(
-    sender: &mut SendRequest<Full<Bytes>>,
-    host: &str,
-    auth: Option<&str>,
-    id: &str,
-    reward: f64,
-    measured: bool,
-    tally: &mut Tally,
-) -> Result<()> {
+async fn report(client: &mut Client, id: &str, reward: f64, measured: bool, tally: &mut Tally) -> Result<()> {
     let outcome = Bytes::from(format!(r#"{{"decision_id":"{id}","reward":{reward}}}"#));
     let t0 = Instant::now();
-    let (status, body) = post(sender, host, auth, "/v1/outcomes", outcome).await?;
+    let Reply { status, body } = client.request(Method::POST, "/v1/outcomes", outcome).await?;
     let t1 = Instant::now();
     if status != 200 {
         tally.errors += 1;
@@ -412,7 +377,6 @@ fn main() -> Result<()> {
             (addr, "paramopt serve child process".to_string())
         }
     };
-    let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
     let outcome_connections = args.outcome_connections.unwrap_or(2 * args.connections);
 
     let rt =
@@ -459,12 +423,20 @@ fn main() -> Result<()> {
                 (false, Pattern::Paired) => Outcomes::Paired,
                 (false, Pattern::Split) => Outcomes::Queue(queue_tx.clone()),
             };
-            tasks.push(tokio::spawn(decider(i, addr, auth.clone(), measure_from, until, budget.clone(), outcomes)));
+            tasks.push(tokio::spawn(decider(
+                i,
+                addr,
+                args.token.clone(),
+                measure_from,
+                until,
+                budget.clone(),
+                outcomes,
+            )));
         }
         drop(queue_tx);
         if !args.no_outcomes && args.pattern == Pattern::Split {
             for _ in 0..outcome_connections {
-                tasks.push(tokio::spawn(reporter(addr, auth.clone(), measure_from, queue_rx.clone())));
+                tasks.push(tokio::spawn(reporter(addr, args.token.clone(), measure_from, queue_rx.clone())));
             }
         }
         let mut out = Vec::new();

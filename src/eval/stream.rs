@@ -104,11 +104,8 @@ impl Stream {
     /// applied to its return (scaled, clipped; 0 when not traded).
     pub fn reward(&self, traded: bool, return_pct: f64) -> f64 {
         let r = &self.space.reward;
-        if traded {
-            (return_pct * r.scale).clamp(-r.clip, r.clip)
-        } else {
-            0.0
-        }
+        // A return is always given, so `raw` always answers.
+        r.clipped(r.raw(None, traded, Some(return_pct)).unwrap_or(0.0))
     }
 }
 

@@ -259,6 +259,19 @@ impl Runtime {
         Ok(runtime)
     }
 
+    /// Starts the background tasks a serving runtime runs, on `handle` and
+    /// watched by [`RuntimeStatus::tasks`]: the checkpointer (which also
+    /// reviews A/B tests, watches for rollbacks and prunes), and the replica
+    /// syncer when this process is a replica (`sync_every_secs`).
+    pub fn spawn_background(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
+        let tasks = &self.status.tasks;
+        tasks.spawn(handle, "checkpointer", self.clone().run_checkpointer());
+        // Only a replica's: the syncer of any other returns at once, which the supervisor would report.
+        if self.options.sync_every_secs.is_some() {
+            tasks.spawn(handle, "replica syncer", self.clone().run_syncer());
+        }
+    }
+
     fn lock(&self, module: &str) -> Result<&tokio::sync::Mutex<()>, RuntimeError> {
         self.module_locks.get(module).ok_or_else(|| RuntimeError::UnknownModule(module.to_string()))
     }

@@ -12,6 +12,8 @@
 //! [`store::OutcomeSink`] in [`Hooks`]; without a store, the checkpoint routes
 //! validate their input and then answer 503.
 
+pub mod client;
+pub mod compose;
 pub mod config;
 mod dashboard;
 pub mod error;

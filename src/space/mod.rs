@@ -144,6 +144,27 @@ pub struct RewardConfig {
     pub objective: Objective,
 }
 
+impl RewardConfig {
+    /// The reward an outcome carries, before clipping: the one it gives,
+    /// else 0 for a trade not taken, else the trade's return times `scale`.
+    /// `None` for a taken trade with neither: the agent refuses that
+    /// outcome, a counterfactual reads it as 0. The one place this rule is
+    /// written (the agent, its counterfactuals and the backtest all use it).
+    pub fn raw(&self, reward: Option<f64>, traded: bool, return_pct: Option<f64>) -> Option<f64> {
+        match (reward, traded, return_pct) {
+            (Some(r), _, _) => Some(r),
+            (None, false, _) => Some(0.0),
+            (None, true, Some(rp)) => Some(rp * self.scale),
+            (None, true, None) => None,
+        }
+    }
+
+    /// `raw` held to `[-clip, clip]`, as learners see it.
+    pub fn clipped(&self, raw: f64) -> f64 {
+        raw.clamp(-self.clip, self.clip)
+    }
+}
+
 /// What the counterfactual estimator maximises per opportunity, for a
 /// table whose return on it is `v`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

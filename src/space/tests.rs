@@ -276,3 +276,13 @@ mod roles {
         assert!(s.counterfactual.is_none());
     }
 }
+
+#[test]
+fn a_reward_is_the_one_given_else_zero_untraded_else_the_scaled_return() {
+    let reward = RewardConfig { source: RewardSource::ReturnPct, scale: 2.0, clip: 0.5, objective: Objective::Mean };
+    assert_eq!(reward.raw(Some(0.7), true, Some(0.125)), Some(0.7), "a given reward wins");
+    assert_eq!(reward.raw(None, false, Some(0.125)), Some(0.0), "a trade not taken earns nothing");
+    assert_eq!(reward.raw(None, true, Some(0.125)), Some(0.25));
+    assert_eq!(reward.raw(None, true, None), None, "a taken trade needs a reward or a return");
+    assert_eq!((reward.clipped(0.7), reward.clipped(-0.7), reward.clipped(0.1)), (0.5, -0.5, 0.1));
+}

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use paramopt::agent::{Agent, AgentOptions, ManualClock};
+use paramopt::service::client::Client;
 use paramopt::service::config::{ServeArgs, ServeFile, ServeSettings};
 use paramopt::service::store::SinkFuture;
 use paramopt::service::{
@@ -1315,20 +1316,14 @@ fn server_side_nodelay(client: std::net::SocketAddr) -> Option<bool> {
     None
 }
 
-async fn http1(addr: std::net::SocketAddr) -> (hyper::client::conn::http1::SendRequest<Body>, std::net::SocketAddr) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let local = stream.local_addr().unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    (sender, local)
+async fn http1(addr: std::net::SocketAddr) -> Client {
+    Client::connect(addr).await.unwrap()
 }
 
-async fn over(sender: &mut hyper::client::conn::http1::SendRequest<Body>, req: Request<Body>) -> (StatusCode, Value) {
-    sender.ready().await.unwrap();
-    let res = sender.send_request(req).await.unwrap();
-    let status = res.status();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+/// One POST over a real connection: the answer's status and JSON body.
+async fn over(client: &mut Client, path: &str, body: String) -> (StatusCode, Value) {
+    let reply = client.request(Method::POST, path, body).await.unwrap();
+    (StatusCode::from_u16(reply.status).unwrap(), serde_json::from_slice(&reply.body).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1341,24 +1336,13 @@ async fn a_real_socket_sets_tcp_nodelay_reuses_one_keep_alive_connection_and_shu
         let _ = stop_rx.await;
     }));
 
-    let (mut conn, local) = http1(addr).await;
-    let host = addr.to_string();
+    let mut conn = http1(addr).await;
+    let local = conn.local_addr();
     for i in 0..50 {
-        let body = decision_body("crypto", "us_prime", "bullish");
-        let req = Request::post("/v1/decisions")
-            .header(header::HOST, &host)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body))
-            .unwrap();
-        let (status, d) = over(&mut conn, req).await;
+        let (status, d) = over(&mut conn, "/v1/decisions", decision_body("crypto", "us_prime", "bullish")).await;
         assert_eq!(status, StatusCode::OK, "{d}");
         let body = json!({"decision_id": d["decision_id"], "reward": 0.001 * i as f64}).to_string();
-        let req = Request::post("/v1/outcomes")
-            .header(header::HOST, &host)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body))
-            .unwrap();
-        let (status, o) = over(&mut conn, req).await;
+        let (status, o) = over(&mut conn, "/v1/outcomes", body).await;
         assert_eq!(status, StatusCode::OK, "{o}");
         assert_eq!(o["accepted"], true);
     }
@@ -1369,14 +1353,11 @@ async fn a_real_socket_sets_tcp_nodelay_reuses_one_keep_alive_connection_and_shu
     let _ = local;
 
     // A request in flight when shutdown starts still gets its answer.
-    let (mut slow, _) = http1(addr).await;
-    let req = Request::post("/v1/decisions")
-        .header(header::HOST, &host)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(decision_body("stocks", "asia_prime", "bearish")))
-        .unwrap();
+    let mut slow = http1(addr).await;
     slow.ready().await.unwrap();
-    let in_flight = tokio::spawn(slow.send_request(req));
+    let in_flight = tokio::spawn(
+        slow.send(Method::POST, "/v1/decisions", decision_body("stocks", "asia_prime", "bearish")).unwrap(),
+    );
     // Shutdown must start only once the server holds the request: hyper
     // closes a connection it has accepted but read nothing from yet.
     while state.metrics().connections_accepted() < 2 {
@@ -1384,9 +1365,8 @@ async fn a_real_socket_sets_tcp_nodelay_reuses_one_keep_alive_connection_and_shu
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop_tx.send(()).unwrap();
-    let in_flight = async { in_flight.await.unwrap() };
-    let res = in_flight.await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    let res = in_flight.await.unwrap().unwrap();
+    assert_eq!(res.status, 200);
     tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
     let errors = tokio::task::spawn_blocking(move || server::finish(&state)).await.unwrap();
     assert!(errors.is_empty());
@@ -1653,21 +1633,14 @@ async fn a_half_sent_request_is_cut_after_the_header_timeout() {
 async fn connections_past_the_limit_wait_until_one_closes() {
     let options = ServiceOptions { max_connections: 2, ..Default::default() };
     let (addr, state, _stop) = serve_with(options).await;
-    let host = addr.to_string();
-    let decide_on = |host: String| {
-        Request::post("/v1/decisions")
-            .header(header::HOST, host)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(decision_body("crypto", "us_prime", "bullish")))
-            .unwrap()
-    };
-    let (mut first, _) = http1(addr).await;
-    let (mut second, _) = http1(addr).await;
-    assert_eq!(over(&mut first, decide_on(host.clone())).await.0, StatusCode::OK);
-    assert_eq!(over(&mut second, decide_on(host.clone())).await.0, StatusCode::OK);
+    let decide = || decision_body("crypto", "us_prime", "bullish");
+    let mut first = http1(addr).await;
+    let mut second = http1(addr).await;
+    assert_eq!(over(&mut first, "/v1/decisions", decide()).await.0, StatusCode::OK);
+    assert_eq!(over(&mut second, "/v1/decisions", decide()).await.0, StatusCode::OK);
     // The third connects (the kernel's backlog) but is not served while both stay open.
-    let (mut third, _) = http1(addr).await;
-    let waiting = tokio::spawn(async move { over(&mut third, decide_on(host)).await.0 });
+    let mut third = http1(addr).await;
+    let waiting = tokio::spawn(async move { over(&mut third, "/v1/decisions", decide()).await.0 });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "a third connection was served past the limit of 2");
     assert_eq!(state.metrics().connections_accepted(), 2);

@@ -259,13 +259,11 @@ pub fn explicit_checkpoints(dir: &std::path::Path, seed: u64) -> paramopt::runti
     }
 }
 
-/// The whole service on `rt`, as `paramopt serve` wires it: outcomes and
-/// checkpoints go through the runtime.
+/// The whole service on `rt`, as `paramopt serve` wires it
+/// (`service::compose`): outcomes and checkpoints go through the runtime.
 pub fn served(rt: &std::sync::Arc<paramopt::runtime::Runtime>) -> axum::Router {
-    use paramopt::service::{app, persist::RuntimeHooks, AppState, Hooks, ServiceOptions};
-    let hooks = std::sync::Arc::new(RuntimeHooks::new(rt.clone(), tokio::runtime::Handle::current()));
-    let hooks = Hooks { checkpoints: Some(hooks.clone()), outcomes: hooks };
-    app(AppState::new(rt.agent.clone(), ServiceOptions::default(), hooks))
+    use paramopt::service::{app, compose::Served, ServiceOptions};
+    app(Served::over(rt.clone(), ServiceOptions::default(), tokio::runtime::Handle::current()).state)
 }
 
 /// One JSON request through `router`; the reply's status and JSON body
