@@ -198,12 +198,7 @@ pub fn strategy_of(cf: &Counterfactual, decision: &Decision, evidence: &Evidence
 /// are exact, and clipping one arm's but not another's would bias their
 /// difference.
 pub fn raw_reward(space: &ModuleSpace, outcome: &Outcome) -> f64 {
-    match (outcome.reward, outcome.traded, outcome.return_pct) {
-        (Some(r), _, _) => r,
-        (None, false, _) => 0.0,
-        (None, true, Some(rp)) => rp * space.reward.scale,
-        (None, true, None) => 0.0,
-    }
+    space.reward.raw(outcome.reward, outcome.traded, outcome.return_pct).unwrap_or(0.0)
 }
 
 /// What the outcome of `decision` reveals, or why it reveals nothing about
