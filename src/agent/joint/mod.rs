@@ -43,7 +43,7 @@ mod tests;
 pub use candidates::{weight_candidates, without_weights, Candidates, WEIGHT_RESOLUTION};
 pub use moves::{MoveEvent, MoveKind, TestScope, MAX_PENDING_EVENTS};
 use opaque::opaque_tests;
-pub use opaque::{opaque_share, tested as opaque_tested, OpaqueState};
+pub use opaque::{opaque_share, OpaqueState};
 use promotion::{detector_for, tests_for};
 pub use promotion::{CELL_HORIZON, MODULE_HORIZON};
 

@@ -152,7 +152,10 @@ impl Joint {
         let c = d.context.index();
         let u = raw_reward - space.reward.objective.curvature() * raw_reward * raw_reward;
         let mut moved = false;
-        for p in self.opaque_params.clone() {
+        // By index: `move_opaque` borrows the estimator mutably, and a clone
+        // of the list would allocate on every outcome of the writer.
+        for t in 0..self.opaque_params.len() {
+            let p = self.opaque_params[t];
             let param = &space.params[p];
             let incumbent = incumbents[c][p];
             let (a, pi) = (d.arms[p], d.propensities[p]);
